@@ -1,0 +1,112 @@
+"""The ResNet family: blocks, the trunk, the table of named nets, weights and complexity."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from ..config import ModelConfig
+from .complexity import count_params, measure
+from .resnet import ResNet
+from .weights import (
+    LoadReport,
+    WeightsError,
+    config_from_meta,
+    load_weights,
+    read_weights,
+    save_weights,
+    to_torchvision_state_dict,
+)
+from .zoo import MODEL_CONFIGS, family, get_config, list_models
+
+__all__ = [
+    "MODEL_CONFIGS",
+    "LoadReport",
+    "ModelConfig",
+    "ResNet",
+    "WeightsError",
+    "count_params",
+    "create_model",
+    "family",
+    "get_config",
+    "list_models",
+    "load_model",
+    "load_weights",
+    "model_info",
+    "read_weights",
+    "save_weights",
+    "to_torchvision_state_dict",
+]
+
+
+def create_model(
+    name: str | ModelConfig,
+    *,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    weights: str | os.PathLike | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | list[int] | None = None,
+    **overrides: Any,
+) -> ResNet:
+    """Build a named model (or one from a ``ModelConfig``), optionally loading weights.
+
+    ``overrides`` are ``ModelConfig`` fields (``drop_path_rate=0.1``, ``shortcut="B"``,
+    ``grad_checkpointing=True``...) or ``depth=`` for the papers' depth rules.
+    With ``weights`` and no ``num_classes`` the model takes the weights' class count; with
+    a different ``num_classes`` the head is re-initialised (and a warning says so).
+    """
+    if isinstance(name, ModelConfig):
+        label, cfg = "custom", name.replace(**overrides)
+    else:
+        label, cfg = name, get_config(name, **overrides)
+    source = read_weights(weights) if weights is not None else None
+    head = num_classes
+    if head is None and source is not None and source.num_classes is not None:
+        head = source.num_classes
+    cfg = cfg.replace(in_chans=in_chans, **({"num_classes": head} if head is not None else {}))
+    model = ResNet(cfg, name=label, features_only=features_only, out_indices=out_indices)
+    if source is not None:
+        model.load_report = load_weights(model, source, reinit_head=num_classes is not None)
+    return model
+
+
+def load_model(source: str | os.PathLike, **overrides: Any) -> ResNet:
+    """Rebuild a model from resnetlab weights (a run directory or ``.safetensors``) alone."""
+    wf = read_weights(source)
+    if wf.meta is None:
+        raise WeightsError(
+            f"{wf.path} does not describe its architecture (no resnetlab sidecar): use "
+            "create_model(NAME, weights=PATH) instead"
+        )
+    label, cfg = config_from_meta(wf.meta)
+    model = ResNet(cfg.replace(**overrides) if overrides else cfg, name=label)
+    model.load_report = load_weights(model, wf)
+    model.meta = wf.meta
+    return model
+
+
+def model_info(
+    model_or_name: ResNet | str, input_size: tuple[int, int, int] | None = None
+) -> dict[str, Any]:
+    """Params and MACs measured on the built module, with a per-stage breakdown.
+
+    ``input_size`` defaults to the net's native one (3x224x224 ImageNet, 3x32x32 CIFAR).
+    """
+    if isinstance(model_or_name, str):
+        # Shapes are all that counting needs: build on the meta device (no memory, no init).
+        with torch.device("meta"):
+            model = create_model(model_or_name, in_chans=input_size[0] if input_size else 3)
+    else:
+        model = model_or_name
+    if input_size is not None and input_size[0] != model.config.in_chans:
+        raise ValueError(
+            f"input_size={tuple(input_size)} has {input_size[0]} channels; the model takes "
+            f"{model.config.in_chans}"
+        )
+    cfg = model.config
+    info = measure(model, input_size or cfg.input_size)
+    info.update(name=model.name, family=family(cfg), depth=cfg.depth, config=cfg.to_dict())
+    return info

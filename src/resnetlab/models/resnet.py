@@ -1,0 +1,188 @@
+"""The ResNet trunk: stem -> stages of residual units -> global pool -> classifier.
+
+One class serves every net of the family (He et al. 2015; He et al. 2016; Xie et al.
+2017); the ``ModelConfig`` says which blocks, stem and shortcuts it is built from. Module
+names are torchvision's (``conv1``, ``bn1``, ``layer1``..., ``fc``), so torchvision and timm
+v1 state dicts load without renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint_sequential
+
+from ..config import ModelConfig
+from .blocks import BLOCK_TYPES, BatchNormAct2d
+
+
+def _make_stage(
+    cfg: ModelConfig, in_chs: int, planes: int, num_blocks: int, stride: int, rates: list[float]
+) -> nn.Sequential:
+    block_cls = BLOCK_TYPES[cfg.block]
+    extra = {}
+    if cfg.is_bottleneck:
+        extra = dict(groups=cfg.groups, base_width=cfg.base_width, stride_on=cfg.stride_on)
+    out_chs = planes * block_cls.expansion
+    blocks = [
+        block_cls(
+            in_chs if i == 0 else out_chs,
+            planes,
+            stride if i == 0 else 1,
+            shortcut=cfg.shortcut,
+            drop_path_rate=rates[i],
+            **extra,
+        )
+        for i in range(num_blocks)
+    ]
+    return nn.Sequential(*blocks)
+
+
+class ResNet(nn.Module):
+    """A network of the ResNet family built from a :class:`ModelConfig`.
+
+    ``forward(x) == forward_head(forward_features(x))``. With ``features_only=True`` the
+    model has no head and ``forward`` returns the feature maps at ``out_indices``
+    (0 = stem output, i = output of stage i; for a 4-stage ImageNet net, 1..4 are C2..C5).
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        name: str = "custom",
+        features_only: bool = False,
+        out_indices: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = cfg
+        self.name = name
+        self.num_classes = cfg.num_classes
+        self.grad_checkpointing = cfg.grad_checkpointing
+        imagenet = cfg.stem == "imagenet"
+        # Stem. ImageNet: 7x7/2 conv + 3x3/2 max-pool (2015 paper, Table 1). CIFAR: one 3x3
+        # conv (section 4.2). Pre-activation nets leave the stem's BN-ReLU to the first unit.
+        if imagenet:
+            self.conv1 = nn.Conv2d(cfg.in_chans, cfg.stem_width, 7, 2, padding=3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(cfg.in_chans, cfg.stem_width, 3, 1, padding=1, bias=False)
+        self.bn1 = nn.Identity() if cfg.is_preact else nn.BatchNorm2d(cfg.stem_width)
+        self.relu = nn.Identity() if cfg.is_preact else nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, padding=1) if imagenet else nn.Identity()
+
+        # Stages. Stochastic depth grows linearly with depth (Huang et al. 2016).
+        total = sum(cfg.layers)
+        rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        stem_reduction = 4 if imagenet else 1
+        self.feature_info = [dict(num_chs=cfg.stem_width, reduction=stem_reduction, module="stem")]
+        in_chs = cfg.stem_width
+        self.stage_names: list[str] = []
+        for i, (planes, n) in enumerate(zip(cfg.widths, cfg.layers, strict=True)):
+            stage = _make_stage(cfg, in_chs, planes, n, 1 if i == 0 else 2, rates[:n])
+            rates = rates[n:]
+            name = f"layer{i + 1}"
+            self.add_module(name, stage)
+            self.stage_names.append(name)
+            in_chs = planes * cfg.expansion
+            reduction = stem_reduction * 2**i
+            self.feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=name))
+        self.num_features = in_chs
+        # Pre-activation nets end with BN-ReLU before pooling (2016 paper, appendix).
+        self.norm = BatchNormAct2d(in_chs) if cfg.is_preact else nn.Identity()
+
+        self.features_only = features_only
+        if features_only:
+            indices = tuple(range(1, len(cfg.layers) + 1)) if out_indices is None else out_indices
+            bad = [i for i in indices if not 0 <= i <= len(cfg.layers)]
+            if bad or not indices:
+                raise ValueError(
+                    f"invalid out_indices={tuple(indices)}: expected indices in "
+                    f"0..{len(cfg.layers)} (0 = stem, i = stage i)"
+                )
+            self.out_indices = tuple(indices)
+            self.feature_info = [self.feature_info[i] for i in self.out_indices]
+        else:
+            if out_indices is not None:
+                raise ValueError("out_indices is only valid with features_only=True")
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = self._new_head(cfg.num_classes)
+        self._init_weights()
+
+    def _new_head(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _init_weights(self) -> None:
+        # He init with fan_out (MSRA init, as in the papers' Torch code and torchvision).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.config.zero_init_last:
+            for m in self.modules():
+                if hasattr(m, "zero_init_last"):
+                    m.zero_init_last()
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, name) for name in self.stage_names]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            # Activation checkpointing in sqrt(n) segments: memory O(sqrt(n)) per stage for
+            # one extra forward. Note that BN running statistics see the recomputed forward
+            # too (the same as in timm/torchvision checkpointed nets).
+            segments = max(1, math.isqrt(len(stage)))
+            return checkpoint_sequential(stage, segments, x, use_reentrant=False)
+        return stage(x)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_stem(x)
+        for stage in self.stages:
+            x = self._run_stage(stage, x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.features_only:
+            raise RuntimeError("a features_only model has no head")
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.fc(x)
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The stem output followed by every stage's output."""
+        x = self.forward_stem(x)
+        outs = [x]
+        for stage in self.stages:
+            x = self._run_stage(stage, x)
+            outs.append(x)
+        return outs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.features_only:
+            outs = self.forward_intermediates(x)
+            return [outs[i] for i in self.out_indices]
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier by a freshly initialised one with ``num_classes`` outputs."""
+        if self.features_only:
+            raise RuntimeError("a features_only model has no classifier to reset")
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"invalid num_classes={num_classes!r}: expected an integer >= 0")
+        device = next(self.parameters()).device
+        self.fc = self._new_head(num_classes).to(device)
+        self.num_classes = num_classes
+        self.config = self.config.replace(num_classes=num_classes)
