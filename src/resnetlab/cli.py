@@ -15,6 +15,16 @@ EPILOGS = {
     "info": """examples:
   resnetlab info resnet50
   resnetlab info resnet56 --input-size 3 32 32 --json""",
+    "train": """examples:
+  resnetlab train --model resnet20 --data fashion-mnist --epochs 3 --output runs/r20
+  resnetlab train --config configs/fashion_mnist_fast.yaml --output runs/fast
+  resnetlab train --config configs/cifar_resnet_paper.yaml --model resnet56 optim.lr=0.05
+  resnetlab train --resume runs/r20 --epochs 6      # continue, here with more epochs
+overrides: KEY=VALUE with dotted keys, e.g. optim.lr=0.05 schedule.name=onecycle
+  data.batch_size=256 model_args.drop_path_rate=0.1 label_smoothing=0.1""",
+    "eval": """examples:
+  resnetlab eval runs/r20 --data fashion-mnist
+  resnetlab eval runs/r20/model.safetensors --data fashion-mnist --json""",
 }
 
 
@@ -51,6 +61,65 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_train_config
+    from .engine import train
+
+    preset = args.config
+    output = args.output
+    if args.resume:
+        if args.config:
+            raise CliError("--resume takes the run's own config.yaml; drop --config")
+        preset, output = f"{args.resume}/config.yaml", args.resume
+    data = {"spec": args.data, "data_dir": args.data_dir, "batch_size": args.batch_size}
+    cfg = load_train_config(
+        preset,
+        args.overrides,
+        model=args.model,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        max_iters=args.max_iters,
+        save_every_steps=args.save_every_steps,
+        output=output,
+        data={k: v for k, v in data.items() if v is not None},
+        optim={"lr": args.lr} if args.lr is not None else {},
+    )
+    summary = train(
+        cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet
+    )
+    top1 = summary["test_top1"]
+    print(
+        f"done: {summary['model']} on {summary['data']}, {summary['epochs']} epochs in "
+        f"{summary['train_time_s']:.0f} s ({summary['train_img_per_s']:.0f} img/s), "
+        + (f"test top-1 {100 * top1:.2f}%" if top1 is not None else "no evaluation")
+        + f"\nreport: {summary['run_dir']}/report.md  plot: {summary['run_dir']}/curves.png"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .engine import evaluate_source, format_result
+
+    result = evaluate_source(
+        args.source,
+        args.data,
+        split=args.split,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        device=args.device,
+        output=args.output,
+        tta_flip=args.tta_flip,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
+    else:
+        print(format_result(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnetlab",
@@ -81,6 +150,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a model name (see `resnetlab models`)")
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = add("train", cmd_train, "Train a model on a dataset; writes a self-describing run dir.")
+    p.add_argument("--config", help="a YAML preset (see configs/)")
+    p.add_argument("--model", help="model name (default: the preset's, else resnet20)")
+    p.add_argument("--data", help="fashion-mnist | mnist | cifar10 | cifar100 | "
+                   "imagefolder:PATH | synthetic")  # fmt: skip
+    p.add_argument("--data-dir", help="where datasets live (default $RESNETLAB_DATA or "
+                   "~/.cache/resnetlab)")  # fmt: skip
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-iters", type=int, help="stop after this many iterations")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", help="auto | fp32 | bf16 | fp16")
+    p.add_argument("--output", help="the run directory (default runs/default)")
+    p.add_argument("--save-every-steps", type=int, help="also checkpoint every N steps")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace a run in --output")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+    p = add("eval", cmd_eval, "Evaluate a run directory or weights file on a dataset.")
+    p.add_argument("source", help="a run directory or a .safetensors file")
+    p.add_argument("--data", required=True, help="dataset spec, as for train")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--output", help="where to write confusion-<split>.png and eval-<split>.json")
+    p.add_argument("--tta-flip", action="store_true", help="average with the flipped image")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -89,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ValueError, FileNotFoundError) as e:
+    except (CliError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"resnetlab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -176,3 +176,283 @@ def layers_for_depth(depth: int, *, block: str, stem: str, num_stages: int = 3) 
         examples = ", ".join(str(step * n + 2) for n in (1, 2, 3, 9, 18))
         _fail("depth", depth, f"CIFAR {block} nets need depth = {kind} (e.g. {examples})")
     return ((depth - 2) // step,) * num_stages
+
+
+# --------------------------------------------------------------------------------------
+# Training configuration: nested frozen dataclasses, read from YAML presets plus
+# ``key=value`` overrides (dotted keys for nested sections: ``optim.lr=0.05``).
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
+MILESTONE_UNITS = ("epoch", "iter")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    spec: str = "fashion-mnist"
+    data_dir: str | None = None
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    augment: str = "standard"
+    random_erasing: float = 0.0
+    num_workers: int = 2
+    val_fraction: float = 0.0
+    eval_split: str | None = None
+    skip_bad_images: bool = False
+    image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            _fail("data.batch_size", self.batch_size, "expected an integer >= 1")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            _fail("data.eval_batch_size", self.eval_batch_size, "expected an integer >= 1")
+        if not 0.0 <= self.random_erasing <= 1.0:
+            _fail("data.random_erasing", self.random_erasing, "expected a probability in [0, 1]")
+        if not 0.0 <= self.val_fraction < 1.0:
+            _fail("data.val_fraction", self.val_fraction, "expected a fraction in [0, 1)")
+        if self.num_workers < 0:
+            _fail("data.num_workers", self.num_workers, "expected an integer >= 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    # Exclude BN parameters and biases from weight decay (the usual "no-decay groups").
+    no_decay_norm_bias: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_choice("optim.name", self.name, OPTIMIZERS)
+        if not self.lr > 0:
+            _fail("optim.lr", self.lr, "expected a learning rate > 0")
+        if not 0.0 <= self.momentum < 1.0:
+            _fail("optim.momentum", self.momentum, "expected a value in [0, 1)")
+        if self.weight_decay < 0:
+            _fail("optim.weight_decay", self.weight_decay, "expected a value >= 0")
+        if self.grad_clip < 0:
+            _fail("optim.grad_clip", self.grad_clip, "expected a max norm >= 0 (0: off)")
+        if self.nesterov and self.momentum == 0:
+            _fail("optim.nesterov", self.nesterov, "Nesterov momentum needs optim.momentum > 0")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = "cosine"
+    # multistep: lr x gamma at each milestone, counted in epochs or iterations
+    # (the ResNet paper: 32k and 48k of 64k iterations).
+    milestones: tuple[float, ...] = ()
+    milestone_unit: str = "epoch"
+    gamma: float = 0.1
+    # Linear warm-up from warmup_factor * lr over warmup_epochs (fractions allowed).
+    warmup_epochs: float = 0.0
+    warmup_factor: float = 0.1
+    # Constant low-lr warm-up (the ResNet paper's lr 0.01 for ResNet-110 until ~400 iters).
+    constant_warmup_iters: int = 0
+    constant_warmup_factor: float = 0.1
+    # one-cycle: peak at pct_start of training, start at lr/div_factor, end at lr/final_div
+    pct_start: float = 0.25
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    min_lr_factor: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_choice("schedule.name", self.name, SCHEDULES)
+        _check_choice("schedule.milestone_unit", self.milestone_unit, MILESTONE_UNITS)
+        if list(self.milestones) != sorted(self.milestones) or any(m <= 0 for m in self.milestones):
+            _fail("schedule.milestones", self.milestones, "expected increasing positive values")
+        if not 0 < self.gamma <= 1:
+            _fail("schedule.gamma", self.gamma, "expected a factor in (0, 1]")
+        if self.warmup_epochs < 0 or self.constant_warmup_iters < 0:
+            _fail("schedule.warmup", self.warmup_epochs, "expected warm-up lengths >= 0")
+        if not 0 < self.pct_start < 1:
+            _fail("schedule.pct_start", self.pct_start, "expected a fraction in (0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "resnet20"
+    model_args: dict = dataclasses.field(default_factory=dict)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    epochs: int = 10
+    # Stop after this many iterations in all (the ResNet paper's 64k); None: epochs decide.
+    max_iters: int | None = None
+    seed: int = 0
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    ema_decay: float = 0.0
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    device: str = "auto"
+    output: str = "runs/default"
+    save_every_steps: int = 0
+    keep_last: int = 3
+    eval_every: int = 1
+    tta_flip: bool = False
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("precision", self.precision, PRECISIONS)
+        if self.epochs < 1:
+            _fail("epochs", self.epochs, "expected an integer >= 1")
+        if self.max_iters is not None and self.max_iters < 1:
+            _fail("max_iters", self.max_iters, "expected an integer >= 1 or null")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            _fail("label_smoothing", self.label_smoothing, "expected a value in [0, 1)")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                _fail(name, getattr(self, name), "expected a Beta parameter >= 0 (0: off)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            _fail("ema_decay", self.ema_decay, "expected a decay in [0, 1) (0: no EMA)")
+        for name in ("save_every_steps", "eval_every"):
+            if getattr(self, name) < 0:
+                _fail(name, getattr(self, name), "expected an integer >= 0")
+        if self.keep_last < 1:
+            _fail("keep_last", self.keep_last, "expected an integer >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(path: str, value: Any, annotation: str) -> Any:
+    """Check one YAML/override value against its field's annotation, converting gently."""
+    ann = annotation.replace(" ", "")
+    if value is None:
+        if "None" in ann:
+            return None
+        _fail(path, value, f"expected a value of type {annotation}, not null")
+    base = ann.replace("|None", "")
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        _fail(path, value, "expected true or false")
+    if base == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        _fail(path, value, "expected an integer")
+    if base == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        _fail(path, value, "expected a number")
+    if base == "str":
+        if isinstance(value, str):
+            return value
+        _fail(path, value, "expected a string")
+    if base.startswith("tuple"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            _fail(path, value, "expected a list of numbers")
+        return tuple(value)
+    if base == "dict":
+        if isinstance(value, dict):
+            return value
+        _fail(path, value, "expected a mapping")
+    return value
+
+
+def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Construct a (nested) config dataclass from plain data, naming any bad key."""
+    if not isinstance(data, dict):
+        _fail(prefix.rstrip(".") or "config", data, "expected a mapping of keys to values")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}: allowed "
+            f"{'in ' + prefix.rstrip('.') if prefix else 'at the top level'} are "
+            f"{', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        f = fields[key]
+        if dataclasses.is_dataclass(f.default_factory if callable(f.default_factory) else None):
+            kwargs[key] = build_dataclass(f.default_factory, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(prefix + key, value, str(f.type))
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "model_args":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``a.b=VALUE`` -> ``{"a": {"b": VALUE}}``, VALUE read as YAML (numbers, lists, null)."""
+    import yaml
+
+    if "=" not in text or text.startswith("="):
+        raise ValueError(f"invalid override {text!r}: expected KEY=VALUE, e.g. optim.lr=0.05")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ValueError(f"invalid value in override {text!r}: {e}") from None
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_train_config(
+    preset: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    **values: Any,
+) -> TrainConfig:
+    """Resolve one frozen ``TrainConfig``: defaults <- YAML preset <- ``values`` <- overrides.
+
+    ``values`` are already-structured entries (``epochs=3``, ``optim={"lr": 0.05}``) such as
+    the CLI's explicit flags; ``overrides`` are ``key=value`` strings.
+    """
+    import yaml
+
+    data: dict[str, Any] = {}
+    if preset is not None:
+        from pathlib import Path
+
+        path = Path(preset)
+        if not path.exists():
+            raise ValueError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"cannot parse {path}: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(
+                f"{path} must hold a mapping of config keys, got {type(loaded).__name__}"
+            )
+        data = _merge(data, loaded)
+    data = _merge(data, {k: v for k, v in values.items() if v is not None})
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    return build_dataclass(TrainConfig, data)

@@ -1,0 +1,427 @@
+"""Entry points: ``--data SPEC`` strings, :func:`load_split` and :func:`build_loaders`.
+
+Dataset specs:
+
+* ``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``: the built-in datasets
+  (:mod:`~resnetlab.data.catalog`), found on disk or downloaded (:mod:`~resnetlab.data.sources`).
+* ``imagefolder:PATH``: image files in ``PATH/<class>/<image>`` (:mod:`~resnetlab.data.folder`).
+* ``synthetic``, ``synthetic:N`` or ``synthetic:classes=10,size=32,channels=3,n=512,test=256,
+  seed=0``: generated data (:mod:`~resnetlab.data.synthetic`).
+
+Names are case-insensitive and ``_`` may stand for ``-`` (``Fashion_MNIST``, ``CIFAR-10`` work).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from . import catalog
+from .folder import (
+    DEFAULT_IMAGE_SIZE,
+    FolderLoader,
+    ImageFileDataset,
+    folder_info,
+    folder_splits,
+    folder_transforms,
+)
+from .info import DataInfo
+from .loader import AUGMENTS, InMemoryLoader, Loader
+from .sources import load_official_split
+from .splits import stratified_split
+from .synthetic import SyntheticConfig, make_synthetic, parse_synthetic_options
+
+__all__ = ["SPLITS", "VALID_SPECS", "ParsedSpec", "build_loaders", "load_split", "parse_data_spec"]
+
+#: The dataset specs accepted by :func:`parse_data_spec`, for help texts and error messages.
+VALID_SPECS: tuple[str, ...] = (
+    "fashion-mnist",
+    "mnist",
+    "cifar10",
+    "cifar100",
+    "imagefolder:PATH",
+    "synthetic[:N | :classes=10,size=32,channels=3,n=512,test=256,seed=0]",
+)
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+_ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}
+
+
+@dataclass(frozen=True)
+class ParsedSpec:
+    """A parsed ``--data`` string: ``kind`` is "builtin", "imagefolder" or "synthetic"."""
+
+    kind: str
+    name: str
+    path: Path | None = None
+    synthetic: SyntheticConfig | None = None
+
+
+def _unknown(spec: str, head: str) -> ValueError:
+    names = [*catalog.CATALOG, "imagefolder", "synthetic"]
+    close = difflib.get_close_matches(head, names, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ValueError(f"unknown dataset {spec!r}; valid datasets: {', '.join(VALID_SPECS)}.{hint}")
+
+
+def parse_data_spec(spec: str) -> ParsedSpec:
+    """Parse a ``--data`` string (see the module docstring); ValueError if it is not valid."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(
+            f"dataset spec {spec!r} is empty; valid datasets: {', '.join(VALID_SPECS)}"
+        )
+    head, sep, rest = spec.strip().partition(":")
+    key = head.strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    if key == "imagefolder":
+        if not rest.strip():
+            raise ValueError(f"dataset spec {spec!r}: give the folder, as imagefolder:PATH")
+        return ParsedSpec("imagefolder", "imagefolder", path=Path(rest.strip()).expanduser())
+    if key == "synthetic":
+        return ParsedSpec("synthetic", "synthetic", synthetic=parse_synthetic_options(rest))
+    if key in catalog.CATALOG:
+        if sep:
+            raise ValueError(f"dataset spec {spec!r}: {key} takes no options after ':'")
+        return ParsedSpec("builtin", key)
+    raise _unknown(spec, key)
+
+
+def _synthetic_info(config: SyntheticConfig) -> DataInfo:
+    return DataInfo(
+        name="synthetic",
+        num_classes=config.classes,
+        class_names=tuple(f"class_{i}" for i in range(config.classes)),
+        channels=config.channels,
+        image_size=config.size,
+        mean=(0.5,) * config.channels,
+        std=(0.2,) * config.channels,
+    )
+
+
+def _info(parsed: ParsedSpec) -> DataInfo:
+    if parsed.kind == "synthetic":
+        assert parsed.synthetic is not None
+        return _synthetic_info(parsed.synthetic)
+    spec = catalog.CATALOG[parsed.name]
+    return DataInfo(
+        name=spec.name,
+        num_classes=spec.num_classes,
+        class_names=spec.class_names,
+        channels=spec.channels,
+        image_size=spec.image_size,
+        mean=spec.mean,
+        std=spec.std,
+    )
+
+
+def _official(
+    parsed: ParsedSpec, split: str, data_dir: str | Path | None, download: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if parsed.kind == "synthetic":
+        assert parsed.synthetic is not None
+        return make_synthetic(parsed.synthetic, split)
+    return load_official_split(parsed.name, split, data_dir=data_dir, download=download)
+
+
+def _check_split(split: str, val_fraction: float, argument: str = "split") -> None:
+    if split not in SPLITS:
+        raise ValueError(f"{argument}={split!r}: must be one of {', '.join(SPLITS)}")
+    if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction={val_fraction!r}: must be in [0, 1)")
+    if split == "val" and val_fraction == 0:
+        raise ValueError(
+            f"{argument}='val' needs val_fraction > 0 (e.g. 0.1 holds out 10% of the official "
+            "training set per class, CIFAR's 45k/5k split)"
+        )
+
+
+def _in_memory_splits(
+    parsed: ParsedSpec,
+    splits: tuple[str, ...],
+    *,
+    data_dir: str | Path | None,
+    download: bool,
+    seed: int,
+    val_fraction: float,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if "test" in splits:
+        out["test"] = _official(parsed, "test", data_dir, download)
+    if "train" in splits or "val" in splits:
+        images, labels = _official(parsed, "train", data_dir, download)
+        if val_fraction > 0:
+            train_idx, val_idx = stratified_split(labels, val_fraction, seed)
+            out["train"] = images[train_idx], labels[train_idx]
+            out["val"] = images[val_idx], labels[val_idx]
+        else:
+            out["train"] = images, labels
+    return out
+
+
+def load_split(
+    spec: str,
+    split: str,
+    *,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    seed: int = 0,
+    val_fraction: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, DataInfo]:
+    """Read one split of an in-memory dataset: uint8 images (N, C, H, W), int64 labels, info.
+
+    ``split`` is "train", "val" or "test". With ``val_fraction > 0`` a seeded stratified
+    ``val_fraction`` of the official training set is "val" and "train" is the rest; "val"
+    without it is an error. ``imagefolder:`` datasets are streamed from disk and not
+    supported here: use :func:`build_loaders`.
+    """
+    parsed = parse_data_spec(spec)
+    if parsed.kind == "imagefolder":
+        raise ValueError(
+            f"load_split reads in-memory datasets only; {spec!r} is read from image files: "
+            "use build_loaders"
+        )
+    _check_split(split, val_fraction)
+    data = _in_memory_splits(
+        parsed, (split,), data_dir=data_dir, download=download, seed=seed, val_fraction=val_fraction
+    )
+    images, labels = data[split]
+    return images, labels, _info(parsed)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r}: must be a positive integer")
+
+
+def _validate(
+    *,
+    batch_size: int,
+    eval_batch_size: int | None,
+    augment: str,
+    random_erasing: float,
+    in_chans: int | None,
+    num_workers: int,
+    rank: int,
+    world_size: int,
+    image_size: int | None,
+    device: str | torch.device,
+) -> torch.device:
+    _check_positive_int("batch_size", batch_size)
+    if eval_batch_size is not None:
+        _check_positive_int("eval_batch_size", eval_batch_size)
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment={augment!r}: must be one of {', '.join(AUGMENTS)}")
+    if not isinstance(random_erasing, (int, float)) or not 0.0 <= random_erasing <= 1.0:
+        raise ValueError(f"random_erasing={random_erasing!r}: must be a probability in [0, 1]")
+    if in_chans not in (None, 1, 3):
+        raise ValueError(f"in_chans={in_chans!r}: must be None, 1 or 3")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers={num_workers!r}: must be an integer >= 0")
+    _check_positive_int("world_size", world_size)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank!r}: must be in 0..{world_size - 1} (world_size={world_size})")
+    if image_size is not None:
+        _check_positive_int("image_size", image_size)
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r}: not a torch device ({exc})") from None
+
+
+def _check_train_size(batch_size: int, n: int, world_size: int, spec: str) -> None:
+    per_rank = n // world_size
+    if batch_size > per_rank:
+        where = f" per rank ({n} in all, world_size={world_size})" if world_size > 1 else ""
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the training set of {spec!r}: {per_rank} "
+            f"samples{where}; use batch_size <= {per_rank}"
+        )
+
+
+def build_loaders(
+    spec: str,
+    *,
+    data_dir: str | Path | None = None,
+    batch_size: int,
+    eval_batch_size: int | None = None,
+    eval_split: str | None = None,
+    augment: str = "standard",
+    random_erasing: float = 0.0,
+    in_chans: int | None = None,
+    seed: int = 0,
+    num_workers: int = 2,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | torch.device = "cpu",
+    channels_last: bool = False,
+    download: bool = True,
+    val_fraction: float = 0.0,
+    skip_bad_images: bool = False,
+    image_size: int | None = None,
+) -> tuple[Loader, Loader, DataInfo]:
+    """The training loader, the evaluation loader and the :class:`DataInfo` of ``spec``.
+
+    ``eval_split`` defaults to "test" for the built-in and synthetic datasets and to "val" for
+    ``imagefolder:`` (whose ``PATH/test`` is optional). ``augment`` is "none", "crop" or
+    "standard"; ``random_erasing`` the per-sample probability of erasing a rectangle.
+    ``in_chans=3`` feeds grayscale data to 3-channel models (channel repeated); for image
+    folders ``in_chans=1`` decodes as grayscale. ``image_size`` resizes in-memory data and
+    sets the crop size of image folders (default 224). ``num_workers`` and
+    ``skip_bad_images`` only concern image folders; in-memory loaders work in the calling
+    process. The returned info's ``in_chans`` is the channel count the loaders yield.
+    """
+    dev = _validate(
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        augment=augment,
+        random_erasing=random_erasing,
+        in_chans=in_chans,
+        num_workers=num_workers,
+        rank=rank,
+        world_size=world_size,
+        image_size=image_size,
+        device=device,
+    )
+    parsed = parse_data_spec(spec)
+    eval_bs = eval_batch_size or batch_size
+    if parsed.kind == "imagefolder":
+        return _build_folder_loaders(
+            parsed,
+            batch_size=batch_size,
+            eval_batch_size=eval_bs,
+            eval_split=eval_split or "val",
+            augment=augment,
+            random_erasing=random_erasing,
+            in_chans=in_chans,
+            num_workers=num_workers,
+            channels_last=channels_last,
+            val_fraction=val_fraction,
+            skip_bad_images=skip_bad_images,
+            image_size=image_size or DEFAULT_IMAGE_SIZE,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            device=dev,
+        )
+    eval_split = eval_split or "test"
+    _check_split(eval_split, val_fraction, "eval_split")
+    info = _info(parsed)
+    if in_chans not in (None, info.channels) and not (info.channels == 1 and in_chans == 3):
+        raise ValueError(
+            f"in_chans={in_chans}: {info.name} has {info.channels} channel(s); "
+            f"use {info.channels}" + (" or 3 (gray repeated)" if info.channels == 1 else "")
+        )
+    info = replace(info, in_chans=in_chans or info.channels)
+    data = _in_memory_splits(
+        parsed,
+        ("train", eval_split),
+        data_dir=data_dir,
+        download=download,
+        seed=seed,
+        val_fraction=val_fraction,
+    )
+    if image_size is not None:
+        info = replace(info, image_size=image_size)
+    _check_train_size(batch_size, len(data["train"][1]), world_size, spec)
+    hflip, padding = True, 4
+    if parsed.kind == "builtin":
+        hflip = catalog.CATALOG[parsed.name].hflip
+        padding = catalog.CATALOG[parsed.name].crop_padding
+    elif parsed.kind == "synthetic":
+        hflip = False  # the class patterns are not mirror-symmetric
+    train = InMemoryLoader(
+        *data["train"],
+        info,
+        batch_size=batch_size,
+        train=True,
+        augment=augment,
+        random_erasing=random_erasing,
+        hflip=hflip,
+        crop_padding=padding,
+        in_chans=in_chans,
+        channels_last=channels_last,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        device=dev,
+    )
+    evaluation = InMemoryLoader(
+        *data[eval_split],
+        info,
+        batch_size=eval_bs,
+        train=False,
+        in_chans=in_chans,
+        channels_last=channels_last,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        device=dev,
+    )
+    return train, evaluation, info
+
+
+def _build_folder_loaders(
+    parsed: ParsedSpec,
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+    eval_split: str,
+    augment: str,
+    random_erasing: float,
+    in_chans: int | None,
+    num_workers: int,
+    channels_last: bool,
+    val_fraction: float,
+    skip_bad_images: bool,
+    image_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> tuple[Loader, Loader, DataInfo]:
+    assert parsed.path is not None
+    if eval_split not in SPLITS:
+        raise ValueError(f"eval_split={eval_split!r}: must be one of {', '.join(SPLITS)}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction={val_fraction!r}: must be in [0, 1)")
+    splits = folder_splits(parsed.path, val_fraction=val_fraction, seed=seed)
+    eval_samples = {"train": splits.train, "val": splits.val, "test": splits.test}[eval_split]
+    if eval_samples is None:
+        raise ValueError(
+            f"eval_split='test': {parsed.path} has no test/ folder; use eval_split='val'"
+        )
+    channels = in_chans or 3
+    info = replace(
+        folder_info(parsed.path, splits.classes, image_size=image_size, channels=channels),
+        in_chans=channels,
+    )
+    _check_train_size(batch_size, len(splits.train), world_size, f"imagefolder:{parsed.path}")
+    loaders = []
+    for samples, train, bs in (
+        (splits.train, True, batch_size),
+        (eval_samples, False, eval_batch_size),
+    ):
+        transform = folder_transforms(
+            info, train=train, augment=augment, random_erasing=random_erasing
+        )
+        dataset = ImageFileDataset(
+            samples, transform, channels=channels, skip_bad_images=skip_bad_images
+        )
+        loaders.append(
+            FolderLoader(
+                dataset,
+                info,
+                batch_size=bs,
+                train=train,
+                seed=seed,
+                rank=rank,
+                world_size=world_size,
+                num_workers=num_workers,
+                device=device,
+                channels_last=channels_last,
+            )
+        )
+    return loaders[0], loaders[1], info

@@ -1,0 +1,410 @@
+"""Image-file datasets in torchvision's ImageFolder layout: ``PATH/<class>/<image>``.
+
+If ``PATH/train`` and ``PATH/val`` exist they are the splits (and ``PATH/test`` if present);
+otherwise the images of ``PATH`` are split into train/val with a seeded stratified split.
+Hidden files and folders (``.ipynb_checkpoints``, macOS ``._*`` files) are ignored.
+
+Training transforms (torchvision.transforms.v2): RandomResizedCrop(image_size), horizontal
+flip, scale to [0, 1], normalize (ImageNet statistics), optional RandomErasing. Evaluation:
+Resize(image_size * 256 / 224) and CenterCrop(image_size).
+
+Determinism: the order of each epoch is a pure function of (seed, epoch), and every sample's
+augmentation is drawn from a generator seeded with (seed, epoch, sample index), inside a
+forked RNG state so neither the main process's nor the workers' global RNG leaks in. Hence
+``iter_from(k)`` resumes an epoch exactly, whatever ``num_workers`` is.
+
+Unreadable files (corrupt, truncated, empty, not an image) raise
+:class:`~resnetlab.data.errors.ImageDecodeError` naming the file; with
+``skip_bad_images=True`` they are dropped from their batch instead (batches can then be a
+little smaller, and a batch with no readable image is left out) and a warning with the count
+is logged at the end of each pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import default_collate as _default_collate
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
+from torchvision.transforms import v2
+
+from .catalog import IMAGENET_MEAN, IMAGENET_STD
+from .errors import DataError, ImageDecodeError
+from .images import load_image
+from .info import DataInfo
+from .loader import check_start_batch, eval_shard
+from .seeding import derive_seed, generator
+from .splits import stratified_split
+
+__all__ = [
+    "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_VAL_FRACTION",
+    "FolderLoader",
+    "FolderSplits",
+    "ImageFileDataset",
+    "find_classes",
+    "folder_info",
+    "folder_splits",
+    "folder_transforms",
+    "scan_folder",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_VAL_FRACTION = 0.1
+# For 1-channel models: the mean of ImageNet's channel statistics.
+GRAY_MEAN = (round(sum(IMAGENET_MEAN) / 3, 4),)
+GRAY_STD = (round(sum(IMAGENET_STD) / 3, 4),)
+
+Sample = tuple[str, int]
+
+
+def _layout_hint(root: Path) -> str:
+    return (
+        f"expected {root}/<class>/<image> (e.g. {root}/cat/001.jpg), or "
+        f"{root}/train/<class>/<image> and {root}/val/<class>/<image>; image extensions: "
+        + ", ".join(IMG_EXTENSIONS)
+    )
+
+
+def find_classes(root: str | Path) -> tuple[list[str], dict[str, int]]:
+    """Sorted class folder names of ``root`` and their indices, ignoring hidden folders.
+
+    Written here rather than taken from torchvision because torchvision's version counts
+    hidden folders such as ``.ipynb_checkpoints`` as classes.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"imagefolder: {root} is not a folder; {_layout_hint(root)}")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"imagefolder: {root} has no class folders; {_layout_hint(root)}")
+    return classes, {name: i for i, name in enumerate(classes)}
+
+
+def _is_image_file(path: str) -> bool:
+    return not os.path.basename(path).startswith(".") and has_file_allowed_extension(
+        path, IMG_EXTENSIONS
+    )
+
+
+def scan_folder(
+    root: str | Path, class_to_idx: dict[str, int] | None = None
+) -> tuple[list[Sample], list[str]]:
+    """``(path, class index)`` of every image under ``root``, and the class names."""
+    root = Path(root)
+    if class_to_idx is None:
+        classes, class_to_idx = find_classes(root)
+    else:
+        classes = sorted(class_to_idx, key=class_to_idx.__getitem__)
+        found, _ = find_classes(root)
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise DataError(
+                f"imagefolder: {root} has class folders that the training split lacks: "
+                + ", ".join(unknown)
+            )
+    try:
+        samples = make_dataset(str(root), class_to_idx, is_valid_file=_is_image_file)
+    except FileNotFoundError as exc:
+        raise DataError(f"imagefolder: {root}: {exc}; {_layout_hint(root)}") from None
+    return samples, classes
+
+
+@dataclass(frozen=True)
+class FolderSplits:
+    """The samples of each split of an image folder."""
+
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample] | None
+    #: "folders" (train/ and val/ given) or "split" (val carved out of one folder)
+    layout: str
+
+
+def folder_splits(root: str | Path, *, val_fraction: float = 0.0, seed: int = 0) -> FolderSplits:
+    """Find the train/val(/test) samples of ``root``.
+
+    With ``root/train`` and ``root/val`` folders, those are used (``val_fraction`` must then be
+    0). Otherwise a seeded stratified split of ``root`` holds out ``val_fraction`` (0 means
+    :data:`DEFAULT_VAL_FRACTION`) of each class.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"imagefolder: {root} is not a folder; {_layout_hint(root)}")
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        if val_fraction:
+            raise ValueError(
+                f"val_fraction={val_fraction!r}: {root} already has train/ and val/ folders; "
+                "use val_fraction=0"
+            )
+        train, classes = scan_folder(root / "train")
+        class_to_idx = {name: i for i, name in enumerate(classes)}
+        val, _ = scan_folder(root / "val", class_to_idx)
+        test = scan_folder(root / "test", class_to_idx)[0] if (root / "test").is_dir() else None
+        return FolderSplits(classes, train, val, test, "folders")
+    samples, classes = scan_folder(root)
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    train_idx, val_idx = stratified_split(labels, val_fraction or DEFAULT_VAL_FRACTION, seed)
+    return FolderSplits(
+        classes,
+        [samples[i] for i in train_idx.tolist()],
+        [samples[i] for i in val_idx.tolist()],
+        None,
+        "split",
+    )
+
+
+def folder_info(
+    root: str | Path, classes: Sequence[str], *, image_size: int, channels: int
+) -> DataInfo:
+    """The :class:`DataInfo` of an image folder read at ``image_size`` with ``channels``."""
+    return DataInfo(
+        name=f"imagefolder:{root}",
+        num_classes=len(classes),
+        class_names=tuple(classes),
+        channels=channels,
+        image_size=image_size,
+        mean=IMAGENET_MEAN if channels == 3 else GRAY_MEAN,
+        std=IMAGENET_STD if channels == 3 else GRAY_STD,
+        resize=int(image_size * 256 / 224),
+    )
+
+
+def folder_transforms(
+    info: DataInfo, *, train: bool, augment: str = "standard", random_erasing: float = 0.0
+) -> v2.Compose:
+    """The torchvision v2 pipeline from a PIL image to a normalized float tensor."""
+    size = info.image_size
+    if train and augment != "none":
+        steps: list[Any] = [v2.RandomResizedCrop(size, antialias=True)]
+        if augment == "standard":
+            steps.append(v2.RandomHorizontalFlip())
+    else:
+        steps = [v2.Resize(info.resize or size, antialias=True), v2.CenterCrop(size)]
+    steps += [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(info.mean), list(info.std)),
+    ]
+    if train and random_erasing > 0:
+        steps.append(v2.RandomErasing(p=random_erasing))
+    return v2.Compose(steps)
+
+
+class _Unreadable(NamedTuple):
+    path: str
+    reason: str
+
+
+class ImageFileDataset(Dataset):
+    """Decodes and transforms ``(path, label)`` samples.
+
+    Keys are ``(index, seed)`` pairs (see :class:`ResumableBatchSampler`): when ``seed`` is not
+    None, the transform runs in a forked RNG state seeded with it.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: v2.Compose,
+        *,
+        channels: int = 3,
+        skip_bad_images: bool = False,
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.channels = channels
+        self.skip_bad_images = skip_bad_images
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int | None]) -> Any:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        path, label = self.samples[index]
+        try:
+            image = load_image(path, self.channels)
+        except ImageDecodeError as exc:
+            if self.skip_bad_images:
+                return _Unreadable(path, exc.reason)
+            raise ImageDecodeError(
+                path, f"{exc.reason}; pass --skip-bad-images (skip_bad_images=True) to skip it"
+            ) from None
+        if seed is None:
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), label
+
+
+def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, list[_Unreadable]]:
+    """Collate decoded samples, setting aside the :class:`_Unreadable` markers."""
+    good = [item for item in batch if not isinstance(item, _Unreadable)]
+    bad = [item for item in batch if isinstance(item, _Unreadable)]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64), bad
+    images, labels = _default_collate(good)
+    return images, labels, bad
+
+
+class ShardSampler(Sampler[int]):
+    """Rank ``rank``'s contiguous chunk of ``range(n)``, in order.
+
+    Hand-written because ``DistributedSampler`` pads the ranks to equal length with repeated
+    samples, which would count those samples twice in an evaluation.
+    """
+
+    def __init__(self, n: int, rank: int, world_size: int) -> None:
+        self.shard = eval_shard(n, rank, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.shard)
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+
+class ResumableBatchSampler(Sampler[list[tuple[int, int | None]]]):
+    """Batches of ``(index, per-sample seed)`` keys that can start at any batch of an epoch.
+
+    ``torch.utils.data.BatchSampler`` reads its sampler lazily, so a start position set before
+    ``iter()`` could change under it; this one fixes the epoch's order and start at ``iter()``.
+    """
+
+    def __init__(
+        self, sampler: Sampler[int], batch_size: int, *, drop_last: bool, seed: int | None
+    ) -> None:
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.seed = seed
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)  # type: ignore[arg-type]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int | None]]]:
+        # Order, start and epoch are fixed here; the keys are made batch by batch.
+        return self._batches(list(self.sampler), self.start_batch, self.epoch)
+
+    def _batches(
+        self, order: list[int], start: int, epoch: int
+    ) -> Iterator[list[tuple[int, int | None]]]:
+        bs, seed = self.batch_size, self.seed
+        for b in range(start, len(self)):
+            chunk = order[b * bs : (b + 1) * bs]
+            yield [(i, None if seed is None else derive_seed(seed, epoch, i)) for i in chunk]
+
+
+class FolderLoader:
+    """A :class:`~resnetlab.data.loader.Loader` over an :class:`ImageFileDataset`."""
+
+    def __init__(
+        self,
+        dataset: ImageFileDataset,
+        info: DataInfo,
+        *,
+        batch_size: int,
+        train: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 2,
+        device: str | torch.device = "cpu",
+        channels_last: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.info = info
+        self.batch_size = int(batch_size)
+        self.train = train
+        self.world_size = world_size
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.epoch = 0
+        self.dataset_size = len(dataset)
+        sampler: Sampler[int]
+        if train:
+            sampler = DistributedSampler(
+                dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+            )
+        else:
+            sampler = ShardSampler(len(dataset), rank, world_size)
+        self._batches = ResumableBatchSampler(
+            sampler, self.batch_size, drop_last=train, seed=seed if train else None
+        )
+        self.num_samples = len(self._batches) * self.batch_size if train else len(sampler)
+        self._loader = DataLoader(
+            dataset,
+            batch_sampler=self._batches,
+            num_workers=num_workers,
+            collate_fn=collate_skipping,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=num_workers > 0,
+            generator=generator(seed, rank, "workers"),
+        )
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration uses."""
+        self.epoch = int(epoch)
+        self._batches.set_epoch(self.epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield batches ``start_batch, ..., len(self) - 1`` of the current epoch."""
+        check_start_batch(start_batch, len(self))
+        self._batches.start_batch = start_batch
+        try:
+            batches = iter(self._loader)
+        finally:
+            self._batches.start_batch = 0
+        return self._move(batches)
+
+    def _move(self, batches: Iterator[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        skipped: list[_Unreadable] = []
+        non_blocking = self.device.type == "cuda"
+        for images, labels, bad in batches:
+            skipped += bad
+            if labels.numel() == 0:
+                if self.train and self.world_size > 1:
+                    # Skipping would leave this rank one step short of the others (a hang).
+                    raise DataError(
+                        f"imagefolder: every image of a training batch was unreadable "
+                        f"({len(bad)} files, e.g. {bad[0].path}: {bad[0].reason}); "
+                        "remove the unreadable files"
+                    )
+                continue
+            images = images.to(self.device, non_blocking=non_blocking)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, labels.to(self.device, non_blocking=non_blocking)
+        if skipped:
+            logger.warning(
+                "skipped %d unreadable image(s) of %s in epoch %d, e.g. %s (%s)",
+                len(skipped),
+                self.info.name,
+                self.epoch,
+                skipped[0].path,
+                skipped[0].reason,
+            )

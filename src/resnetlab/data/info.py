@@ -1,0 +1,49 @@
+"""What a model needs to know about its data: :class:`DataInfo`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DataInfo"]
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """Classes, geometry and normalization of a dataset as a model sees it.
+
+    ``channels``, ``mean`` and ``std`` describe the stored images (per stored channel, [0, 1]
+    scale). ``in_chans`` is the number of channels the model receives (grayscale data repeated
+    to 3 channels has ``channels=1, in_chans=3``); None means the same as ``channels``.
+    To prepare an image file, resize its shorter side to ``resize`` (None: ``image_size``),
+    center-crop ``image_size``, scale to [0, 1], normalize, and repeat channels if needed.
+    """
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int | None = None
+    in_chans: int | None = None
+    interpolation: str = "bilinear"
+
+    @property
+    def model_channels(self) -> int:
+        """Channels of the tensors the loaders yield."""
+        return self.in_chans if self.in_chans is not None else self.channels
+
+    def preprocessing(self) -> dict[str, Any]:
+        """A JSON-able description of how to turn an image file into a model input."""
+        return {
+            "mean": [float(m) for m in self.mean],
+            "std": [float(s) for s in self.std],
+            "image_size": int(self.image_size),
+            "channels": int(self.channels),
+            "in_chans": int(self.model_channels),
+            "resize": int(self.resize if self.resize is not None else self.image_size),
+            "crop": "center",
+            "interpolation": self.interpolation,
+        }

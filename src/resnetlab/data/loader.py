@@ -1,0 +1,209 @@
+"""The loader protocol and the fast loader for datasets held in memory.
+
+Every loader of this package (in memory or :mod:`~resnetlab.data.folder`) follows
+:class:`Loader`:
+
+* ``for images, labels in loader`` yields float32 normalized images (B, C, H, W) and int64
+  labels on the loader's device; ``len(loader)`` is the number of batches per epoch
+  (the last partial batch is dropped for training and kept for evaluation).
+* ``loader.set_epoch(epoch)`` selects the epoch; call it before each epoch, as with
+  ``DistributedSampler`` (the loader does not advance the epoch by itself).
+* ``loader.iter_from(start_batch)`` yields batches ``start_batch, ...`` of the current epoch.
+
+:class:`InMemoryLoader` keeps the whole split as one uint8 tensor on the target device and
+augments whole batches (:mod:`~resnetlab.data.augment`). The order of epoch ``e`` is a pure
+function of ``(seed, e)`` and the augmentation of batch ``b`` of a pure function of
+``(seed, e, b, rank)``: each uses a fresh ``torch.Generator``, never the global RNG. So
+``iter_from(b)`` reproduces the tail of an uninterrupted epoch bit for bit, which is what exact
+resumption after a crash relies on.
+
+Sharding with ``world_size > 1``: for training every rank takes a disjoint stride of the same
+epoch permutation (``N // world_size`` samples each, the remainder is left out that epoch); for
+evaluation rank r takes the r-th contiguous chunk, chunk sizes differ by at most one, so the
+ranks together see every sample exactly once (ranks may then have different batch counts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from .augment import random_crop, random_erasing, random_hflip
+from .info import DataInfo
+from .seeding import generator
+
+__all__ = ["AUGMENTS", "InMemoryLoader", "Loader", "eval_shard"]
+
+#: Accepted values of ``augment``: none, random crop only, or crop + flip (where flips are valid).
+AUGMENTS: tuple[str, ...] = ("none", "crop", "standard")
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """What training and evaluation code may rely on; see the module docstring."""
+
+    info: DataInfo
+    batch_size: int
+    dataset_size: int
+    num_samples: int
+    epoch: int
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def eval_shard(n: int, rank: int, world_size: int) -> range:
+    """Rank ``rank``'s contiguous chunk of ``range(n)``; the chunks partition it exactly."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def check_start_batch(start_batch: int, num_batches: int) -> None:
+    """Raise ValueError unless ``0 <= start_batch <= num_batches``."""
+    if not isinstance(start_batch, int) or not 0 <= start_batch <= num_batches:
+        raise ValueError(
+            f"start_batch={start_batch!r}: must be an integer in 0..{num_batches} "
+            f"(this loader has {num_batches} batches per epoch)"
+        )
+
+
+class InMemoryLoader:
+    """Batches of an in-memory uint8 dataset, augmented and normalized on ``device``.
+
+    ``images`` is uint8 (N, C, H, W) and ``labels`` int64 (N,). ``train=True`` shuffles per
+    epoch, drops the last partial batch and applies ``augment`` ("none", "crop": random crop
+    with ``crop_padding`` zero padding, "standard": crop plus a horizontal flip when ``hflip``)
+    and ``random_erasing`` (probability per sample). ``train=False`` keeps the order and does
+    not augment. ``in_chans=3`` on 1-channel data repeats the channel; ``image_size`` other than
+    the stored size resizes (bilinear, antialiased) before normalization.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        info: DataInfo,
+        *,
+        batch_size: int,
+        train: bool,
+        augment: str = "standard",
+        random_erasing: float = 0.0,
+        hflip: bool = True,
+        crop_padding: int = 4,
+        in_chans: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+        channels_last: bool = False,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}"
+            )
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment={augment!r}: must be one of {', '.join(AUGMENTS)}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size={batch_size!r}: must be a positive integer")
+        if not 0 <= rank < world_size:
+            raise ValueError(
+                f"rank={rank!r}: must be in 0..{world_size - 1} (world_size={world_size})"
+            )
+        channels = images.shape[1]
+        if in_chans not in (None, channels) and not (channels == 1 and in_chans == 3):
+            raise ValueError(
+                f"in_chans={in_chans!r}: the data has {channels} channel(s); use {channels}"
+                + (" or 3 (the gray channel repeated)" if channels == 1 else "")
+            )
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(device=self.device, dtype=torch.int64)
+        self.info = info
+        self.batch_size = int(batch_size)
+        self.train = train
+        self.augment = augment if train else "none"
+        self.random_erasing = float(random_erasing) if train else 0.0
+        self.hflip = hflip
+        self.crop_padding = crop_padding
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.channels_last = channels_last
+        self.epoch = 0
+        self.dataset_size = int(images.shape[0])
+        self._repeat = (in_chans or channels) // channels
+        self._resize = info.image_size if info.image_size != images.shape[-1] else None
+        self._mean = list(info.mean)
+        self._std = list(info.std)
+        if train:
+            per_rank = self.dataset_size // world_size
+            self._num_batches = per_rank // self.batch_size
+            self.num_samples = self._num_batches * self.batch_size
+        else:
+            self._shard = eval_shard(self.dataset_size, rank, world_size)
+            self._num_batches = -(-len(self._shard) // self.batch_size)
+            self.num_samples = len(self._shard)
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration uses."""
+        self.epoch = int(epoch)
+
+    def indices(self) -> torch.Tensor:
+        """The dataset indices this rank visits in the current epoch, in order (CPU int64)."""
+        if not self.train:
+            return torch.arange(self._shard.start, self._shard.stop)
+        perm = torch.randperm(
+            self.dataset_size, generator=generator(self.seed, self.epoch, "order")
+        )
+        used = (self.dataset_size // self.world_size) * self.world_size
+        return perm[self.rank : used : self.world_size][: self.num_samples]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield batches ``start_batch, ..., len(self) - 1`` of the current epoch."""
+        check_start_batch(start_batch, self._num_batches)
+        # Resolved now, not at the first next(): the iterator belongs to the current epoch.
+        return self._batches(self.indices().to(self.device), start_batch, self.epoch)
+
+    def _batches(
+        self, order: torch.Tensor, start: int, epoch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for b in range(start, self._num_batches):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self._make_batch(self.images[idx], epoch, b), self.labels[idx]
+
+    def _make_batch(self, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        g = None
+        if self.augment != "none" or self.random_erasing > 0:
+            g = generator(self.seed, epoch, batch, self.rank, "augment")
+        if self.augment != "none":
+            x = random_crop(x, self.crop_padding, g)
+            if self.augment == "standard" and self.hflip:
+                x = random_hflip(x, g)
+        x = x.to(torch.float32).div_(255.0)
+        if self._resize is not None:
+            x = TF.resize(x, [self._resize, self._resize], antialias=True)
+        x = TF.normalize(x, self._mean, self._std, inplace=True)
+        if self.random_erasing > 0:
+            x = random_erasing(x, self.random_erasing, g)
+        if self._repeat > 1:
+            x = x.repeat(1, self._repeat, 1, 1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x

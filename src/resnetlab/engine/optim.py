@@ -1,0 +1,75 @@
+"""Optimizers and learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import OptimConfig, ScheduleConfig
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """All parameters in one group, or BN parameters and biases split off without decay."""
+    if not cfg.no_decay_norm_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            groups,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, cfg: ScheduleConfig, *, steps_per_epoch: int, total_steps: int) -> float:
+    """The multiplier of the base lr at iteration ``step`` (0-based).
+
+    Every schedule is one pure function of the iteration: schedules step per iteration,
+    and resuming needs nothing but the step count.
+    """
+    epoch = step / steps_per_epoch
+    if cfg.name == "onecycle":
+        # Smith & Topin 2017: cosine up from lr/div_factor to lr, then down to a tiny lr.
+        peak = max(1, int(cfg.pct_start * total_steps))
+        lo, end = 1.0 / cfg.div_factor, 1.0 / (cfg.div_factor * cfg.final_div_factor)
+        if step < peak:
+            return lo + (1 - lo) * (1 - math.cos(math.pi * step / peak)) / 2
+        t = min(1.0, (step - peak) / max(1, total_steps - peak))
+        return end + (1 - end) * (1 + math.cos(math.pi * t)) / 2
+    if cfg.name == "cosine":
+        warm = cfg.warmup_epochs * steps_per_epoch
+        t = min(1.0, max(0.0, (step - warm) / max(1.0, total_steps - warm)))
+        factor = cfg.min_lr_factor + (1 - cfg.min_lr_factor) * (1 + math.cos(math.pi * t)) / 2
+    elif cfg.name == "multistep":
+        now = epoch if cfg.milestone_unit == "epoch" else step
+        factor = cfg.gamma ** sum(now >= m for m in cfg.milestones)
+    else:
+        factor = 1.0
+    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+        w = cfg.warmup_factor
+        factor *= w + (1 - w) * epoch / cfg.warmup_epochs
+    if step < cfg.constant_warmup_iters:
+        factor *= cfg.constant_warmup_factor
+    return factor
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, *, steps_per_epoch: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(step, cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps),
+    )

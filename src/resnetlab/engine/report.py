@@ -1,0 +1,92 @@
+"""Plots and the run report: curves.png, confusion.png, report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Train/test loss and error (%) against epoch."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [r["epoch"] for r in rows]
+    for key, label, style in (("train_loss", "train", "--"), ("test_loss", "test", "-")):
+        pts = [(e, r[key]) for e, r in zip(epochs, rows, strict=True) if r.get(key) is not None]
+        if pts:
+            ax_loss.plot(*zip(*pts, strict=True), style, marker="o", label=label)
+    for key, label, style in (("train_acc", "train", "--"), ("test_top1", "test", "-")):
+        pts = [(e, 100 * (1 - r[key])) for e, r in zip(epochs, rows, strict=True)
+               if r.get(key) is not None]  # fmt: skip
+        if pts:
+            ax_err.plot(*zip(*pts, strict=True), style, marker="o", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_err.set(xlabel="epoch", ylabel="error (%)", title="top-1 error")
+    for ax in (ax_loss, ax_err):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Path) -> Path:
+    plt = _pyplot()
+    import numpy as np
+
+    conf = np.asarray(confusion, dtype=float)
+    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    n = len(class_names)
+    size = max(5, min(20, 0.5 * n + 2))
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        ax.set_xticks(range(n), class_names, rotation=90)
+        ax.set_yticks(range(n), class_names)
+        for i in range(n):
+            for j in range(n):
+                if conf[i, j]:
+                    color = "white" if norm[i, j] > 0.5 else "black"
+                    ax.text(
+                        j, i, int(conf[i, j]), ha="center", va="center", fontsize=7, color=color
+                    )
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (row-normalised)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: Path, summary: dict[str, Any], config: dict[str, Any]) -> Path:
+    import yaml
+
+    lines = [f"# Run report: {config['model']} on {config['data']['spec']}", ""]
+    lines += ["| metric | value |", "|---|---|"]
+    for key, value in summary.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"| {key} | {shown} |")
+    lines += ["", "![curves](curves.png)", "", "## Config", "", "```yaml"]
+    lines += [yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

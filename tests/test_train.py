@@ -1,0 +1,182 @@
+"""The training engine end to end on tiny data: train, checkpoint, resume, evaluate."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from resnetlab.config import ScheduleConfig, load_train_config
+from resnetlab.engine import TrainingError, train
+from resnetlab.engine.checkpoint import list_checkpoints, load_checkpoint
+from resnetlab.engine.optim import lr_factor
+from resnetlab.models import load_model
+
+TINY = {"model": "resnet20", "model_args": {"depth": 8},
+        "data": {"spec": "synthetic:n=256,test=64,size=16,classes=4", "batch_size": 32},
+        "optim": {"lr": 0.05}, "precision": "fp32"}  # fmt: skip
+
+
+def tiny(tmp_path, name="run", **changes):
+    cfg = {**TINY, "output": str(tmp_path / name), **changes}
+    return cfg
+
+
+def cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "resnetlab", *args], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def make_image_folder(root, classes=("ant", "bee", "cat"), per_class=12, size=20):
+    g = torch.Generator().manual_seed(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            arr = (torch.rand(size, size, 3, generator=g) * 80 + 60 * c).clamp(0, 255)
+            Image.fromarray(arr.to(torch.uint8).numpy()).save(root / name / f"{i}.png")
+    return root
+
+
+def test_end_to_end_on_image_files(tmp_path):
+    data = make_image_folder(tmp_path / "imgs")
+    run = tmp_path / "run"
+    cli("train", "--model", "resnet20", "--data", f"imagefolder:{data}", "--epochs", "2",
+        "--batch-size", "8", "--output", str(run), "--quiet", "data.image_size=16",
+        "data.num_workers=0", "data.val_fraction=0.25", "model_args={depth: 8}")  # fmt: skip
+    for name in ("config.yaml", "metrics.jsonl", "model.safetensors", "model.json",
+                 "curves.png", "confusion.png", "report.md", "summary.json"):  # fmt: skip
+        assert (run / name).stat().st_size > 0, name
+    assert len(list_checkpoints(run / "checkpoints")) == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and "test_top1" in rows[-1]
+    meta = json.loads((run / "model.json").read_text())
+    assert (
+        meta["class_names"] == ["ant", "bee", "cat"] and meta["preprocessing"]["image_size"] == 16
+    )
+    out = json.loads(cli("eval", str(run), "--data", f"imagefolder:{data}", "--split", "val",
+                         "--json").stdout)  # fmt: skip
+    assert {"top1", "top5", "loss", "n"} <= set(out) and out["n"] == 9
+    assert (run / "confusion-val.png").exists()
+    assert "per-class accuracy" in cli("eval", str(run / "model.safetensors"), "--data",
+                                       f"imagefolder:{data}", "--split", "val").stdout  # fmt: skip
+
+
+def test_training_learns_and_report(tmp_path):
+    summary = train(tiny(tmp_path, epochs=4, data={**TINY["data"], "augment": "none"}),
+                    progress=False)  # fmt: skip
+    assert summary["test_top1"] > 0.6  # 4 classes: chance is 0.25
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "test_top1" in report and "curves.png" in report
+    model = load_model(tmp_path / "run")
+    assert model.num_classes == 4 and model.config.layers == (1, 1, 1)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    # A schedule that does not depend on the total length, so that --epochs can grow.
+    sched = {"name": "multistep", "milestones": [1]}
+    train(tiny(tmp_path, "full", epochs=2, schedule=sched), progress=False)
+    train(tiny(tmp_path, "part", epochs=1, schedule=sched), progress=False)
+    train(tiny(tmp_path, "part", epochs=2, schedule=sched), resume=True, progress=False)
+    a = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[-1])["model"]
+    b = load_checkpoint(list_checkpoints(tmp_path / "part" / "checkpoints")[-1])["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+
+
+def test_resume_refuses_other_settings_and_existing_runs(tmp_path):
+    train(tiny(tmp_path, epochs=1), progress=False)
+    with pytest.raises(TrainingError, match="already holds a run.*--resume.*--overwrite"):
+        train(tiny(tmp_path, epochs=1), progress=False)
+    with pytest.raises(TrainingError, match=r"optim\.lr: 0\.05 -> 0\.1"):
+        train(tiny(tmp_path, epochs=2, optim={"lr": 0.1}), resume=True, progress=False)
+    train(tiny(tmp_path, epochs=1), overwrite=True, progress=False)
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(tiny(tmp_path, "empty"), resume=True, progress=False)
+
+
+def test_all_the_options_run(tmp_path):
+    cfg = tiny(tmp_path, epochs=1, label_smoothing=0.1, mixup_alpha=0.2, cutmix_alpha=1.0,
+               ema_decay=0.9, save_every_steps=2, keep_last=2, tta_flip=True,
+               optim={"name": "adamw", "lr": 1e-3, "grad_clip": 1.0, "no_decay_norm_bias": True},
+               schedule={"name": "cosine", "warmup_epochs": 0.5},
+               data={**TINY["data"], "random_erasing": 0.5})  # fmt: skip
+    summary = train(cfg, progress=False)
+    assert summary["steps"] == 8 and summary["test_top1"] is not None
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == [
+        "ckpt-00000004.pt"
+    ] or len(list_checkpoints(tmp_path / "run" / "checkpoints")) <= 2
+
+
+def test_nan_loss_stops_with_clear_message(tmp_path):
+    cfg = tiny(tmp_path, epochs=3, optim={"lr": 1e12, "momentum": 0.0}, save_every_steps=1)
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf).*lower optim\.lr"):
+        train(cfg, progress=False)
+    kept = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert kept and all(load_checkpoint(p)["step"] >= 1 for p in kept)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "cifar11"], "unknown dataset .cifar11.*did you mean .cifar10"),
+        (["--data", "synthetic:n=16", "--batch-size", "64"], "batch_size=64.*16"),
+        (["--data", "synthetic", "--lr", "0"], r"optim\.lr=0\.0.*> 0"),
+        (["--data", "synthetic", "optim.lrr=1"], r"unknown config key.*optim\.lrr.*allowed"),
+        (["--data", "synthetic", "epochs=many"], r"invalid epochs='many': expected an integer"),
+        (["--data", "synthetic", "--config", "nope.yaml"], "config file not found"),
+        (["--model", "resnet21", "--data", "synthetic"], "unknown model 'resnet21'"),
+    ],
+)
+def test_bad_input_is_one_line_error(tmp_path, args, message):
+    proc = cli("train", "--output", str(tmp_path / "r"), "--epochs", "1", "--quiet", *args,
+               check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    import re
+
+    assert re.search(message, proc.stderr, re.IGNORECASE), proc.stderr
+
+
+def test_schedules():
+    kw = dict(steps_per_epoch=100, total_steps=64000)
+    paper = ScheduleConfig(name="multistep", milestones=(32000, 48000), milestone_unit="iter",
+                           constant_warmup_iters=400)  # fmt: skip
+    assert lr_factor(0, paper, **kw) == pytest.approx(0.1)
+    assert lr_factor(400, paper, **kw) == 1.0
+    assert lr_factor(32000, paper, **kw) == pytest.approx(0.1)
+    assert lr_factor(48000, paper, **kw) == pytest.approx(0.01)
+    by_epoch = ScheduleConfig(name="multistep", milestones=(2,), warmup_epochs=1)
+    assert lr_factor(0, by_epoch, **kw) == pytest.approx(0.1)
+    assert lr_factor(50, by_epoch, **kw) == pytest.approx(0.55)
+    assert lr_factor(199, by_epoch, **kw) == 1.0 and lr_factor(200, by_epoch, **kw) == 0.1
+    one = ScheduleConfig(name="onecycle", pct_start=0.25)
+    kw = dict(steps_per_epoch=10, total_steps=1000)
+    assert lr_factor(250, one, **kw) == pytest.approx(1.0)
+    assert lr_factor(0, one, **kw) == pytest.approx(1 / 25)
+    assert lr_factor(1000, one, **kw) < 1e-4
+    cos = ScheduleConfig(name="cosine")
+    assert lr_factor(0, cos, **kw) == 1.0 and lr_factor(500, cos, **kw) == pytest.approx(0.5)
+
+
+def test_presets_load_and_overrides_apply():
+    from pathlib import Path
+
+    presets = sorted(Path("configs").glob("*.yaml"))
+    assert {p.stem for p in presets} >= {"cifar_resnet_paper", "cifar_preact_paper",
+                                         "cifar_resnext", "imagenet_paper", "imagenet_modern",
+                                         "fashion_mnist_fast"}  # fmt: skip
+    for p in presets:
+        load_train_config(str(p))
+    cfg = load_train_config("configs/cifar_resnet_paper.yaml", ["optim.lr=0.05", "model=resnet56"])
+    assert cfg.optim.lr == 0.05 and cfg.model == "resnet56" and cfg.max_iters == 64000
+    assert cfg.schedule.milestones == (32000, 48000)
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        load_train_config(None, ["lr"])
+    with pytest.raises(ValueError, match=r"schedule\.name='linear'"):
+        load_train_config(None, ["schedule.name=linear"])
