@@ -1,6 +1,14 @@
+import os
+
 import pytest
 import torch
 from torch import nn
+
+# Under pytest-xdist each worker gets one thread: two workers with two threads each on two
+# cores spin against each other and run several times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # for the CLI subprocesses the tests start
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
