@@ -16,12 +16,27 @@ from .models import (
 
 __version__ = "0.1.0"
 
+# The inference names load on first use: importing them pulls in torchvision's transforms,
+# which would slow down every command that does not predict or export.
+_LAZY = {"ExportResult", "Predictor", "export_model"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'resnetlab' has no attribute {name!r}")
+
 __all__ = [
+    "ExportResult",
     "LoadReport",
+    "Predictor",
     "ModelConfig",
     "ResNet",
     "WeightsError",
     "create_model",
+    "export_model",
     "list_models",
     "load_model",
     "load_weights",

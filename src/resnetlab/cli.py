@@ -25,6 +25,19 @@ overrides: KEY=VALUE with dotted keys, e.g. optim.lr=0.05 schedule.name=onecycle
     "eval": """examples:
   resnetlab eval runs/r20 --data fashion-mnist
   resnetlab eval runs/r20/model.safetensors --data fashion-mnist --json""",
+    "predict": """examples:
+  resnetlab predict runs/r20 photos/ 'more/*.png' --topk 3
+  resnetlab predict --weights runs/r20/model.safetensors cat.jpg --json
+  resnetlab predict --model resnet50 --weights resnet50-tv.pth dog.jpg  # torchvision/timm
+  resnetlab predict --model resnet18 dog.jpg   # random weights: only a smoke test
+folders are searched recursively; exit status 1 when some file could not be read""",
+    "export": """examples:
+  resnetlab export runs/r20 --format onnx --output r20.onnx --dynamic-batch
+  resnetlab export runs/r20 --format torch-export --output r20.pt2
+  resnetlab export runs/r50 --format torchvision --output r50.pth
+  resnetlab export runs/r20/model.safetensors --format safetensors --output copy.safetensors
+every export is read back and compared with PyTorch (relative error <= 1e-4) unless
+--no-verify""",
 }
 
 
@@ -120,6 +133,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import run_predict
+
+    return run_predict(
+        args.inputs,
+        weights=args.weights,
+        model=args.model,
+        topk=args.topk,
+        as_json=args.json,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .inference import export_model, format_export_result
+
+    result = export_model(
+        args.source,
+        args.format,
+        args.output,
+        dynamic_batch=args.dynamic_batch,
+        verify=not args.no_verify,
+        opset=args.opset,
+    )
+    print(format_export_result(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnetlab",
@@ -182,6 +224,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="where to write confusion-<split>.png and eval-<split>.json")
     p.add_argument("--tta-flip", action="store_true", help="average with the flipped image")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = add("predict", cmd_predict, "Classify image files with a run directory or weights.")
+    p.usage = (
+        "%(prog)s (RUN_DIR | --weights FILE | --model NAME) INPUTS... [--topk K] [--json] "
+        "[--batch-size B] [--device DEVICE]"
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUTS",
+                   help="image files, folders (searched recursively) or glob patterns; "
+                   "first a run directory unless --weights or --model is given")  # fmt: skip
+    p.add_argument("--weights", metavar="FILE", help="resnetlab .safetensors (or, with "
+                   "--model, a torchvision/timm state dict)")  # fmt: skip
+    p.add_argument("--model", metavar="NAME", help="a model name, for weights that do not "
+                   "name their architecture (alone: random weights)")  # fmt: skip
+    p.add_argument("--topk", type=int, default=5, metavar="K", help="classes per image (5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--batch-size", type=int, default=32, metavar="B", help="images per batch")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+    p = add("export", cmd_export, "Write a model as safetensors, torchvision, ONNX or .pt2.")
+    p.add_argument("source", help="a run directory or a resnetlab .safetensors file")
+    p.add_argument("--format", required=True, metavar="FORMAT",
+                   help="safetensors | torchvision | onnx | torch-export")  # fmt: skip
+    p.add_argument("--output", required=True, metavar="PATH", help="the file to write")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="a free batch dimension (onnx, torch-export)")  # fmt: skip
+    p.add_argument("--no-verify", action="store_true", help="skip reading it back and comparing")
+    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 17)")
     return parser
 
 

@@ -22,7 +22,6 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import StochasticDepth
 
 
 class ShortcutA(nn.Module):
@@ -88,7 +87,12 @@ def make_shortcut(
 
 def drop_path(rate: float) -> nn.Module:
     """Stochastic depth (Huang et al. 2016) on the residual branch, per sample."""
-    return StochasticDepth(rate, mode="row") if rate > 0 else nn.Identity()
+    if rate <= 0:
+        return nn.Identity()
+    # Imported here: torchvision.ops pulls in torch._dynamo, seconds of start-up time.
+    from torchvision.ops import StochasticDepth
+
+    return StochasticDepth(rate, mode="row")
 
 
 class BasicBlock(nn.Module):

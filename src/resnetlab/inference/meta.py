@@ -1,0 +1,249 @@
+"""What a model needs around it at inference time: preprocessing, class names, a device.
+
+A resnetlab weights file says how its images were prepared and what its classes are called
+(the sidecar's ``preprocessing`` and ``class_names``). A state dict from elsewhere does not,
+so :func:`describe_model` falls back to the conventions of the model's stem: ImageNet
+statistics, a 256 resize and a 224 center crop for ImageNet-stem nets; CIFAR-10 statistics
+at 32x32 for CIFAR-stem nets; ImageNet's class names for 1000-class models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from ..data.catalog import CIFAR10, IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "Preprocessing",
+    "default_class_names",
+    "default_preprocessing",
+    "describe_model",
+    "imagenet_class_names",
+    "resolve_device",
+]
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"invalid device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use cpu")
+    return device
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a model input (the sidecar's ``preprocessing``, validated).
+
+    Resize the shorter side to ``resize``, center-crop ``image_size``, scale to [0, 1],
+    normalize with ``mean``/``std`` (one value per image channel), then repeat a grey
+    channel when ``channels=1`` and ``in_chans=3``. Immutable, so one instance can serve
+    any number of threads.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+    channels: int
+    in_chans: int
+    resize: int
+    crop: str = "center"
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"preprocessing channels={self.channels}: expected 1 or 3")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(
+                f"preprocessing has {len(self.mean)} mean and {len(self.std)} std values for "
+                f"{self.channels}-channel images: give one of each per channel"
+            )
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"preprocessing std={list(self.std)}: every value must be > 0")
+        if self.in_chans not in (self.channels, 3):
+            raise ValueError(
+                f"preprocessing turns {self.channels}-channel images into {self.in_chans} "
+                "channels: only 1 -> 1, 3 -> 3 and 1 -> 3 (grey repeated) are possible"
+            )
+        if self.image_size < 1 or self.resize < self.image_size:
+            raise ValueError(
+                f"preprocessing resize={self.resize}, image_size={self.image_size}: expected "
+                "image_size >= 1 and resize >= image_size (resize, then center-crop)"
+            )
+        if self.crop != "center":
+            raise ValueError(f"preprocessing crop={self.crop!r}: only 'center' is supported")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"preprocessing interpolation={self.interpolation!r}: expected one of "
+                + ", ".join(INTERPOLATIONS)
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """Read the sidecar's dict; ``resize``, ``channels`` and ``in_chans`` may be left out."""
+        missing = [k for k in ("mean", "std", "image_size") if k not in data]
+        if missing:
+            raise ValueError(f"preprocessing lacks {', '.join(missing)}: got {sorted(data)}")
+        known = {"mean", "std", "image_size", "channels", "in_chans", "resize", "crop"}
+        unknown = sorted(set(data) - known - {"interpolation"})
+        if unknown:
+            raise ValueError(f"unknown preprocessing key(s) {unknown}: allowed are {sorted(known)}")
+        mean = tuple(float(m) for m in data["mean"])
+        channels = int(data.get("channels") or len(mean))
+        size = int(data["image_size"])
+        return cls(
+            mean=mean,
+            std=tuple(float(s) for s in data["std"]),
+            image_size=size,
+            channels=channels,
+            in_chans=int(data.get("in_chans") or channels),
+            resize=int(data.get("resize") or size),
+            crop=data.get("crop", "center"),
+            interpolation=data.get("interpolation", "bilinear"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["mean"], out["std"] = list(self.mean), list(self.std)
+        return out
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """A PIL image or a CxHxW / HxW tensor (uint8, or float in [0, 1]) -> a float tensor."""
+        mode = InterpolationMode(self.interpolation)
+        if isinstance(image, Image.Image):
+            want = "L" if self.channels == 1 else "RGB"
+            if image.mode != want:
+                image = image.convert(want)
+            # Resize the PIL image, as the image-folder evaluation pipeline does.
+            image = TF.resize(image, [self.resize], interpolation=mode, antialias=True)
+            x = TF.pil_to_tensor(TF.center_crop(image, [self.image_size]))
+        elif isinstance(image, torch.Tensor):
+            x = self._channels_of(image)
+            x = TF.resize(x, [self.resize], interpolation=mode, antialias=True)
+            x = TF.center_crop(x, [self.image_size])
+        else:
+            raise TypeError(
+                f"cannot prepare a {type(image).__name__}: give a path, a PIL image or a tensor"
+            )
+        x = TF.normalize(TF.to_dtype(x, torch.float32, scale=True), self.mean, self.std)
+        if self.in_chans != self.channels:
+            x = x.expand(self.in_chans, -1, -1)
+        return x
+
+    def _channels_of(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2:
+            x = x.unsqueeze(0)
+        if x.ndim != 3 or x.shape[0] not in (1, 3):
+            raise ValueError(
+                f"an image tensor must be CxHxW with C = 1 or 3 (or HxW), got {tuple(x.shape)}"
+            )
+        if not (x.dtype == torch.uint8 or x.is_floating_point()):
+            raise ValueError(f"image tensors must be uint8 or float in [0, 1], got {x.dtype}")
+        if x.shape[0] == 3 and self.channels == 1:
+            return TF.rgb_to_grayscale(x)
+        if x.shape[0] == 1 and self.channels == 3:
+            return x.expand(3, -1, -1)
+        return x
+
+
+def default_preprocessing(model: nn.Module) -> Preprocessing:
+    """The usual preprocessing for a model whose weights do not describe their own."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        raise ValueError(
+            f"{type(model).__name__} is not a resnetlab model: pass its preprocessing "
+            "(mean, std, image_size, resize) explicitly"
+        )
+    if cfg.stem == "imagenet":
+        mean, std, size, resize = IMAGENET_MEAN, IMAGENET_STD, 224, 256
+    else:
+        mean, std, size, resize = CIFAR10.mean, CIFAR10.std, CIFAR10.image_size, CIFAR10.image_size
+    if cfg.in_chans == 1:
+        mean, std = (round(sum(mean) / 3, 4),), (round(sum(std) / 3, 4),)
+    elif cfg.in_chans != 3:
+        raise ValueError(
+            f"no default preprocessing for a model with in_chans={cfg.in_chans}: image files "
+            "have 1 or 3 channels; feed it tensors of your own"
+        )
+    return Preprocessing(
+        mean=tuple(mean),
+        std=tuple(std),
+        image_size=size,
+        channels=cfg.in_chans,
+        in_chans=cfg.in_chans,
+        resize=resize,
+    )
+
+
+@lru_cache(maxsize=1)
+def imagenet_class_names() -> tuple[str, ...]:
+    """ImageNet-1k's class names in the standard index order (as torchvision's weights have them)."""
+    text = resources.files("resnetlab").joinpath("assets/imagenet_classes.txt").read_text()
+    names = tuple(line for line in text.splitlines() if line)
+    if len(names) != 1000:
+        raise RuntimeError(f"the packaged ImageNet class list has {len(names)} names, not 1000")
+    return names
+
+
+def default_class_names(num_classes: int) -> tuple[str, ...]:
+    """ImageNet's names for a 1000-class model, else ``class_0`` .. ``class_{n-1}``."""
+    if num_classes == 1000:
+        return imagenet_class_names()
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def describe_model(
+    model: nn.Module,
+    preprocessing: Preprocessing | dict[str, Any] | None = None,
+    class_names: list[str] | tuple[str, ...] | None = None,
+) -> tuple[Preprocessing, tuple[str, ...]]:
+    """The preprocessing and class names to use with ``model``.
+
+    Explicit arguments win; then the model's ``meta`` (set by ``load_model`` from the
+    weights' sidecar); then the defaults of :func:`default_preprocessing` and
+    :func:`default_class_names`.
+    """
+    meta = getattr(model, "meta", None) or {}
+    if preprocessing is None:
+        preprocessing = meta.get("preprocessing")
+    if preprocessing is None:
+        prep = default_preprocessing(model)
+    elif isinstance(preprocessing, Preprocessing):
+        prep = preprocessing
+    else:
+        prep = Preprocessing.from_dict(preprocessing)
+    cfg = getattr(model, "config", None)
+    if cfg is not None and prep.in_chans != cfg.in_chans:
+        raise ValueError(
+            f"the preprocessing makes {prep.in_chans}-channel inputs; the model takes "
+            f"{cfg.in_chans} channels"
+        )
+    num_classes = getattr(model, "num_classes", None)
+    if class_names is None:
+        class_names = meta.get("class_names")
+    if class_names is None:
+        if num_classes is None:
+            raise ValueError("pass class_names: the model does not say how many classes it has")
+        class_names = default_class_names(num_classes)
+    names = tuple(str(c) for c in class_names)
+    if num_classes is not None and len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for a model with {num_classes} classes")
+    return prep, names

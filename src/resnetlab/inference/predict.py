@@ -1,0 +1,394 @@
+"""Classifying images with a trained model: :class:`Predictor` and the ``predict`` command.
+
+A :class:`Predictor` holds a model in eval mode together with the preprocessing and class
+names its weights describe (see :mod:`resnetlab.inference.meta`), and turns image files,
+PIL images or tensors into top-k predictions, in batches, under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+from ..data.errors import ImageDecodeError
+from ..data.images import load_image
+from ..models import WeightsError, create_model, load_model, load_weights, read_weights
+from .meta import Preprocessing, describe_model, resolve_device
+
+__all__ = [
+    "Predictor",
+    "RandomWeightsWarning",
+    "find_images",
+    "format_prediction",
+    "run_predict",
+]
+
+DEFAULT_BATCH_SIZE = 32
+ImageInput = str | os.PathLike | Image.Image | torch.Tensor
+
+
+class RandomWeightsWarning(UserWarning):
+    """The model was built without trained weights: its predictions are meaningless."""
+
+
+def _stem_in_chans(state_dict: dict[str, torch.Tensor]) -> int | None:
+    for key in ("conv1.weight", "stem.conv.weight"):
+        weight = state_dict.get(key)
+        if weight is not None and weight.ndim == 4:
+            return int(weight.shape[1])
+    return None
+
+
+class Predictor:
+    """Top-k classification of images with one model.
+
+    Build it with :meth:`from_source` (a run directory or resnetlab ``.safetensors``),
+    :meth:`from_name` (a zoo name, optionally with a torchvision/timm state dict) or
+    :meth:`from_model` (a model in memory); then call :meth:`predict`.
+
+    Thread safety: one Predictor may serve many threads at once (e.g. a web service's
+    request handlers). After construction nothing in it changes: :meth:`predict` reads
+    the model, the frozen :class:`~resnetlab.inference.meta.Preprocessing` and the class
+    name tuple, keeps every tensor local to the call, and enters ``torch.inference_mode``,
+    which is per thread. It never calls ``.eval()``, ``.to()`` or anything else that
+    changes the model; do not change the model (train mode, new weights) while it serves.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        preprocessing: Preprocessing | dict[str, Any],
+        class_names: Sequence[str],
+        device: str | torch.device | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        random_weights: bool = False,
+    ) -> None:
+        if getattr(model, "features_only", False):
+            raise ValueError("a features_only model has no classifier to predict with")
+        if getattr(model, "num_classes", 1) == 0:
+            raise ValueError("the model has no classifier (num_classes=0)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
+        if device is not None:
+            model = model.to(resolve_device(device))
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.preprocessing = (
+            preprocessing
+            if isinstance(preprocessing, Preprocessing)
+            else Preprocessing.from_dict(preprocessing)
+        )
+        self.class_names = tuple(class_names)
+        self.batch_size = batch_size
+        self.random_weights = random_weights
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        preprocessing: Preprocessing | dict[str, Any] | None = None,
+        class_names: Sequence[str] | None = None,
+        *,
+        device: str | torch.device | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> Predictor:
+        """Wrap a model; missing preprocessing/class names come from its ``meta`` or defaults.
+
+        ``device=None`` leaves the model where it is; the model is put in eval mode.
+        """
+        prep, names = describe_model(model, preprocessing, class_names)
+        return cls(model, preprocessing=prep, class_names=names, device=device,
+                   batch_size=batch_size)  # fmt: skip
+
+    @classmethod
+    def from_source(
+        cls,
+        source: str | os.PathLike,
+        *,
+        device: str | torch.device = "auto",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> Predictor:
+        """A run directory or resnetlab ``.safetensors`` file: everything comes from it."""
+        try:
+            model = load_model(source)
+        except WeightsError as e:
+            if "does not describe its architecture" not in str(e):
+                raise
+            raise WeightsError(
+                f"{source} does not name its architecture (no resnetlab sidecar): give the "
+                "model name too, Predictor.from_name(NAME, weights=PATH) in Python or "
+                "--model NAME --weights PATH on the command line"
+            ) from None
+        return cls.from_model(model, device=device, batch_size=batch_size)
+
+    @classmethod
+    def from_name(
+        cls,
+        name: str,
+        weights: str | os.PathLike | None = None,
+        *,
+        device: str | torch.device = "auto",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> Predictor:
+        """A zoo model with a state dict that does not name its architecture (torchvision,
+        timm, resnetlab). The class count and input channels follow the weights. Without
+        ``weights`` the model is randomly initialised: a :class:`RandomWeightsWarning` says so.
+        """
+        if weights is None:
+            warnings.warn(
+                f"{name} has random weights: predictions are meaningless (give trained "
+                "weights, a run directory or a .safetensors file)",
+                RandomWeightsWarning,
+                stacklevel=2,
+            )
+            model = create_model(name)
+        else:
+            wf = read_weights(weights)
+            model = create_model(
+                name, num_classes=wf.num_classes, in_chans=_stem_in_chans(wf.state_dict) or 3
+            )
+            model.load_report = load_weights(model, wf)
+            if wf.meta is not None:
+                model.meta = wf.meta
+        prep, names = describe_model(model)
+        return cls(model, preprocessing=prep, class_names=names, device=device,
+                   batch_size=batch_size, random_weights=weights is None)  # fmt: skip
+
+    def prepare(self, image: ImageInput) -> torch.Tensor:
+        """One input (path, PIL image or tensor) -> the normalized model input tensor.
+
+        Raises :class:`~resnetlab.data.errors.ImageDecodeError` for an unreadable file.
+        """
+        if isinstance(image, (str, os.PathLike)):
+            image = load_image(image, channels=self.preprocessing.channels)
+        return self.preprocessing(image)
+
+    def predict(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        topk: int = 5,
+        *,
+        batch_size: int | None = None,
+        on_error: str = "raise",
+    ) -> list[dict[str, Any]]:
+        """Top-k predictions, one dict per image, in input order.
+
+        ``images``: paths, PIL images, CxHxW tensors (uint8, or float in [0, 1]), a BxCxHxW
+        tensor, or a single one of these. Each result is ``{"path": str | None, "topk":
+        [{"class": name, "index": i, "prob": p}, ...]}``, most probable first. With
+        ``on_error="record"`` an unreadable file gives ``{"path": ..., "error": message}``
+        instead of raising :class:`~resnetlab.data.errors.ImageDecodeError`.
+        """
+        return list(self.predict_iter(images, topk, batch_size=batch_size, on_error=on_error))
+
+    def predict_iter(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        topk: int = 5,
+        *,
+        batch_size: int | None = None,
+        on_error: str = "raise",
+    ) -> Iterator[dict[str, Any]]:
+        """As :meth:`predict`, yielding results batch by batch (for long lists of files)."""
+        if on_error not in ("raise", "record"):
+            raise ValueError(f"on_error={on_error!r}: expected 'raise' or 'record'")
+        if topk < 1:
+            raise ValueError(f"topk={topk}: expected an integer >= 1")
+        topk = min(topk, len(self.class_names))
+        size = batch_size or self.batch_size
+        batch: list[ImageInput] = []
+        for item in _as_items(images):
+            batch.append(item)
+            if len(batch) == size:
+                yield from self._predict_batch(batch, topk, on_error)
+                batch = []
+        if batch:
+            yield from self._predict_batch(batch, topk, on_error)
+
+    def _predict_batch(
+        self, items: list[ImageInput], topk: int, on_error: str
+    ) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        tensors, slots = [], []
+        for item in items:
+            path = str(item) if isinstance(item, (str, os.PathLike)) else None
+            try:
+                tensors.append(self.prepare(item))
+            except ImageDecodeError as e:
+                if on_error == "raise":
+                    raise
+                results.append({"path": path, "error": str(e)})
+                continue
+            slots.append(len(results))
+            results.append({"path": path})
+        if not tensors:
+            return results
+        with torch.inference_mode():
+            x = torch.stack(tensors).to(self.device)
+            logits = self.model(x)
+            if logits.ndim != 2 or logits.shape[1] != len(self.class_names):
+                raise ValueError(
+                    f"the model returned {tuple(logits.shape)} for {len(tensors)} images; "
+                    f"expected ({len(tensors)}, {len(self.class_names)}) logits"
+                )
+            probs, indices = logits.float().softmax(dim=1).topk(topk, dim=1)
+        for slot, p_row, i_row in zip(slots, probs.tolist(), indices.tolist(), strict=True):
+            results[slot]["topk"] = [
+                {"class": self.class_names[i], "index": i, "prob": p}
+                for p, i in zip(p_row, i_row, strict=True)
+            ]
+        return results
+
+
+def _as_items(images: ImageInput | Iterable[ImageInput]) -> Iterator[ImageInput]:
+    if isinstance(images, torch.Tensor):
+        if images.ndim == 4:
+            yield from images.unbind(0)
+        else:
+            yield images
+    elif isinstance(images, (str, os.PathLike, Image.Image)):
+        yield images
+    else:
+        yield from images
+
+
+def _is_image_file(path: str) -> bool:
+    return has_file_allowed_extension(path, IMG_EXTENSIONS)
+
+
+def _walk_images(folder: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [
+            Path(root, f) for f in sorted(files) if not f.startswith(".") and _is_image_file(f)
+        ]
+    return found
+
+
+def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """The image files that ``inputs`` name, and the inputs that named nothing.
+
+    A file is taken as given (whatever its extension); a folder gives every image file
+    under it, recursively, sorted (hidden files and folders skipped); a glob pattern
+    (``*``, ``?``, ``[...]``, ``**``) gives the image files and folders it matches.
+    Duplicates are dropped, keeping the first.
+    """
+    found: list[Path] = []
+    missing: list[str] = []
+    for spec in inputs:
+        path = Path(spec)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += _walk_images(path)
+        elif glob.has_magic(str(spec)):
+            matches = sorted(glob.glob(str(spec), recursive=True))
+            files = [Path(m) for m in matches if Path(m).is_file() and _is_image_file(m)]
+            for m in matches:
+                if Path(m).is_dir():
+                    files += _walk_images(Path(m))
+            if files:
+                found += files
+            else:
+                missing.append(str(spec))
+        else:
+            missing.append(str(spec))
+    unique = list(dict.fromkeys(found))
+    return unique, missing
+
+
+def format_prediction(result: dict[str, Any]) -> str:
+    """One line: the path, then ``name (prob)`` pairs, most probable first."""
+    pairs = ", ".join(f"{t['class']} ({t['prob']:.4f})" for t in result["topk"])
+    return f"{result['path']}: {pairs}"
+
+
+def run_predict(
+    inputs: Sequence[str],
+    *,
+    weights: str | None = None,
+    model: str | None = None,
+    topk: int = 5,
+    as_json: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "auto",
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> int:
+    """The ``predict`` command: predict every image ``inputs`` name, one line each.
+
+    The model is ``--model NAME`` (with ``--weights FILE`` for a state dict that does not
+    name its architecture), ``--weights FILE`` alone (resnetlab weights), or else the first
+    of ``inputs`` (a run directory or resnetlab weights file). Returns 0, or 1 when some
+    file could not be read (each gets an error line); raises ValueError when nothing is
+    there to predict.
+    """
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    if topk < 1 or batch_size < 1:
+        raise ValueError(f"--topk {topk}, --batch-size {batch_size}: both must be >= 1")
+    inputs = list(inputs)
+    source = weights
+    if model is None and weights is None:
+        if len(inputs) < 2:
+            raise ValueError(
+                "give a run directory (or --weights FILE, or --model NAME) and then the "
+                "images to classify"
+            )
+        source, inputs = inputs[0], inputs[1:]
+        if Path(source).is_file() and _is_image_file(source):
+            raise ValueError(
+                f"{source} is an image, not a model: give a run directory, a .safetensors "
+                "file, --weights FILE or --model NAME first"
+            )
+    files, missing = find_images(inputs)
+    if not files:
+        raise ValueError(f"no images found in {', '.join(inputs)}")
+    if model is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RandomWeightsWarning)
+            predictor = Predictor.from_name(model, weights, device=device, batch_size=batch_size)
+        if predictor.random_weights:
+            print(
+                f"warning: {model} has random weights: predictions are meaningless "
+                "(give a run directory, or --weights FILE)",
+                file=err,
+            )
+    else:
+        predictor = Predictor.from_source(source, device=device, batch_size=batch_size)
+
+    failed = 0
+    for spec in missing:
+        failed += 1
+        message = f"no such file or folder, or no image matches: {spec}"
+        if as_json:
+            print(json.dumps({"path": spec, "error": message}), file=out, flush=True)
+        else:
+            print(f"error: {message}", file=err, flush=True)
+    for result in predictor.predict_iter(files, topk, on_error="record"):
+        if "error" in result:
+            failed += 1
+            if not as_json:
+                print(f"error: {result['error']}", file=err, flush=True)
+        if as_json:
+            print(json.dumps(result), file=out, flush=True)
+        elif "topk" in result:
+            print(format_prediction(result), file=out, flush=True)
+    if failed:
+        total = len(files) + len(missing)
+        print(f"{failed} of {total} inputs could not be read", file=err)
+        return 1
+    return 0

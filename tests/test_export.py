@@ -1,0 +1,186 @@
+"""Export to safetensors, torchvision, ONNX and torch.export, each file read back and run."""
+
+import json
+import re
+import subprocess
+import sys
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torchvision
+
+from conftest import randomize, rel_err
+from resnetlab import ModelConfig, create_model, load_model, save_weights
+from resnetlab.inference import EXPORT_FORMATS, ExportError, export_model
+from resnetlab.inference import export as export_module
+
+NAMES = ["cat", "dog", "bird"]
+PREP = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "image_size": 16, "channels": 3,
+        "in_chans": 3, "resize": 16, "crop": "center", "interpolation": "bilinear"}  # fmt: skip
+
+
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "resnetlab", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    model = randomize(create_model("resnet20", depth=8, num_classes=3))
+    save_weights(model, run / "model.safetensors", preprocessing=PREP, class_names=NAMES)
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference(run_dir):
+    return load_model(run_dir).eval()
+
+
+def images(batch, seed=1):
+    return torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def test_cli_onnx_dynamic_batch(run_dir, reference, tmp_path):
+    out = tmp_path / "new" / "dir" / "r.onnx"  # the folder is created
+    proc = cli("export", run_dir, "--format", "onnx", "--output", out, "--dynamic-batch")
+    assert proc.returncode == 0, proc.stderr
+    error = float(re.search(r"max relative error vs PyTorch (\S+)", proc.stdout)[1])
+    assert 0 <= error <= 1e-4
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["class_names"]) == NAMES
+    assert json.loads(props["preprocessing"])["mean"] == PREP["mean"]
+    assert props["architecture"] == "resnet20"
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    for batch in (1, 5):
+        x = images(batch)
+        got = torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
+        assert rel_err(reference(x).detach(), got) < 1e-4
+
+
+def test_cli_bad_inputs_are_one_line(run_dir, tmp_path):
+    proc = cli("export", run_dir, "--format", "tflite", "--output", tmp_path / "m.tflite")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "unknown export format 'tflite'" in proc.stderr
+    for fmt in EXPORT_FORMATS:
+        assert fmt in proc.stderr
+
+
+def test_onnx_static_batch_and_opset(run_dir, reference, tmp_path):
+    result = export_model(run_dir, "onnx", tmp_path / "r.onnx", opset=13)
+    assert result.max_rel_error is not None and result.max_rel_error <= 1e-4
+    model = onnx.load(str(result.path))
+    assert model.opset_import[0].version == 13
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 16, 16]
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    x = images(1)
+    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    assert rel_err(reference(x).detach(), got) < 1e-4
+
+
+def test_safetensors_copy(run_dir, reference, tmp_path):
+    result = export_model(run_dir / "model.safetensors", "safetensors", tmp_path / "c.safetensors")
+    assert result.max_rel_error == 0.0
+    copy = load_model(result.path)
+    assert copy.meta["class_names"] == NAMES and copy.meta["preprocessing"]["resize"] == 16
+    assert (tmp_path / "c.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.safetensors"]
+    x = images(2)
+    assert torch.equal(copy.eval()(x), reference(x))
+
+
+def test_torchvision_state_dict_loads_into_torchvision(tmp_path):
+    model = randomize(create_model("resnet18", num_classes=5))
+    result = export_model(model, "torchvision", tmp_path / "r18.pth")
+    assert result.max_rel_error is not None and result.max_rel_error <= 1e-4
+    assert result.load_with == "torchvision.models.resnet18(num_classes=5)"
+    tv = torchvision.models.resnet18(num_classes=5)
+    tv.load_state_dict(torch.load(result.path, weights_only=True))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert rel_err(model(x), tv.eval()(x)) < 1e-5
+
+
+def test_torchvision_twin_without_a_builder(tmp_path):
+    cfg = ModelConfig(layers=(1, 1, 1, 1), num_classes=4)
+    result = export_model(randomize(create_model(cfg)), "torchvision", tmp_path / "small.pth")
+    assert result.load_with.startswith("torchvision.models.resnet.ResNet(BasicBlock, [1, 1, 1, 1]")
+    assert result.max_rel_error <= 1e-4
+
+
+def test_torchvision_refuses_models_without_a_twin(run_dir, tmp_path):
+    with pytest.raises(ExportError, match="no torchvision counterpart"):
+        export_model(run_dir, "torchvision", tmp_path / "r20.pth")
+    v1 = create_model(ModelConfig(block="bottleneck", layers=(1, 1, 1, 1), stride_on="1x1"))
+    with pytest.raises(ExportError, match="strides on the bottleneck's 1x1"):
+        export_model(v1, "torchvision", tmp_path / "v1.pth")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_export(run_dir, reference, tmp_path, dynamic):
+    result = export_model(run_dir, "torch-export", tmp_path / "r.pt2", dynamic_batch=dynamic)
+    assert result.max_rel_error is not None and result.max_rel_error <= 1e-4
+    extra = {"resnetlab.json": ""}
+    program = torch.export.load(result.path, extra_files=extra)
+    assert json.loads(extra["resnetlab.json"])["class_names"] == NAMES
+    module = program.module()
+    batches = (1, 3) if dynamic else (1,)
+    for batch in batches:
+        x = images(batch)
+        assert rel_err(reference(x), module(x)) < 1e-5
+    if not dynamic:
+        with pytest.raises(Exception, match="size"):
+            module(images(3))
+
+
+def test_failed_verification_removes_the_file(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "MAX_REL_ERROR", -1.0)
+    with pytest.raises(ExportError, match="differs from the PyTorch model"):
+        export_model(run_dir, "onnx", tmp_path / "r.onnx")
+    assert list(tmp_path.iterdir()) == []
+    result = export_model(run_dir, "onnx", tmp_path / "r.onnx", verify=False)
+    assert result.max_rel_error is None and result.path.exists()
+
+
+def test_model_in_memory_is_left_as_it_was(tmp_path):
+    model = create_model("resnet20", depth=8, num_classes=3).train()
+    result = export_model(model, "onnx", tmp_path / "m.onnx", dynamic_batch=True)
+    assert model.training and result.max_rel_error <= 1e-4
+    props = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}
+    assert json.loads(props["preprocessing"])["image_size"] == 32  # the CIFAR default
+    assert json.loads(props["class_names"]) == ["class_0", "class_1", "class_2"]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "kwargs", "match"),
+    [
+        ("onnx", "m.onnx", {"opset": 99}, "opset=99"),
+        ("onnx", "m.pt2", {}, r"does not end in \.onnx"),
+        ("safetensors", "m.safetensors", {"dynamic_batch": True}, "dynamic batch applies"),
+        ("torch-export", "m.pt2", {"opset": 17}, "opset applies to onnx"),
+        ("bogus", "m.onnx", {}, "unknown export format"),
+    ],
+)
+def test_bad_options(run_dir, tmp_path, fmt, name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        export_model(run_dir, fmt, tmp_path / name, **kwargs)
+
+
+def test_missing_source(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        export_model(tmp_path / "nope", "onnx", tmp_path / "m.onnx")
+    torch.save(create_model("resnet20", depth=8).state_dict(), tmp_path / "w.pth")
+    with pytest.raises(ValueError, match="does not describe its architecture"):
+        export_model(tmp_path / "w.pth", "onnx", tmp_path / "m.onnx")
