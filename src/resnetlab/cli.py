@@ -11,7 +11,9 @@ EPILOGS = {
     "models": """examples:
   resnetlab models                 # every model with params and MACs
   resnetlab models 'resnext*'      # a shell-style pattern
-  resnetlab models --json > models.json""",
+  resnetlab models --json > models.json
+  resnetlab models --paper         # measured vs the papers' tables, mismatches marked
+  resnetlab models --paper 'resnet1*' --json""",
     "info": """examples:
   resnetlab info resnet50
   resnetlab info resnet56 --input-size 3 32 32 --json""",
@@ -38,6 +40,43 @@ folders are searched recursively; exit status 1 when some file could not be read
   resnetlab export runs/r20/model.safetensors --format safetensors --output copy.safetensors
 every export is read back and compared with PyTorch (relative error <= 1e-4) unless
 --no-verify""",
+    "experiment": """examples:
+  resnetlab experiment degradation --quick --output runs/degradation
+  resnetlab experiment gradients --quick --output runs/gradients
+  resnetlab experiment cardinality --quick --output runs/cardinality
+  resnetlab experiment degradation --help     # the options of one experiment
+each writes results.json, figures (PNG) and report.md to --output; running again with the
+same settings continues an interrupted run. docs/reproduction.md shows what they gave""",
+    "bench": """examples:
+  resnetlab bench resnet50 --batch-size 16      # fp32, bf16, int8; torchvision, onnxruntime
+  resnetlab bench resnet50 --batch-size 1 --precision fp32,int8 --iters 20
+  resnetlab bench resnet20 --input-size 3 32 32 --compare onnxruntime --json
+  resnetlab bench runs/r20 --precision int8 --compile      # a trained run; adds torch.compile rows
+img/s and p50/p95 latency per batch; mem: peak RSS growth while the system ran; of peak:
+2 x MACs x img/s over a torch.matmul GEMM probe of the same run (bf16 rows: the bf16 probe).
+int8 is calibrated on random inputs here (speed only): use optimize_for_inference with
+your own images for accuracy""",
+    "experiment degradation": """examples:
+  resnetlab experiment degradation --quick --output runs/degradation  # ~10 min on 2 cores
+  resnetlab experiment degradation --output runs/fig6     # the paper's 64k iterations (GPU)
+  resnetlab experiment degradation --dataset cifar10 --depths 20 32 44 56 --output runs/c10
+  resnetlab experiment degradation --quick --iters 400 --threads 1 --output runs/deg400
+writes DIR/results.json ({model: {"train_error", "test_error", "curve": [...]}}, errors as
+fractions), DIR/degradation.png (plain left, residual right; dashed: training error, bold:
+test error) and DIR/report.md saying whether the claim held""",
+    "experiment gradients": """examples:
+  resnetlab experiment gradients --quick --output runs/gradients
+  resnetlab experiment gradients --models plain110 resnet110 resnet110_v2 --steps 100
+  resnetlab experiment gradients --deep-models --output runs/flow   # skip the 1000-layer nets
+  resnetlab experiment gradients --deep-models resnet1202 --deep-steps 300 --output runs/1202
+writes DIR/results.json, DIR/gradients.png (per-layer gradient norms, log scale),
+DIR/deep.png (loss of the 1000+-layer nets, memory with/without checkpointing), report.md""",
+    "experiment cardinality": """examples:
+  resnetlab experiment cardinality --quick --output runs/cardinality
+  resnetlab experiment cardinality --budget 2 --output runs/card2x   # the paper's Table 4
+  resnetlab experiment cardinality --cardinalities 2 4 8 16 --depths 20 56 --iters 5000
+writes DIR/results.json, DIR/cardinality.png (errors of equal-MACs variants) and report.md
+with the table of MACs, params and errors""",
 }
 
 
@@ -84,7 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config:
             raise CliError("--resume takes the run's own config.yaml; drop --config")
         preset, output = f"{args.resume}/config.yaml", args.resume
-    data = {"spec": args.data, "data_dir": args.data_dir, "batch_size": args.batch_size}
+    data = {"spec": args.data, "data_dir": args.data_dir, "batch_size": args.batch_size,
+            "skip_bad_images": True if args.skip_bad_images else None}  # fmt: skip
     cfg = load_train_config(
         preset,
         args.overrides,
@@ -102,6 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(
         cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet
     )
+    if summary["rank"] != 0:
+        return 0
     top1 = summary["test_top1"]
     print(
         f"done: {summary['model']} on {summary['data']}, {summary['epochs']} epochs in "
@@ -162,6 +204,52 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_paper(args: argparse.Namespace) -> int:
+    """`models --paper`: every published figure beside the measured one; else `models`."""
+    if not args.paper:
+        return cmd_models(args)
+    from .models.summary import paper_table, render_paper_table
+
+    rows = paper_table(args.pattern, progress=not args.json and sys.stderr.isatty())
+    if not rows:
+        raise CliError(
+            f"no published figure for a model matching {args.pattern!r}; "
+            "`resnetlab models --paper` lists them all"
+        )
+    print(json.dumps(rows, indent=2) if args.json else render_paper_table(rows))
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiments import run_experiment
+
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("command", "experiment", "func") and v is not None}  # fmt: skip
+    result = run_experiment(args.experiment, **options)
+    print(result["summary"])
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .inference import bench_model, format_bench
+
+    rows = bench_model(
+        args.model,
+        batch_size=args.batch_size,
+        precisions=[p for p in args.precision.split(",") if p],
+        compare=[c for c in args.compare.split(",") if c and c != "none"],
+        input_size=tuple(args.input_size) if args.input_size else None,
+        iters=args.iters,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        compile=args.compile,
+        threads=args.threads,
+        progress=None if args.quiet or args.json else lambda m: print(m, file=sys.stderr),
+    )
+    print(json.dumps([r.to_dict() for r in rows], indent=2) if args.json else format_bench(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnetlab",
@@ -211,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every-steps", type=int, help="also checkpoint every N steps")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace a run in --output")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip unreadable images in an image folder (counted) instead of failing")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
@@ -251,12 +341,119 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a free batch dimension (onnx, torch-export)")  # fmt: skip
     p.add_argument("--no-verify", action="store_true", help="skip reading it back and comparing")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 17)")
+    # `models --paper`: the same command, with the papers' figures beside the measured ones.
+    p = sub.choices["models"]
+    p.add_argument("--paper", action="store_true",
+                   help="every published figure beside the measured one, mismatches marked")  # fmt: skip
+    p.set_defaults(func=cmd_models_paper)
+
+    p = add("experiment", cmd_experiment, "Reproduce the papers' experiments (results, "
+            "figures and a report in --output).")  # fmt: skip
+    experiments = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
+
+    def add_experiment(name: str, help: str) -> argparse.ArgumentParser:
+        e = experiments.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=EPILOGS.get(f"experiment {name}"),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        e.add_argument("--output", metavar="DIR", help=f"results directory (runs/{name})")
+        e.add_argument("--dataset", metavar="SPEC", help="fashion-mnist (default) | mnist | "
+                       "cifar10 | cifar100 | synthetic[:OPTIONS]")  # fmt: skip
+        e.add_argument("--data-dir", help="where datasets live (as for train)")
+        e.add_argument("--quick", action="store_true",
+                       help="the short setting (minutes on a CPU) instead of the full one")  # fmt: skip
+        e.add_argument("--seed", type=int, help="the seed of every net (0)")
+        e.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+        e.add_argument("--threads", type=int, help="CPU threads for torch")
+        e.add_argument("--overwrite", action="store_true",
+                       help="replace results of other settings in --output")  # fmt: skip
+        e.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
+        return e
+
+    e = add_experiment("degradation", "Plain vs residual nets of two depths, same recipe "
+                       "(He et al. 2015, Figure 6).")  # fmt: skip
+    e.add_argument("--depths", type=int, nargs="+", metavar="D",
+                   help="CIFAR depths 6n+2 (default 20 56)")  # fmt: skip
+    e.add_argument("--iters", type=int, help="iterations per net (full 64000, quick 200)")
+    e.add_argument("--train-size", type=int, metavar="N",
+                   help="training images, a seeded subset (full: all, quick: 10000)")  # fmt: skip
+    e.add_argument("--eval-every", type=int, metavar="K", help="iterations between points")
+    e.add_argument("--batch-size", type=int, help="(128)")
+    e.add_argument("--lr", type=float, help="(0.1, /10 at 50%% and 75%% of the iterations)")
+    e.add_argument("--tolerance", type=float,
+                   help="how far (fraction) the deeper ResNet's training error may exceed "
+                   "the shallower one's and still count as no degradation (0.01)")  # fmt: skip
+
+    e = add_experiment("gradients", "Per-layer gradient norms of plain vs residual nets; "
+                       "1000+-layer nets trained, with and without checkpointing.")  # fmt: skip
+    e.add_argument("--models", nargs="+", metavar="NAME",
+                   help="nets of equal depth (plain56 resnet56 resnet56_v2): zoo names or "
+                   "plainD / resnetD / resnetD_v2 for a CIFAR depth D = 6n+2")  # fmt: skip
+    e.add_argument("--steps", type=int, metavar="K",
+                   help="training steps between the two measurements (full 200, quick 50)")  # fmt: skip
+    e.add_argument("--batch-size", type=int, help="(full 128, quick 64)")
+    e.add_argument("--lr", type=float, help="(0.1)")
+    e.add_argument("--deep-models", nargs="*", metavar="NAME",
+                   help="very deep nets to train (resnet1001_v2 resnet1202; none: skip)")  # fmt: skip
+    e.add_argument("--deep-steps", type=int, help="their steps (full 300, quick 50)")
+    e.add_argument("--deep-batch-size", type=int, help="(16)")
+    e.add_argument("--deep-image-size", type=int, help="resize to this (full: 28, quick: 16)")
+    e.add_argument("--deep-train-size", type=int, help="their training images (1024 / 512)")
+    e.add_argument(
+        "--deep-lr", type=float, help="(0.01; a tenth of it for the first 10%% of steps)"
+    )
+    e.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip measuring memory with and without checkpointing")  # fmt: skip
+
+    e = add_experiment("cardinality", "Cardinality vs depth and width at equal MACs "
+                       "(Xie et al. 2017, Tables 3-4), on a small scale.")  # fmt: skip
+    e.add_argument("--budget", type=float,
+                   help="MACs as a multiple of ResNet-29 1x16d's (1; 2 is the paper's Table 4)")  # fmt: skip
+    e.add_argument("--depths", type=int, nargs="+", metavar="D",
+                   help="C=1 nets of other depths 9n+2 (20 56)")  # fmt: skip
+    e.add_argument("--cardinalities", type=int, nargs="+", metavar="C",
+                   help="ResNeXt-29 cardinalities (2 4 8)")  # fmt: skip
+    e.add_argument("--iters", type=int, help="iterations per net (full 20000, quick 80)")
+    e.add_argument("--train-size", type=int, metavar="N", help="(full: all, quick: 10000)")
+    e.add_argument("--eval-every", type=int, metavar="K", help="iterations between points")
+    e.add_argument("--batch-size", type=int, help="(128)")
+    e.add_argument("--lr", type=float, help="(0.1, Nesterov, x0.1 at 50%% and 75%%)")
+
+    p = add("bench", cmd_bench, "Inference speed of a model: resnetlab fp32/bf16/int8 vs "
+            "torchvision and onnxruntime, side by side.")  # fmt: skip
+    p.add_argument("model", help="a model name, a run directory or a resnetlab .safetensors")
+    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per batch (16)")
+    p.add_argument("--precision", default="fp32,bf16,int8", metavar="LIST",
+                   help="resnetlab precisions to time, comma-separated (fp32,bf16,int8)")  # fmt: skip
+    p.add_argument("--compare", default="torchvision,onnxruntime", metavar="LIST",
+                   help="other runtimes, comma-separated (torchvision,onnxruntime; none)")  # fmt: skip
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="input shape (default: the model's native one)")  # fmt: skip
+    p.add_argument("--iters", type=int, default=10, metavar="N", help="timed batches (10)")
+    p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed batches first (2)")
+    p.add_argument("--rounds", type=int, default=1, metavar="R",
+                   help="alternate the systems R times (1)")  # fmt: skip
+    p.add_argument("--compile", action="store_true", help="add torch.compile variants")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="intra-op threads for torch and onnxruntime (default: torch's)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # KEY=VALUE overrides may come before, between or after options: argparse leaves the
+    # ones after an option group unparsed, so they are collected here.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (CliError, ValueError, FileNotFoundError, RuntimeError) as e:

@@ -7,6 +7,7 @@ Every object here is a frozen dataclass validated at construction: a bad value r
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,6 +214,8 @@ class DataConfig:
             _fail("data.val_fraction", self.val_fraction, "expected a fraction in [0, 1)")
         if self.num_workers < 0:
             _fail("data.num_workers", self.num_workers, "expected an integer >= 0")
+        if self.image_size is not None and self.image_size < 1:
+            _fail("data.image_size", self.image_size, "expected an integer >= 1 or null")
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,8 @@ class OptimConfig:
             _fail("optim.grad_clip", self.grad_clip, "expected a max norm >= 0 (0: off)")
         if self.nesterov and self.momentum == 0:
             _fail("optim.nesterov", self.nesterov, "Nesterov momentum needs optim.momentum > 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            _fail("optim.betas", self.betas, "expected two values in [0, 1), e.g. [0.9, 0.999]")
 
 
 @dataclass(frozen=True)
@@ -272,6 +277,12 @@ class ScheduleConfig:
             _fail("schedule.warmup", self.warmup_epochs, "expected warm-up lengths >= 0")
         if not 0 < self.pct_start < 1:
             _fail("schedule.pct_start", self.pct_start, "expected a fraction in (0, 1)")
+        for name in ("warmup_factor", "constant_warmup_factor", "min_lr_factor"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                _fail(f"schedule.{name}", getattr(self, name), "expected a factor in [0, 1]")
+        for name in ("div_factor", "final_div_factor"):
+            if not getattr(self, name) > 0:
+                _fail(f"schedule.{name}", getattr(self, name), "expected a factor > 0")
 
 
 @dataclass(frozen=True)
@@ -299,6 +310,10 @@ class TrainConfig:
     eval_every: int = 1
     tta_flip: bool = False
     threads: int | None = None
+    # Distributed (torchrun): batch statistics over all ranks, and how long a collective
+    # may wait for a missing rank before the job fails.
+    sync_bn: bool = False
+    dist_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         _check_choice("precision", self.precision, PRECISIONS)
@@ -318,6 +333,14 @@ class TrainConfig:
                 _fail(name, getattr(self, name), "expected an integer >= 0")
         if self.keep_last < 1:
             _fail("keep_last", self.keep_last, "expected an integer >= 1")
+        if not 0 <= self.seed < 2**63:
+            _fail("seed", self.seed, "expected an integer in [0, 2**63)")
+        if self.threads is not None and self.threads < 1:
+            _fail("threads", self.threads, "expected an integer >= 1 or null (all cores)")
+        if not isinstance(self.model_args, dict) or not all(
+            isinstance(k, str) for k in self.model_args
+        ):
+            _fail("model_args", self.model_args, "expected a mapping of model option names")
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -329,6 +352,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _coerce(path: str, value: Any, annotation: str) -> Any:
@@ -351,6 +381,8 @@ def _coerce(path: str, value: Any, annotation: str) -> Any:
         _fail(path, value, "expected an integer")
     if base == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not _finite(value):
+                _fail(path, value, "expected a finite number")
             return float(value)
         _fail(path, value, "expected a number")
     if base == "str":
@@ -361,9 +393,9 @@ def _coerce(path: str, value: Any, annotation: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+            isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) for v in value
         ):
-            _fail(path, value, "expected a list of numbers")
+            _fail(path, value, "expected a list of finite numbers")
         return tuple(value)
     if base == "dict":
         if isinstance(value, dict):
@@ -397,7 +429,7 @@ def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "model_args":
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
@@ -445,7 +477,7 @@ def load_train_config(
             raise ValueError(f"config file not found: {path}")
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ValueError(f"cannot parse {path}: {e}") from None
         if not isinstance(loaded, dict):
             raise ValueError(

@@ -2,8 +2,11 @@
 
 :func:`load_image` opens any format Pillow reads (PNG, JPEG, WebP, BMP, TIFF, ...), applies the
 EXIF orientation, and converts to ``RGB`` (3 channels) or ``L`` (1 channel) from grayscale,
-RGBA, palette, CMYK or 16-bit images. Pillow's decompression-bomb limit stays in force.
-Anything unreadable raises :class:`~resnetlab.data.errors.ImageDecodeError` naming the file.
+RGBA, palette, CMYK or 16-bit images. Pillow's decompression-bomb limit stays in force: it
+is checked on the declared size before any pixel is decoded. With ``max_side`` a large
+image is shrunk while it is decoded (JPEG's DCT scaling), so a huge photo does not need its
+full-size memory. Anything unreadable raises :class:`~resnetlab.data.errors.ImageDecodeError`
+naming the file, never another exception type.
 """
 
 from __future__ import annotations
@@ -40,15 +43,21 @@ def _convert(image: Image.Image, mode: str) -> Image.Image:
     return image.convert(mode)
 
 
-def load_image(path: str | Path, channels: int = 3) -> Image.Image:
+def load_image(path: str | Path, channels: int = 3, *, max_side: int | None = None) -> Image.Image:
     """Decode ``path`` into a PIL image in mode ``RGB`` (``channels=3``) or ``L`` (``channels=1``).
 
+    ``max_side``: shrink images whose longer side exceeds it to that size (aspect ratio
+    kept); JPEGs are decoded at 1/2, 1/4 or 1/8 scale straight away, which bounds memory.
     Raises :class:`ImageDecodeError` for a missing, empty, truncated, corrupt, oversized
     (decompression bomb) or non-image file.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels={channels!r}: must be 1 (grayscale) or 3 (RGB)")
+    if max_side is not None and (not isinstance(max_side, int) or max_side < 1):
+        raise ValueError(f"max_side={max_side!r}: must be a positive integer or None")
     path = Path(path)
+    if path.is_dir():
+        raise ImageDecodeError(path, "a directory, not an image file")
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -57,12 +66,21 @@ def load_image(path: str | Path, channels: int = 3) -> Image.Image:
         raise ImageDecodeError(path, "empty file (0 bytes)")
     try:
         with Image.open(path) as opened:
+            if max_side is not None and max(opened.size) > max_side:
+                opened.draft(None, (max_side, max_side))  # JPEG only; a no-op elsewhere
             opened.load()
             oriented = ImageOps.exif_transpose(opened)
-            return _convert(oriented, "L" if channels == 1 else "RGB")
+            image = _convert(oriented, "L" if channels == 1 else "RGB")
+        if max_side is not None and max(image.size) > max_side:
+            image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+        return image
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(path, f"refused as a possible decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(path, "not an image in a format Pillow can read") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageDecodeError(path, f"corrupt or truncated image ({exc})") from exc
+    except Exception as exc:  # a malformed file can trip any decoder in other ways
+        raise ImageDecodeError(
+            path, f"corrupt or truncated image ({type(exc).__name__}: {exc})"
+        ) from exc

@@ -1,7 +1,15 @@
 """Training checkpoints: atomic writes, the last N kept plus the best, safe reading.
 
 A checkpoint is a dict of tensors and plain containers (no pickled objects), so it loads
-with ``torch.load(weights_only=True)``.
+with ``torch.load(weights_only=True)``; a file that asks for anything else is refused, never
+loaded unsafely.
+
+Crash safety: a checkpoint is written to a temporary file in the same directory, flushed and
+fsynced, renamed to its final name, and the directory is fsynced. A crash (or SIGKILL, or a
+full disk) at any moment leaves either the complete new file or none, plus perhaps a stray
+``.ckpt-*.tmp`` that :func:`remove_stale_temps` clears. If a newest checkpoint is unreadable
+anyway (a copy cut short, a disk error), :func:`load_latest` reports it and takes the one
+before.
 """
 
 from __future__ import annotations
@@ -17,7 +25,10 @@ import torch
 from ..models.weights import WeightsError, _atomic_write, _safe_torch_load
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
+TEMP_RE = re.compile(r"^\.(ckpt-\d{8}|best)\.pt\..*\.tmp$")
 BEST = "best.pt"
+# What a training checkpoint must hold to continue a run.
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "step", "epoch", "batch", "rng")
 
 
 class CheckpointError(RuntimeError):
@@ -32,32 +43,53 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_state(state: dict[str, Any], tmp: str) -> None:
+    # Through a Python file object: a failed write (ENOSPC, EIO) then surfaces as the OSError
+    # it is; torch.save given a path reports it as an opaque RuntimeError from its C++ writer.
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda tmp: _write_state(state, tmp))
+        _fsync_dir(path.parent)
+    except OSError as e:
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {e.strerror or e}. The previous checkpoints "
+            "are intact; free space or fix permissions, then continue with --resume"
+        ) from e
+
+
 def save_checkpoint(state: dict[str, Any], directory: Path, step: int, *, keep_last: int) -> Path:
     """Write ``state`` as ``ckpt-<step>.pt`` atomically, then prune to the last ``keep_last``.
 
     The file appears under its final name only once complete and synced; a crash or a
     full disk while writing leaves the previous checkpoints as they were.
     """
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"ckpt-{step:08d}.pt"
-    try:
-        _atomic_write(path, lambda tmp: torch.save(state, tmp))
-        _fsync_dir(directory)
-    except OSError as e:
-        raise CheckpointError(
-            f"could not write checkpoint {path}: {e.strerror or e}. The previous checkpoint "
-            f"is intact; free space or fix permissions, then resume with --resume"
-        ) from e
+    _save(state, path)
     for old in list_checkpoints(directory)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path
 
 
 def save_best(state: dict[str, Any], directory: Path) -> None:
-    try:
-        _atomic_write(directory / BEST, lambda tmp: torch.save(state, tmp))
-    except OSError as e:
-        raise CheckpointError(f"could not write {directory / BEST}: {e.strerror or e}") from e
+    """Write ``state`` as ``best.pt`` (atomically), beside the last N step checkpoints."""
+    _save(state, directory / BEST)
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete temporary files left by a save that a crash interrupted; returns them."""
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if TEMP_RE.match(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -72,8 +104,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         state = _safe_torch_load(path)
     except WeightsError as e:
         raise CheckpointError(str(e)) from None
-    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+    if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a resnetlab training checkpoint")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a complete resnetlab training checkpoint: it lacks {', '.join(missing)}"
+        )
     return state
 
 

@@ -11,6 +11,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,8 +26,9 @@ from torch import nn
 from ..config import TrainConfig, build_dataclass
 from ..data import build_loaders
 from ..models import create_model, save_weights
-from ..models.weights import weights_meta
+from ..models.weights import _atomic_write, weights_meta
 from . import checkpoint as ckpt
+from . import distributed as dist
 from .metrics import evaluate
 from .optim import build_optimizer, build_scheduler
 from .report import plot_confusion, plot_curves, read_metrics, write_report
@@ -35,7 +37,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 # Settings that may change on --resume without changing the run's meaning.
 RESUMABLE_CHANGES = {"epochs", "max_iters", "device", "output", "keep_last", "save_every_steps",
-                     "eval_every", "threads", "compile"}  # fmt: skip
+                     "eval_every", "threads", "compile", "dist_timeout_s"}  # fmt: skip
 
 
 class TrainingError(RuntimeError):
@@ -110,6 +112,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _write_config(path: Path, cfg: TrainConfig) -> None:
+    import yaml
+
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    try:
+        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    except OSError as e:
+        raise TrainingError(f"could not write {path}: {e.strerror or e}") from None
+
+
+def _check_resumable(old: dict[str, Any], cfg: TrainConfig, where: str) -> None:
+    """Refuse a resume whose settings change the run (anything but RESUMABLE_CHANGES)."""
+    diffs = _config_diffs(old, cfg.to_dict())
+    refused = [d for d in diffs if d.split(":")[0].split(".")[0] not in RESUMABLE_CHANGES]
+    if refused:
+        raise TrainingError(
+            f"--resume with settings that differ from {where}: "
+            + "; ".join(refused)
+            + ". Resume with the original settings (only "
+            + ", ".join(sorted(RESUMABLE_CHANGES))
+            + " may change), or start a new run with another --output"
+        )
+
+
 def _prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> TrainConfig:
     """Create the run directory, or check it on resume; returns the config to run."""
     import yaml
@@ -119,17 +145,14 @@ def _prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> Trai
     if resume:
         if not saved_path.exists():
             raise TrainingError(f"nothing to resume in {run_dir}: no {CONFIG_FILE} there")
-        saved = yaml.safe_load(saved_path.read_text())
-        diffs = _config_diffs(saved, cfg.to_dict())
-        refused = [d for d in diffs if d.split(":")[0].split(".")[0] not in RESUMABLE_CHANGES]
-        if refused:
-            raise TrainingError(
-                f"--resume with settings that differ from the run in {run_dir}: "
-                + "; ".join(refused)
-                + ". Resume with the original settings (only epochs, max_iters, device and "
-                "checkpoint options may change), or start a new run with another --output"
-            )
-        saved_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        try:
+            saved = yaml.safe_load(saved_path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise TrainingError(f"cannot read {saved_path}: {e}") from None
+        if not isinstance(saved, dict):
+            raise TrainingError(f"{saved_path} does not hold a run config (a mapping)")
+        _check_resumable(saved, cfg, f"the run in {run_dir}")
+        _write_config(saved_path, cfg)
         return cfg
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
@@ -139,7 +162,7 @@ def _prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> Trai
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    saved_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _write_config(saved_path, cfg)
     return cfg
 
 
@@ -175,13 +198,55 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train a model as ``config`` says; returns the final metrics (also in ``report.md``)."""
+    """Train a model as ``config`` says; returns the final metrics (also in ``report.md``).
+
+    Under ``torchrun`` every process runs this same function: each trains on its shard of
+    the data with DistributedDataParallel, rank 0 alone writes the run directory, and a
+    group restarted by ``torchrun --max-restarts`` resumes from the last checkpoint.
+    """
     cfg = config if isinstance(config, TrainConfig) else build_dataclass(TrainConfig, config)
-    cfg = _prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    device = resolve_device(cfg.device)
+    dinfo = dist.setup(device, cfg.dist_timeout_s)
+    if dinfo.enabled and device.type == "cuda":
+        device = torch.device("cuda", dinfo.local_rank)
+    if dist.restart_count() > 0 and (Path(cfg.output) / CONFIG_FILE).exists():
+        resume = True  # a worker group restarted by torchrun continues the run
+    try:
+        return _train(cfg, dinfo, device, resume=resume, overwrite=overwrite, progress=progress)
+    except TrainingError as e:
+        if dinfo.enabled:
+            raise TrainingError(f"rank {dinfo.rank}/{dinfo.world_size}: {e}") from None
+        raise
+    finally:
+        dist.cleanup()
+
+
+def _train(
+    cfg: TrainConfig,
+    dinfo: dist.DistInfo,
+    device: torch.device,
+    *,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    main = dinfo.is_main
+    progress = progress and main
+    # Rank 0 prepares (or checks) the run directory; the others learn the outcome.
+    error = None
+    if main:
+        try:
+            cfg = _prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+            if resume:
+                ckpt.remove_stale_temps(Path(cfg.output) / "checkpoints")
+        except TrainingError as e:
+            error = str(e)
+    error = dist.broadcast_object(error)
+    if error:
+        raise TrainingError(error)
     run_dir = Path(cfg.output)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)
 
@@ -198,6 +263,8 @@ def train(
         in_chans=in_chans,
         seed=cfg.seed,
         num_workers=d.num_workers,
+        rank=dinfo.rank,
+        world_size=dinfo.world_size,
         device=device,
         channels_last=cfg.channels_last,
         val_fraction=d.val_fraction,
@@ -208,6 +275,8 @@ def train(
     model = create_model(
         cfg.model, num_classes=info.num_classes, in_chans=info.model_channels, **model_args
     ).to(device)
+    if cfg.sync_bn and dinfo.enabled:
+        dist.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
@@ -224,16 +293,28 @@ def train(
         ema = AveragedModel(
             model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
         )
-    forward = torch.compile(model) if cfg.compile else model
+    forward: nn.Module = model
+    if dinfo.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Gradients are averaged over ranks: with the per-rank batch B, the step is that of
+        # one process with batch B x world_size (scale the lr with the global batch).
+        forward = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        forward = torch.compile(forward)
     mixer = _mixer(cfg, info.num_classes)
     amp = torch.autocast(device.type, dtype=precision.dtype) if precision.dtype else nullcontext()
 
-    step, epoch, start_batch, best = 0, 0, 0, None
+    step, epoch, start_batch, best, partial = 0, 0, 0, None, None
     if resume:
         found = ckpt.load_latest(run_dir / "checkpoints")
         if found is None:
             raise TrainingError(f"no readable checkpoint in {run_dir / 'checkpoints'} to resume")
         path, state = found
+        if isinstance(state.get("config"), dict):
+            _check_resumable(state["config"], cfg, f"the checkpoint {path}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -243,12 +324,25 @@ def train(
             precision.scaler.load_state_dict(state["scaler"])
         step, epoch, start_batch = state["step"], state["epoch"], state["batch"]
         best = state.get("best")
+        # Saved sums are global (reduced over ranks): rank 0 alone carries them on.
+        partial = state.get("epoch_sums") if start_batch and main else None
         set_rng_state(state["rng"])
-        _truncate_metrics(run_dir / METRICS_FILE, epoch)
-        if progress:
-            print(f"resuming from {path.name}: epoch {epoch + 1}, batch {start_batch}, step {step}")
+        if main:
+            _truncate_metrics(run_dir / METRICS_FILE, epoch)
+        if main:
+            print(
+                f"resuming from {path.name}: epoch {epoch + 1}, batch {start_batch}, step {step}",
+                file=sys.stderr,
+            )
 
     def state_dict(next_epoch: int, next_batch: int) -> dict[str, Any]:
+        # Everything the rest of the run depends on. The data order and the augmentation
+        # draws need no generator state here: the loaders derive them from fresh
+        # generators seeded with (seed, epoch, batch), so the position (epoch, batch) *is*
+        # that state. The global RNGs (torch: mixup/cutmix, stochastic depth; numpy;
+        # python) are saved as they are after the last step. ``epoch_sums`` holds the
+        # running train loss/accuracy sums of an unfinished epoch, so that its logged train
+        # metrics are exact after a mid-epoch resume.
         return {
             "model": model.state_dict(),
             "model_meta": weights_meta(
@@ -263,13 +357,25 @@ def train(
             "batch": next_batch,
             "best": best,
             "rng": rng_state(),
+            "epoch_sums": _global_sums(loss_sum, correct, seen) if next_batch else None,
             "config": cfg.to_dict(),
         }
+
+    def save(state: dict[str, Any], *, best: bool = False) -> None:
+        if not main:
+            return
+        try:
+            if best:
+                ckpt.save_best(state, run_dir / "checkpoints")
+            else:
+                ckpt.save_checkpoint(state, run_dir / "checkpoints", step, keep_last=cfg.keep_last)
+        except ckpt.CheckpointError as e:
+            raise TrainingError(f"training stopped at step {step}: {e}") from None
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None
     train_time, train_images, wall_start = 0.0, 0, time.perf_counter()
     last_eval: dict[str, Any] = {}
     try:
@@ -279,6 +385,10 @@ def train(
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen, t0 = 0, time.perf_counter()
+            if partial is not None:  # resuming mid-epoch: the sums of the batches before
+                loss_sum = partial["loss_sum"].to(device)
+                correct = partial["correct"].to(device)
+                seen, partial = int(partial["seen"]), None
             batches = train_loader.iter_from(start_batch)
             bar = tqdm(
                 batches,
@@ -334,14 +444,13 @@ def train(
                         img_s=f"{seen / elapsed:.0f}",
                     )
                 if cfg.save_every_steps and step % cfg.save_every_steps == 0:
-                    ckpt.save_checkpoint(
-                        state_dict(epoch, batch_idx), run_dir / "checkpoints", step,
-                        keep_last=cfg.keep_last,
-                    )  # fmt: skip
+                    save(state_dict(epoch, batch_idx))
                 if step >= total_steps:
                     break
             bar.close()
             epoch_time = time.perf_counter() - t0
+            sums = _global_sums(loss_sum, correct, seen)
+            seen = int(sums["seen"])
             train_time += epoch_time
             train_images += seen
             epoch += 1
@@ -349,8 +458,8 @@ def train(
             row = {
                 "epoch": epoch,
                 "step": step,
-                "train_loss": loss_sum.item() / max(seen, 1),
-                "train_acc": correct.item() / max(seen, 1),
+                "train_loss": float(sums["loss_sum"]) / max(seen, 1),
+                "train_acc": float(sums["correct"]) / max(seen, 1),
                 "lr": scheduler.get_last_lr()[0],
                 "epoch_time": epoch_time,
                 "img_per_s": seen / epoch_time if epoch_time else None,
@@ -361,11 +470,13 @@ def train(
                 tally = evaluate(
                     eval_model, eval_loader, num_classes=info.num_classes, device=device,
                     autocast_dtype=precision.dtype, tta_flip=cfg.tta_flip,
+                    reduce=dist.all_reduce_sum,
                 )  # fmt: skip
                 last_eval = tally.result(info.class_names)
                 row.update(test_loss=last_eval["loss"], test_top1=last_eval["top1"],
                            test_top5=last_eval["top5"])  # fmt: skip
-            _log_row(run_dir, writer, row)
+            if main:
+                _log_row(run_dir, writer, row)
             if progress:
                 shown = {k: round(v, 4) for k, v in row.items() if isinstance(v, float)}
                 print(json.dumps({"epoch": epoch, "step": step, **shown}))
@@ -373,19 +484,13 @@ def train(
             if is_best:
                 best = row["test_top1"]
             state = state_dict(epoch, 0)
-            ckpt.save_checkpoint(state, run_dir / "checkpoints", step, keep_last=cfg.keep_last)
+            save(state)
             if is_best:
-                ckpt.save_best(state, run_dir / "checkpoints")
+                save(state, best=True)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
 
-    final_model = ema.module if ema is not None else model
-    save_weights(final_model, run_dir / "model.safetensors",
-                 preprocessing=info.preprocessing(), class_names=info.class_names)  # fmt: skip
-    rows = read_metrics(run_dir / METRICS_FILE)
-    plot_curves(rows, run_dir / "curves.png", title=f"{cfg.model} on {cfg.data.spec}")
-    if last_eval:
-        plot_confusion(last_eval["confusion"], list(info.class_names), run_dir / "confusion.png")
     summary = {
         "model": cfg.model,
         "data": cfg.data.spec,
@@ -401,16 +506,60 @@ def train(
         "device": str(device),
         "precision": precision.name,
         "threads": torch.get_num_threads(),
+        "rank": dinfo.rank,
+        "world_size": dinfo.world_size,
+        "global_batch_size": cfg.data.batch_size * dinfo.world_size,
         "run_dir": str(run_dir),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_report(run_dir, summary, cfg.to_dict())
+    if main:
+        _finish_run(run_dir, cfg, ema.module if ema is not None else model, info, last_eval,
+                    summary)  # fmt: skip
     return summary
 
 
+def _global_sums(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> dict[str, Any]:
+    """The running train loss/accuracy sums of all ranks together."""
+    t = torch.stack([loss_sum.detach().double(), correct.double(),
+                     torch.tensor(float(seen), device=loss_sum.device, dtype=torch.double)])  # fmt: skip
+    dist.all_reduce_sum(t)
+    t = t.cpu()
+    return {"loss_sum": t[0].float(), "correct": t[1].long(), "seen": int(t[2])}
+
+
+def _finish_run(
+    run_dir: Path,
+    cfg: TrainConfig,
+    final_model: nn.Module,
+    info: Any,
+    last_eval: dict[str, Any],
+    summary: dict[str, Any],
+) -> None:
+    """The run's final weights, plots, summary and report (rank 0)."""
+    try:
+        save_weights(final_model, run_dir / "model.safetensors",
+                     preprocessing=info.preprocessing(), class_names=info.class_names)  # fmt: skip
+    except OSError as e:
+        raise TrainingError(
+            f"could not write {run_dir / 'model.safetensors'}: {e.strerror or e}. The last "
+            "checkpoint is intact; free space or fix permissions, then run again with --resume"
+        ) from None
+    rows = read_metrics(run_dir / METRICS_FILE)
+    plot_curves(rows, run_dir / "curves.png", title=f"{cfg.model} on {cfg.data.spec}")
+    if last_eval:
+        plot_confusion(last_eval["confusion"], list(info.class_names), run_dir / "confusion.png")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(run_dir, summary, cfg.to_dict())
+
+
 def _log_row(run_dir: Path, writer: Any, row: dict[str, Any]) -> None:
-    with open(run_dir / METRICS_FILE, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    try:
+        with open(run_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        raise TrainingError(
+            f"could not write {run_dir / METRICS_FILE}: {e.strerror or e}. The last checkpoint "
+            "is intact; free space or fix permissions, then continue with --resume"
+        ) from None
     for key, value in row.items():
         if key not in ("epoch", "step") and isinstance(value, (int, float)):
             writer.add_scalar(key, value, row["step"])
@@ -418,6 +567,23 @@ def _log_row(run_dir: Path, writer: Any, row: dict[str, Any]) -> None:
 
 
 def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Drop metric rows of epochs after the checkpoint being resumed from."""
-    rows = [r for r in read_metrics(path) if r["epoch"] <= epochs_done]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    """Drop metric rows of epochs after the checkpoint being resumed from.
+
+    A line cut short by a crash while it was being appended is dropped too.
+    """
+    if not path.exists():
+        return
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if (
+            isinstance(row, dict)
+            and isinstance(row.get("epoch"), int)
+            and row["epoch"] <= epochs_done
+        ):
+            rows.append(row)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))

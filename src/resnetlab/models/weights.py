@@ -105,15 +105,19 @@ def _safe_torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        why = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), "")
         raise WeightsError(
             f"refused to load {path}: it holds pickled objects other than tensors and plain "
             "containers, which could run code. resnetlab only loads weights with "
             "torch.load(weights_only=True) and never falls back to unsafe loading. If you "
             "trust the file, re-save its state dict (torch.save(model.state_dict(), ...)) or "
-            f"convert it to safetensors. ({str(e).splitlines()[0]})"
+            f"convert it to safetensors. ({why or (lines[0] if lines else 'unpickling failed')})"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise WeightsError(f"cannot read {path}: {e} (is it a complete PyTorch file?)") from None
+    except Exception as e:  # a corrupt file can fail anywhere inside the unpickler
+        raise WeightsError(
+            f"cannot read {path}: {type(e).__name__}: {e} (is it a complete PyTorch file?)"
+        ) from None
 
 
 def read_weights(source: str | os.PathLike) -> WeightsFile:
@@ -151,7 +155,9 @@ def read_weights(source: str | os.PathLike) -> WeightsFile:
                     meta = obj["model_meta"]
                 obj = obj[key]
                 break
-        state_dict = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        state_dict = {
+            k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
+        }
         if not state_dict:
             raise WeightsError(f"{path} holds no tensors: it is not a model state dict")
     return WeightsFile(strip_wrapper_prefixes(state_dict), path, meta)
@@ -246,8 +252,9 @@ def load_weights(
             state_dict.pop(key)
             report.ignored.append(key)
     head_keys = [k for k in ("fc.weight", "fc.bias") if k in state_dict and k in own]
-    if any(state_dict[k].shape != own[k].shape for k in head_keys):
-        src_n, own_n = state_dict["fc.weight"].shape[0], own["fc.weight"].shape[0]
+    src_n = _classifier_size(state_dict, own)
+    if src_n is not None and src_n != own["fc.weight"].shape[0]:
+        own_n = own["fc.weight"].shape[0]
         if not reinit_head:
             raise WeightsError(
                 f"classifier size mismatch: the weights have {src_n} classes, the model "
@@ -262,7 +269,12 @@ def load_weights(
             stacklevel=2,
         )
     stem = "conv1.weight"
-    if stem in state_dict and stem in own and state_dict[stem].shape[1] != own[stem].shape[1]:
+    if (
+        stem in state_dict
+        and stem in own
+        and state_dict[stem].ndim == own[stem].ndim == 4
+        and state_dict[stem].shape[1] != own[stem].shape[1]
+    ):
         before = tuple(state_dict[stem].shape)
         state_dict[stem] = _adapt_input_conv(state_dict[stem], own[stem].shape[1])
         report.adapted.append(f"{stem} ({before} -> {tuple(own[stem].shape)})")
@@ -276,7 +288,10 @@ def load_weights(
             f"{len(mismatched)} shape mismatch(es) loading {wf.path} (is it another "
             f"architecture?): " + "; ".join(mismatched[:6])
         )
-    result = model.load_state_dict(state_dict, strict=False)
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as e:
+        raise WeightsError(f"cannot load {wf.path} into the model: {e}") from None
     report.missing = [k for k in result.missing_keys if k not in report.reinitialized]
     report.unexpected = list(result.unexpected_keys)
     report.loaded = len(state_dict) - len(report.unexpected)
@@ -285,6 +300,21 @@ def load_weights(
             raise WeightsError(f"the weights do not match the model:\n{report}")
         warnings.warn(f"partial load:\n{report}", stacklevel=2)
     return report
+
+
+def _classifier_size(
+    state_dict: dict[str, torch.Tensor], own: dict[str, torch.Tensor]
+) -> int | None:
+    """The number of classes of the file's classifier, if it is one that fits the model's
+    features (else None: any other shape is reported as a plain shape mismatch)."""
+    weight, bias = state_dict.get("fc.weight"), state_dict.get("fc.bias")
+    if weight is None or "fc.weight" not in own or weight.ndim != 2:
+        return None
+    if weight.shape[1] != own["fc.weight"].shape[1]:
+        return None
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        return None
+    return int(weight.shape[0])
 
 
 def weights_meta(

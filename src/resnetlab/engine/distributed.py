@@ -1,0 +1,158 @@
+"""Multi-process training with PyTorch's own engine: torchrun + DistributedDataParallel.
+
+``torchrun`` sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous; this module reads them,
+initialises the process group (NCCL on GPUs, gloo on CPU) with a timeout on collectives,
+and provides the few collectives the trainer needs. A plain ``python -m resnetlab train``
+is the world of one process and touches none of this.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch import nn
+
+from ..models.blocks import BatchNormAct2d
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_info() -> DistInfo:
+    """The process's place in the job, from torchrun's environment (a world of 1 without)."""
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def restart_count() -> int:
+    """How often torchrun (``--max-restarts``) has restarted this worker group."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+def setup(device: torch.device, timeout_s: float) -> DistInfo:
+    """Join the process group torchrun set up; pick this rank's GPU. A no-op for one process."""
+    info = env_info()
+    if not info.enabled or dist.is_initialized():
+        return info
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+    # A rank that dies or hangs makes the others fail after `timeout_s` instead of waiting
+    # forever; torchrun then tears the group down (and restarts it with --max-restarts).
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return info
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place (no-op for one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics are those of the global batch across all ranks.
+
+    Written here because ``torch.nn.SyncBatchNorm`` runs only on GPUs and its converter
+    replaces subclasses (dropping the ReLU of a pre-activation ``BatchNormAct2d``). The
+    sums travel through the autograd-aware all-reduce, so gradients are exact too. State
+    dict keys are those of ``nn.BatchNorm2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        c = x.shape[1]
+        xf = x.float()
+        count = torch.full((1,), xf.numel() / c, device=x.device, dtype=torch.float32)
+        stats = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count])
+        stats = funcol.all_reduce(stats, "sum", dist.group.WORLD)
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            m = (
+                self.momentum
+                if self.momentum is not None
+                else 1.0 / float(self.num_batches_tracked)
+            )
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            unbiased = var.detach() * n / (n - 1).clamp_min(1)
+            self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
+        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)
+
+
+class SyncBatchNormAct2d(BatchNormAct2d, SyncBatchNorm2d):
+    """Synchronised BN followed by ReLU (MRO: BatchNormAct2d's ReLU over the synced BN)."""
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Swap every BatchNorm2d (and BatchNormAct2d) for its synchronised twin, in place."""
+    for name, child in module.named_children():
+        if type(child) in (nn.BatchNorm2d, BatchNormAct2d):
+            new_cls = SyncBatchNormAct2d if type(child) is BatchNormAct2d else SyncBatchNorm2d
+            new = new_cls(child.num_features, child.eps, child.momentum, child.affine,
+                          child.track_running_stats)  # fmt: skip
+            new.load_state_dict(child.state_dict())
+            new.to(child.weight.device)
+            setattr(module, name, new)
+        else:
+            convert_sync_batchnorm(child)
+    return module
+
+
+__all__ = [
+    "DistInfo",
+    "SyncBatchNorm2d",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "cleanup",
+    "convert_sync_batchnorm",
+    "env_info",
+    "restart_count",
+    "setup",
+]
