@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from ..data import build_loaders
+from ..device import resolve_device
 from ..models import load_model
 from .metrics import evaluate
 from .report import plot_confusion
-from .trainer import resolve_device, resolve_precision
+from .trainer import resolve_precision
 
 
 def evaluate_source(

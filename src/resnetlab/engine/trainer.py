@@ -25,6 +25,7 @@ from torch import nn
 
 from ..config import TrainConfig, build_dataclass
 from ..data import build_loaders
+from ..device import resolve_device
 from ..models import create_model, save_weights
 from ..models.weights import _atomic_write, weights_meta
 from . import checkpoint as ckpt
@@ -52,15 +53,6 @@ class Precision:
     @property
     def name(self) -> str:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device={name!r} asked for, but CUDA is not available here")
-    return device
 
 
 def cpu_has_bf16() -> bool:

@@ -21,6 +21,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ..data.catalog import CIFAR10, IMAGENET_MEAN, IMAGENET_STD
+from ..device import resolve_device
 
 __all__ = [
     "Preprocessing",
@@ -32,21 +33,6 @@ __all__ = [
 ]
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"invalid device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use cpu")
-    return device
 
 
 @dataclass(frozen=True)
