@@ -31,8 +31,10 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# The torchrun tests start process groups of their own: they run after the rest, alone.
 test: lint
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q -m "not distributed"
+	$(BIN)/python -m pytest -q -m distributed
 
 test-quick: setup
 	$(BIN)/python -m pytest -q -m "not slow" -x

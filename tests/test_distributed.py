@@ -30,6 +30,7 @@ def train_args(out, *more):
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_two_process_training_completes_and_evaluates(tmp_path):
     out = tmp_path / "ddp"
     proc = torchrun(*train_args(out, "--epochs", "5", "--batch-size", "16", "optim.lr=0.1",
@@ -48,6 +49,7 @@ def test_two_process_training_completes_and_evaluates(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_sync_bn_two_processes_equal_one_process(tmp_path):
     common = ["--epochs", "1", "data.augment=none", "sync_bn=true", "optim.lr=0.05",
               "schedule.name=constant"]  # fmt: skip
@@ -68,11 +70,12 @@ def _children(pid):
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_killed_worker_restarts_and_finishes(tmp_path):
     out = tmp_path / "elastic"
     proc = torchrun(*train_args(out, "--epochs", "3", "--batch-size", "16",
                                 "--save-every-steps", "2"),
-                    extra=["--max-restarts=1"], wait=False, wait_log=tmp_path / "log")  # fmt: skip
+                    extra=["--max-restarts=2"], wait=False, wait_log=tmp_path / "log")  # fmt: skip
     ckpts = out / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and not (ckpts.exists() and any(ckpts.glob("ckpt-*0006.pt"))):

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 # The inference names load on first use: importing them pulls in torchvision's transforms,
 # which would slow down every command that does not predict or export.
-_LAZY = {"ExportResult", "Predictor", "export_model"}
+_LAZY = {"ExportResult", "Predictor", "bench_model", "export_model", "optimize_for_inference"}
 
 
 def __getattr__(name: str):
@@ -28,6 +28,7 @@ def __getattr__(name: str):
         return getattr(inference, name)
     raise AttributeError(f"module 'resnetlab' has no attribute {name!r}")
 
+
 __all__ = [
     "ExportResult",
     "LoadReport",
@@ -35,12 +36,14 @@ __all__ = [
     "ModelConfig",
     "ResNet",
     "WeightsError",
+    "bench_model",
     "create_model",
     "export_model",
     "list_models",
     "load_model",
     "load_weights",
     "model_info",
+    "optimize_for_inference",
     "save_weights",
     "to_torchvision_state_dict",
 ]

@@ -84,7 +84,9 @@ class Predictor:
         if device is not None:
             model = model.to(resolve_device(device))
         self.model = model.eval()
-        self.device = next(model.parameters()).device
+        # An int8 model keeps its weights in packed buffers and has no parameters: CPU.
+        param = next(model.parameters(), None)
+        self.device = param.device if param is not None else torch.device("cpu")
         self.preprocessing = (
             preprocessing
             if isinstance(preprocessing, Preprocessing)

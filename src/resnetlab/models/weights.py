@@ -273,6 +273,7 @@ def load_weights(
         stem in state_dict
         and stem in own
         and state_dict[stem].ndim == own[stem].ndim == 4
+        and state_dict[stem].shape[1] > 0
         and state_dict[stem].shape[1] != own[stem].shape[1]
     ):
         before = tuple(state_dict[stem].shape)

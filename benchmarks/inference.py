@@ -1,0 +1,206 @@
+"""Inference: resnetlab's optimized models vs torchvision eager and onnxruntime, and accuracy.
+
+Speed: for each (model, batch) below, one call of ``resnetlab.inference.bench_model``
+builds every system (torchvision eager fp32 NCHW where torchvision has the net; resnetlab
+as trained; resnetlab optimized fp32 / bf16 / int8; onnxruntime fp32 and static int8 QDQ),
+feeds them the same random batch, and times them in alternating rounds. int8 is calibrated
+on random batches there: speed does not depend on it.
+
+Accuracy: a resnet20 trained on Fashion-MNIST (a run directory, e.g. from
+``resnetlab train --config configs/fashion_mnist_fast.yaml --output /tmp/fm_fast epochs=1``)
+is evaluated on the Fashion-MNIST test set as trained and after ``optimize_for_inference``
+in fp32, int8 (calibrated on training images) and bf16 (on the first ``--bf16-images`` test
+images where bf16 is emulated: it is slow there).
+
+    python benchmarks/inference.py --run /tmp/fm_fast [--rounds 2] [--quick] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, write_section  # noqa: E402
+
+import resnetlab  # noqa: E402
+from resnetlab.data import load_split  # noqa: E402
+from resnetlab.inference import (  # noqa: E402
+    bench_model,
+    describe_model,
+    has_native_bf16,
+    optimize_for_inference,
+)
+
+IMAGENET, CIFAR = (3, 224, 224), (3, 32, 32)
+ALL = ("fp32", "int8", "bf16")
+# model, batch, input size, precisions, baselines, compiled precisions, timed batches per
+# round, seconds after which a round's warm-up or timing stops (emulated bf16 is slow).
+SPEED = [
+    ("resnet50", 16, IMAGENET, ALL, ("eager", "torchvision", "onnxruntime"), ("int8",), 3, 10),
+    ("resnet50", 1, IMAGENET, ALL, ("torchvision", "onnxruntime"), (), 10, 3),
+    ("resnet18", 16, IMAGENET, ("fp32", "int8"), ("torchvision", "onnxruntime"),
+     ("fp32", "int8"), 3, 8),
+    ("resnext50_32x4d", 8, IMAGENET, ("fp32", "int8"), ("torchvision", "onnxruntime"), (), 2, 8),
+    ("resnet20", 16, CIFAR, ALL, ("eager", "torchvision", "onnxruntime"), (), 10, 3),
+]  # fmt: skip
+QUICK = [
+    ("resnet18", 4, (3, 112, 112), ALL, ("eager", "torchvision", "onnxruntime"), ("int8",), 2, 5),
+    ("resnet20", 16, CIFAR, ("fp32", "int8"), ("eager", "onnxruntime"), (), 5, 5),
+]  # fmt: skip
+HEADERS = ["model", "batch", "system", "prec", "img/s", "p50 ms", "p95 ms", "mem MB",
+           "of GEMM peak", "rel err", "vs ORT fp32"]  # fmt: skip
+
+
+def speed_rows(configs: list, rounds: int, threads: int | None) -> tuple[list[list], dict]:
+    table: list[list] = []
+    ratios: dict = {}
+    probes: list[str] = []
+    for name, batch, size, precisions, compare, compiled, iters, cap in configs:
+        t = time.perf_counter()
+        rows = bench_model(name, batch_size=batch, input_size=size, precisions=precisions,
+                           compare=compare, compile=compiled, iters=iters, warmup=2,
+                           rounds=rounds, max_seconds=cap, threads=threads,
+                           progress=lambda m, n=name, b=batch: print(f"  [{n} b{b}] {m}",
+                                                                    flush=True))  # fmt: skip
+        print(f"{name} batch {batch}: {time.perf_counter() - t:.0f} s", flush=True)
+        ort = next((r.img_per_s for r in rows if r.system == "onnxruntime"), None)
+        peaks = {("bf16" if r.precision == "bf16" else "fp32"): r.probe_gflops
+                 for r in rows if r.probe_gflops}  # fmt: skip
+        probes.append(f"{name} b{batch}: " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()))
+        for r in rows:
+            if r.skipped:
+                table.append([name, batch, r.system, r.precision, "skipped: " + r.note[9:],
+                              "", "", "", "", "", ""])  # fmt: skip
+                continue
+            vs = f"{r.img_per_s / ort:.2f}x" if ort else "-"
+            ratios[(name, batch, r.system)] = r.img_per_s / ort if ort else None
+            table.append([
+                name, batch, r.system, r.precision, r.img_per_s, f"{r.p50_ms:.1f}",
+                f"{r.p95_ms:.1f}", f"{r.mem_mb:.0f}" if r.mem_mb is not None else "-",
+                f"{r.peak_fraction:.0%}" if r.peak_fraction is not None else "-",
+                f"{r.max_rel_error:.1e}", vs,
+            ])  # fmt: skip
+    ratios["probes"] = "; ".join(probes)
+    return table, ratios
+
+
+def _normalize(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    x = images.float() / 255
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def top1(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> tuple:
+    correct, t = 0, time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            correct += (model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item()
+    return 100 * correct / len(x), len(x) / (time.perf_counter() - t)
+
+
+def accuracy_rows(run: str, calib_images: int, bf16_images: int) -> list[list]:
+    model = resnetlab.load_model(run).eval()
+    prep, _ = describe_model(model)
+    test_u8, y, _ = load_split("fashion-mnist", "test")
+    train_u8, _, _ = load_split("fashion-mnist", "train")
+    x = _normalize(test_u8, prep.mean, prep.std)
+    pick = torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(0))
+    calib = list(_normalize(train_u8[pick[:calib_images]], prep.mean, prep.std).split(64))
+    native = has_native_bf16()
+    n_bf16 = len(x) if native else min(bf16_images, len(x))
+    ref = {len(x): top1(model, x, y)}
+    ref[n_bf16] = top1(model, x[:n_bf16], y[:n_bf16])
+    rows = []
+    for label, precision, kwargs in [
+        ("as trained (eager fp32)", None, {}),
+        ("optimized fp32", "fp32", {}),
+        (f"optimized int8 (calibrated on {calib_images} training images)", "int8",
+         {"calibration": calib}),
+        ("optimized bf16" + ("" if native else " (emulated)"), "bf16", {}),
+    ]:  # fmt: skip
+        n = n_bf16 if precision == "bf16" else len(x)
+        if precision is None:
+            acc, speed = ref[n]
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                m = optimize_for_inference(model, precision, **kwargs)
+            acc, speed = top1(m, x[:n], y[:n])
+        rows.append([label, f"{acc:.2f}", f"{acc - ref[n][0]:+.2f}", n, speed])
+        print(f"  accuracy {label}: {acc:.2f}% on {n} images ({speed:.0f} img/s)", flush=True)
+    if n_bf16 < len(x):
+        acc, speed = ref[n_bf16]
+        rows.append([f"as trained (eager fp32), first {n_bf16} images", f"{acc:.2f}", "+0.00",
+                     n_bf16, speed])  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--run", help="a resnet20 run directory trained on Fashion-MNIST")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per config (2)")
+    p.add_argument("--threads", type=int, help="torch/onnxruntime threads (default: torch's)")
+    p.add_argument("--calib-images", type=int, default=512)
+    p.add_argument("--bf16-images", type=int, default=2000)
+    p.add_argument("--quick", action="store_true", help="small configs, to try the script")
+    p.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    start = time.perf_counter()
+    table, ratios = speed_rows(QUICK if a.quick else SPEED, a.rounds, a.threads)
+    speed = markdown_table(HEADERS, table)
+    print(speed)
+    body = [
+        "Images per second and per-batch latency (p50/p95) on random inputs; mem: peak RSS "
+        "growth of the process while the system ran, over its RSS before the system was "
+        "built; of GEMM peak: 2 x MACs x img/s over a large torch.matmul in the same run "
+        f"(GFLOP/s: {ratios['probes']}; int8 rows against the fp32 probe); rel err: max |logits - "
+        "eager fp32 logits| / max |eager logits|; vs ORT fp32: throughput over onnxruntime "
+        f"fp32's in the same run. {a.rounds} alternating rounds per model.",
+        speed,
+    ]
+    if not a.quick:
+        r50 = {k[2]: v for k, v in ratios.items() if k[:2] == ("resnet50", 16)}
+        int8 = r50.get("resnetlab int8 (FX x86, static)")
+        int8c = r50.get("resnetlab int8 (FX x86, static) + torch.compile")
+        ort8 = r50.get("onnxruntime int8 (static QDQ)")
+        bf16 = r50.get("resnetlab optimized bf16 (BN folded, channels_last)")
+        native = "native" if has_native_bf16() else "emulated: this CPU has no AVX512-BF16/AMX"
+        body.append(
+            f"Targets (resnet50, batch 16, throughput over onnxruntime fp32's): int8 >= 2.5x: "
+            f"got {int8:.2f}x eager, {int8c:.2f}x with torch.compile (onnxruntime's own int8: "
+            f"{ort8:.2f}x); bf16 >= 3x (needs native bf16): got {bf16:.2f}x ({native})."
+        )
+    if a.run:
+        print("accuracy", flush=True)
+        acc = accuracy_rows(a.run, a.calib_images, a.bf16_images)
+        acc_table = markdown_table(
+            ["resnet20 on Fashion-MNIST test", "top-1 %", "vs fp32 (points)", "images", "img/s"],
+            acc,
+        )
+        print(acc_table)
+        body += [
+            f"Accuracy kept: the run {Path(a.run).name} (resnet20, 1x28x28) on the "
+            "Fashion-MNIST test set; 'vs fp32' compares with the trained model on the same "
+            "images.",
+            acc_table,
+        ]
+    print(f"total {time.perf_counter() - start:.0f} s")
+    if not a.no_write:
+        write_section("inference", "Inference: optimized resnetlab vs torchvision and "
+                      "onnxruntime", "\n\n".join(body),
+                      "python benchmarks/inference.py " + " ".join(sys.argv[1:]))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

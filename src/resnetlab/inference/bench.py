@@ -1,0 +1,569 @@
+"""Inference speed, side by side: resnetlab's optimized models, torchvision, onnxruntime.
+
+:func:`bench_model` builds every system for one model and batch size, times them in one
+process with the same inputs (alternating between systems when ``rounds > 1``), and
+returns one :class:`BenchRow` each:
+
+* ``img_per_s`` (batch size x timed batches / their total time), ``p50_ms`` and ``p95_ms``
+  (latency of one batch);
+* ``mem_mb``: the peak resident memory (RSS) of the process while the system ran, minus
+  its RSS before the system was built: its copy of the weights, activations and runtime
+  workspaces (the ``eager`` system uses the model already in memory, so its figure has no
+  weights). Linux ``/proc``: the peak is reset before each run; freed heap is trimmed
+  between systems;
+* ``peak_fraction``: the compute rate reached, ``2 x MACs x img/s``, over the rate of a
+  large ``torch.matmul`` measured in the same run (the GEMM probe, :func:`gemm_gflops`):
+  fp32 for fp32 and int8 systems, bf16 for bf16 ones. An int8 system may exceed 1;
+* ``max_rel_error`` of its logits against the model's own fp32 eager output.
+
+A system that cannot run here is still a row, with ``skipped=True`` and a note saying why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models import ResNet, create_model, load_model, model_info, to_torchvision_state_dict
+from .export import ExportError, _torchvision_builder, export_model, rel_error
+from .meta import describe_model
+from .optimize import PRECISIONS, has_native_bf16, optimize_for_inference
+
+__all__ = [
+    "COMPARE",
+    "BenchRow",
+    "bench_model",
+    "format_bench",
+    "gemm_gflops",
+]
+
+COMPARE = ("eager", "torchvision", "onnxruntime")
+BENCH_SEED = 0
+Runner = Callable[[torch.Tensor], Any]
+
+
+@dataclass
+class BenchRow:
+    """One system's measurement (``None`` where it was skipped or does not apply)."""
+
+    system: str
+    precision: str
+    batch_size: int
+    model: str = ""
+    input_size: tuple[int, int, int] | None = None
+    img_per_s: float | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    mem_mb: float | None = None
+    gflops: float | None = None
+    probe_gflops: float | None = None
+    peak_fraction: float | None = None
+    max_rel_error: float | None = None
+    timed_batches: int = 0
+    build_s: float | None = None
+    skipped: bool = False
+    note: str = ""
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("latencies_ms")
+        return out
+
+
+# --- the GEMM probe -----------------------------------------------------------------------
+
+
+def gemm_gflops(
+    dtype: torch.dtype = torch.float32, max_n: int = 2048, min_time_s: float = 0.3
+) -> float:
+    """GFLOP/s of a square ``torch.matmul`` in ``dtype`` on CPU: the best of repeated runs.
+
+    The size doubles from 256 up to ``max_n`` while one product takes under 50 ms (an
+    emulated dtype stops early), then products are timed for ``min_time_s``. The reference
+    peak for :class:`BenchRow`'s ``peak_fraction``: what this machine's BLAS reaches, with
+    the threads torch uses, at the time of the measurement.
+    """
+    g = torch.Generator().manual_seed(BENCH_SEED)
+    n = 256
+    while True:
+        a = torch.randn(n, n, generator=g).to(dtype)
+        b = torch.randn(n, n, generator=g).to(dtype)
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        if n >= max_n or time.perf_counter() - t > 0.05:
+            break
+        n *= 2
+    best, spent, runs = float("inf"), 0.0, 0
+    while runs < 3 or spent < min_time_s:
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        dt = time.perf_counter() - t
+        best, spent, runs = min(best, dt), spent + dt, runs + 1
+        if spent > 10 * min_time_s:
+            break
+    return 2 * n**3 / best / 1e9
+
+
+# --- memory -------------------------------------------------------------------------------
+
+
+def _proc_status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _trim_heap() -> None:
+    # Give freed heap pages back to the OS, so that the next system's growth is its own.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _proc_status_kb("VmHWM") is not None
+
+
+# --- systems ------------------------------------------------------------------------------
+
+
+@dataclass
+class _System:
+    name: str
+    precision: str
+    build: Callable[[], Runner]
+    run: Runner | None = None
+    row: BenchRow | None = None
+    base_kb: int | None = None
+    peak_reset: bool = False
+
+
+def _build(s: _System, batch_size: int) -> bool:
+    """Build a system, noting its RSS before; False (and a skipped row) if it cannot run."""
+    s.row = BenchRow(s.name, s.precision, batch_size)
+    _trim_heap()
+    s.base_kb = _proc_status_kb("VmRSS")
+    t = time.perf_counter()
+    try:
+        s.run = s.build()
+    except (LookupError, ExportError) as e:
+        s.row.skipped, s.row.note = True, f"skipped: {e}"
+        return False
+    s.row.build_s = time.perf_counter() - t
+    _trim_heap()
+    s.peak_reset = _reset_peak_rss()
+    return True
+
+
+def _resolve_model(model: str | os.PathLike | nn.Module, in_chans: int | None) -> ResNet:
+    if isinstance(model, nn.Module):
+        if not isinstance(model, ResNet) or model.features_only:
+            raise ValueError("bench takes a resnetlab classification model (not features_only)")
+        return model
+    path = Path(model)
+    if path.exists():
+        return load_model(path)
+    return create_model(str(model), in_chans=in_chans or 3)
+
+
+def _torch_runner(module: nn.Module) -> Runner:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(x)
+
+    return run
+
+
+def _build_torchvision(model: ResNet) -> Runner:
+    cfg = model.config
+    if cfg.is_bottleneck and cfg.stride_on == "1x1" and not cfg.is_preact:
+        raise LookupError(
+            f"{model.name} strides on the bottleneck's 1x1 conv; torchvision's nets on the 3x3"
+        )
+    try:
+        state_dict = to_torchvision_state_dict(model)
+    except ValueError as e:
+        raise LookupError(str(e)) from None
+    build, call = _torchvision_builder(model)
+    twin = build()
+    try:
+        twin.load_state_dict(state_dict, strict=True)
+    except RuntimeError:
+        raise LookupError(f"{call} does not take {model.name}'s weights") from None
+    return _torch_runner(twin.eval())
+
+
+def _ort_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle onnxruntime threads spin by default, stealing the CPU from whatever runs next.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _ort_runner(session: Any) -> Runner:
+    def run(x: torch.Tensor) -> np.ndarray:
+        return session.run(["logits"], {"input": x.numpy()})[0]
+
+    return run
+
+
+def _export_onnx(model: ResNet, size: tuple[int, int, int], workdir: Path) -> Path:
+    """The model as ONNX (dynamic batch) for inputs of ``size``, written once per bench."""
+    path = workdir / f"{model.name}.onnx"
+    if path.exists():
+        return path
+    _, h, w = size
+    if h != w:
+        raise LookupError(f"the ONNX export takes square images; the input is {h}x{w}")
+    prep, names = describe_model(model)
+    if prep.image_size != h:
+        # export_model traces at the image size the preprocessing names: name this one, on
+        # a shallow copy that shares the model's weights.
+        model = copy.copy(model)
+        prep_dict = {**prep.to_dict(), "image_size": h, "resize": max(prep.resize, h)}
+        model.meta = {**(getattr(model, "meta", None) or {}), "preprocessing": prep_dict,
+                      "class_names": list(names)}  # fmt: skip
+    export_model(model, "onnx", path, dynamic_batch=True)
+    return path
+
+
+def _build_onnxruntime(model: ResNet, size: tuple[int, int, int], workdir: Path) -> Runner:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise LookupError("onnxruntime is not installed: pip install onnxruntime") from None
+    return _ort_runner(_ort_session(_export_onnx(model, size, workdir)))
+
+
+def _build_onnxruntime_int8(
+    model: ResNet, size: tuple[int, int, int], workdir: Path, calibration: list[torch.Tensor]
+) -> Runner:
+    try:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise LookupError("onnxruntime is not installed: pip install onnxruntime") from None
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.batches, None)
+            return None if x is None else {"input": x.numpy()}
+
+    fp32 = _export_onnx(model, size, workdir)
+    pre, int8 = workdir / f"{model.name}.pre.onnx", workdir / f"{model.name}.int8.onnx"
+    quant_pre_process(str(fp32), str(pre))
+    # Static QDQ: uint8 activations, per-channel int8 weights (onnxruntime's recommended CPU
+    # format). Without VNNI the u8 x s8 dot product can saturate; 7-bit weights avoid it.
+    quantize_static(
+        str(pre),
+        str(int8),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=not torch.cpu._is_vnni_supported(),
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return _ort_runner(_ort_session(int8))
+
+
+def _random_batches(shape: tuple[int, ...], count: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g) for _ in range(count)]
+
+
+def _systems(
+    model: ResNet,
+    precisions: Sequence[str],
+    compare: Sequence[str],
+    size: tuple[int, int, int],
+    calibration: list[torch.Tensor],
+    workdir: Path,
+    compile: Sequence[str],
+) -> list[_System]:
+    def ours(precision: str, comp: bool) -> Callable[[], Runner]:
+        def build() -> Runner:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="bf16 on this")
+                opt = optimize_for_inference(
+                    model, precision, calibration=calibration, compile=comp
+                )
+            return _torch_runner(opt)
+
+        return build
+
+    systems = []
+    if "eager" in compare:
+        systems.append(_System("resnetlab eager (NCHW, BN)", "fp32", lambda: _torch_runner(model)))
+    if "torchvision" in compare:
+        systems.append(
+            _System("torchvision eager (NCHW)", "fp32", lambda: _build_torchvision(model))
+        )
+    labels = {
+        "fp32": "resnetlab optimized (BN folded, channels_last)",
+        "bf16": "resnetlab optimized bf16 (BN folded, channels_last)",
+        "int8": "resnetlab int8 (FX x86, static)",
+    }
+    for precision in precisions:
+        systems.append(_System(labels[precision], precision, ours(precision, False)))
+        if precision in compile:
+            systems.append(
+                _System(labels[precision] + " + torch.compile", precision, ours(precision, True))
+            )
+    if "onnxruntime" in compare:
+        systems.append(
+            _System("onnxruntime", "fp32", lambda: _build_onnxruntime(model, size, workdir))
+        )
+        if "int8" in precisions:
+            systems.append(
+                _System(
+                    "onnxruntime int8 (static QDQ)",
+                    "int8",
+                    lambda: _build_onnxruntime_int8(model, size, workdir, calibration),
+                )
+            )
+    return systems
+
+
+def _time(
+    run: Runner, x: torch.Tensor, warmup: int, iters: int, max_seconds: float | None
+) -> tuple[list[float], Any]:
+    """Per-batch seconds of ``iters`` timed calls after ``warmup`` untimed ones, and an output.
+
+    With ``max_seconds``, warm-up and timing each stop early once they have taken that long
+    (after one call each), so a very slow system (emulated bf16) still finishes.
+    """
+    out = None
+    start = time.perf_counter()
+    for _ in range(warmup):
+        out = run(x)
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            break
+    times: list[float] = []
+    start = time.perf_counter()
+    for _ in range(iters):
+        t = time.perf_counter()
+        result = run(x)
+        times.append(time.perf_counter() - t)
+        out = result if out is None else out
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            break
+    return times, out
+
+
+def bench_model(
+    model: str | os.PathLike | nn.Module,
+    *,
+    batch_size: int = 16,
+    precisions: Sequence[str] = PRECISIONS,
+    compare: Sequence[str] = COMPARE,
+    input_size: tuple[int, int, int] | None = None,
+    iters: int = 10,
+    warmup: int = 2,
+    rounds: int = 1,
+    max_seconds: float | None = None,
+    calibration: Iterable[Any] | None = None,
+    compile: bool | Sequence[str] = False,
+    probe: bool = True,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchRow]:
+    """Time one model's inference in every system, side by side; one row per system.
+
+    ``model``: a zoo name, a run directory / resnetlab ``.safetensors`` file, or a ResNet.
+    The systems: :func:`~resnetlab.inference.optimize.optimize_for_inference` at each of
+    ``precisions`` (``compile=True``, or a list of precisions, adds ``torch.compile``
+    variants), and from ``compare``: ``eager``, the model as it is (fp32, NCHW);
+    ``torchvision``, its twin in torchvision (or a skipped row saying why there is none);
+    ``onnxruntime``, the ONNX export in fp32, plus static int8 when ``int8`` is among the
+    precisions. Every row's ``max_rel_error`` is against the model's own eager output.
+    ``input_size`` (C, H, W) defaults to the model's native size. The first round times ``iters`` batches after ``warmup`` untimed ones
+    (fewer once either has taken ``max_seconds``); ``rounds > 1`` alternates the systems,
+    the later rounds timing the warm systems again.
+    ``calibration``: image batches for int8 (default: random ones, which measure speed,
+    not accuracy). ``probe``: measure the GEMM peak for ``peak_fraction``. ``threads``:
+    intra-op threads of torch and onnxruntime for the run (default: torch's setting).
+    """
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise ValueError(f"unknown precision(s) {bad}: expected some of {', '.join(PRECISIONS)}")
+    bad = [c for c in compare if c not in COMPARE]
+    if bad:
+        raise ValueError(f"unknown comparison(s) {bad}: expected some of {', '.join(COMPARE)}")
+    compiled = tuple(precisions) if compile is True else tuple(compile or ())
+    bad = [p for p in compiled if p not in precisions]
+    if bad:
+        raise ValueError(f"compile={list(compiled)}: {bad} not among the precisions")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads={threads}: expected an integer >= 1")
+    if batch_size < 1 or iters < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(
+            f"batch_size={batch_size}, iters={iters}, warmup={warmup}, rounds={rounds}: "
+            "expected batch_size, iters, rounds >= 1 and warmup >= 0"
+        )
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _bench(
+            model, batch_size, precisions, compare, input_size, iters, warmup, rounds,
+            max_seconds, calibration, compiled, probe, progress,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+
+
+def _bench(
+    model: str | os.PathLike | nn.Module,
+    batch_size: int,
+    precisions: Sequence[str],
+    compare: Sequence[str],
+    input_size: tuple[int, int, int] | None,
+    iters: int,
+    warmup: int,
+    rounds: int,
+    max_seconds: float | None,
+    calibration: Iterable[Any] | None,
+    compile: Sequence[str],
+    probe: bool,
+    progress: Callable[[str], None] | None,
+) -> list[BenchRow]:
+    say = progress or (lambda _msg: None)
+    net = _resolve_model(model, input_size[0] if input_size else None).cpu().eval()
+    size = tuple(input_size) if input_size else tuple(net.config.input_size)
+    if len(size) != 3 or size[0] != net.config.in_chans:
+        raise ValueError(
+            f"input_size={size}: expected (C, H, W) with C = {net.config.in_chans}, the "
+            "model's input channels"
+        )
+    macs = model_info(net, size)["macs"]
+    x = _random_batches((batch_size, *size), 1, BENCH_SEED)[0]
+    if calibration is None:
+        calib = _random_batches((batch_size, *size), 2, BENCH_SEED + 1)
+        calib_note = "calibrated on random inputs (speed only)"
+    else:
+        calib = [b[0] if isinstance(b, (tuple, list)) else b for b in calibration]
+        calib_note = f"calibrated on {sum(len(b) for b in calib)} images"
+    probes: dict[str, float] = {}
+    if probe:
+        say("GEMM probe (fp32)")
+        probes["fp32"] = gemm_gflops(torch.float32)
+        if "bf16" in precisions:
+            say("GEMM probe (bf16)")
+            probes["bf16"] = gemm_gflops(torch.bfloat16)
+    with torch.inference_mode():
+        reference = net(x)
+
+    with tempfile.TemporaryDirectory(prefix="resnetlab-bench-") as tmp:
+        systems = _systems(net, precisions, compare, size, calib, Path(tmp), compile)
+        for r in range(rounds):
+            for s in systems:
+                if s.row is not None and s.row.skipped:
+                    continue
+                say(f"round {r + 1}/{rounds}: {s.name} ({s.precision})")
+                if s.run is None and not _build(s, batch_size):
+                    continue
+                times, out = _time(s.run, x, warmup if r == 0 else 0, iters, max_seconds)
+                if r == 0:
+                    s.row.max_rel_error = rel_error(reference, torch.as_tensor(out))
+                    peak = _proc_status_kb("VmHWM") if s.peak_reset else None
+                    if peak is not None and s.base_kb is not None:
+                        s.row.mem_mb = (peak - s.base_kb) / 1024
+                s.row.latencies_ms += [1000 * t for t in times]
+
+    rows = []
+    for s in systems:
+        row = s.row
+        row.model, row.input_size = net.name, size
+        notes = [row.note] if row.note else []
+        if not row.skipped:
+            lat = row.latencies_ms
+            row.timed_batches = len(lat)
+            row.img_per_s = batch_size * len(lat) / (sum(lat) / 1000)
+            row.p50_ms = statistics.median(lat)
+            row.p95_ms = float(np.percentile(lat, 95))
+            row.gflops = 2 * macs * row.img_per_s / 1e9
+            row.probe_gflops = probes.get("bf16" if row.precision == "bf16" else "fp32")
+            if row.probe_gflops:
+                row.peak_fraction = row.gflops / row.probe_gflops
+            if row.precision == "int8":
+                notes.append(calib_note)
+            if row.precision == "bf16" and not has_native_bf16():
+                notes.append("bf16 emulated (no AVX512-BF16/AMX)")
+            if row.mem_mb is None:
+                notes.append("no peak memory (needs Linux /proc)")
+        row.note = "; ".join(notes)
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_bench(rows: Sequence[BenchRow], title: str | None = None) -> str:
+    """A plain-text table of :func:`bench_model`'s rows, then the notes."""
+    headers = ["system", "prec", "img/s", "p50 ms", "p95 ms", "mem MB", "GFLOP/s",
+               "of peak", "rel err"]  # fmt: skip
+    table = [headers]
+    for r in rows:
+        table.append([
+            r.system, r.precision, _fmt(r.img_per_s, ".1f"), _fmt(r.p50_ms, ".1f"),
+            _fmt(r.p95_ms, ".1f"), _fmt(r.mem_mb, ".0f"), _fmt(r.gflops, ".1f"),
+            _fmt(r.peak_fraction, ".0%"), _fmt(r.max_rel_error, ".1e"),
+        ])  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    if title is None and rows:
+        c, h, w = rows[0].input_size or (0, 0, 0)
+        title = f"{rows[0].model}, batch {rows[0].batch_size}, input {c}x{h}x{w}"
+    lines = [title] if title else []
+    for i, row in enumerate(table):
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in pairs]
+        lines.append("  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    probes = sorted({(r.precision == "bf16", r.probe_gflops) for r in rows if r.probe_gflops})
+    if probes:
+        text = ", ".join(f"{'bf16' if b else 'fp32'} {g:.0f} GFLOP/s" for b, g in probes)
+        lines.append(f"GEMM peak (torch.matmul probe): {text}; int8 rows use the fp32 peak")
+    for r in rows:
+        if r.note:
+            lines.append(f"{r.system} ({r.precision}): {r.note}")
+    return "\n".join(lines)
