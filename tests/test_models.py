@@ -276,3 +276,10 @@ def test_torch_export(name):
     x = small_input(m)
     ep = torch.export.export(m, (x,))
     torch.testing.assert_close(ep.module()(x), m(x))
+
+
+def test_config_keeps_its_in_chans():
+    cfg = ModelConfig(block="basic", layers=(1, 1), widths=(8, 16), stem="cifar", stem_width=8,
+                      in_chans=1, num_classes=2)  # fmt: skip
+    assert create_model(cfg).conv1.in_channels == 1
+    assert create_model(cfg, in_chans=3).conv1.in_channels == 3

@@ -383,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-every", type=int, metavar="K", help="iterations between points")
     e.add_argument("--batch-size", type=int, help="(128)")
     e.add_argument("--lr", type=float, help="(0.1, /10 at 50%% and 75%% of the iterations)")
+    e.add_argument("--warmup-iters", type=int, metavar="N",
+                   help="lr / 10 for the first N iterations, as the paper did for 110+ layers "
+                   "(0)")  # fmt: skip
     e.add_argument("--tolerance", type=float,
                    help="how far (fraction) the deeper ResNet's training error may exceed "
                    "the shallower one's and still count as no degradation (0.01)")  # fmt: skip
@@ -416,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="C=1 nets of other depths 9n+2 (20 56)")  # fmt: skip
     e.add_argument("--cardinalities", type=int, nargs="+", metavar="C",
                    help="ResNeXt-29 cardinalities (2 4 8)")  # fmt: skip
-    e.add_argument("--iters", type=int, help="iterations per net (full 20000, quick 80)")
+    e.add_argument("--iters", type=int, help="iterations per net (full 20000, quick 60)")
     e.add_argument("--train-size", type=int, metavar="N", help="(full: all, quick: 10000)")
     e.add_argument("--eval-every", type=int, metavar="K", help="iterations between points")
     e.add_argument("--batch-size", type=int, help="(128)")
@@ -428,8 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per batch (16)")
     p.add_argument("--precision", default="fp32,bf16,int8", metavar="LIST",
                    help="resnetlab precisions to time, comma-separated (fp32,bf16,int8)")  # fmt: skip
-    p.add_argument("--compare", default="torchvision,onnxruntime", metavar="LIST",
-                   help="other runtimes, comma-separated (torchvision,onnxruntime; none)")  # fmt: skip
+    p.add_argument("--compare", default="eager,torchvision,onnxruntime", metavar="LIST",
+                   help="baselines, comma-separated: eager (the model as it is), torchvision, "
+                   "onnxruntime (default: all three; none)")  # fmt: skip
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
                    help="input shape (default: the model's native one)")  # fmt: skip
     p.add_argument("--iters", type=int, default=10, metavar="N", help="timed batches (10)")

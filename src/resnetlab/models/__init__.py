@@ -45,7 +45,7 @@ def create_model(
     name: str | ModelConfig,
     *,
     num_classes: int | None = None,
-    in_chans: int = 3,
+    in_chans: int | None = None,
     weights: str | os.PathLike | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] | list[int] | None = None,
@@ -66,7 +66,10 @@ def create_model(
     head = num_classes
     if head is None and source is not None and source.num_classes is not None:
         head = source.num_classes
-    cfg = cfg.replace(in_chans=in_chans, **({"num_classes": head} if head is not None else {}))
+    if in_chans is not None:  # None: the config's own (3 for every named net)
+        cfg = cfg.replace(in_chans=in_chans)
+    if head is not None:
+        cfg = cfg.replace(num_classes=head)
     model = ResNet(cfg, name=label, features_only=features_only, out_indices=out_indices)
     if source is not None:
         model.load_report = load_weights(model, source, reinit_head=num_classes is not None)

@@ -48,3 +48,52 @@ PUBLISHED: dict[str, Published] = {
     "resnext29_8x64d": Published(34.4e6, None, False, _X17),
     "resnext29_16x64d": Published(68.1e6, None, False, _X17),
 }
+
+
+class PaperFigure(NamedTuple):
+    """One published size of one named net.
+
+    ``quantity`` is "params" (all parameters), "weights" (conv and fc weights only: what
+    the pre-activation and ResNeXt papers' rounded counts agree with; BN scales and shifts
+    and the fc bias left out) or "gmacs" (billions of multiply-accumulates, native input).
+    """
+
+    model: str
+    quantity: str
+    value: float
+    exact: bool
+    source: str
+    note: str = ""
+
+
+_R15_T1 = "He et al. 2015, Table 1"
+_R15_T6 = "He et al. 2015, Table 6"
+_W = "the paper's count matches conv/fc weights (no BN)"
+
+# The papers' own rounded figures, beside the exact counts of PUBLISHED.
+PAPER_EXTRA: tuple[PaperFigure, ...] = (
+    PaperFigure("resnet18", "gmacs", 1.8, False, _R15_T1),
+    PaperFigure("resnet34", "gmacs", 3.6, False, _R15_T1),
+    PaperFigure("resnet20", "params", 0.27e6, False, _R15_T6),
+    PaperFigure("resnet32", "params", 0.46e6, False, _R15_T6),
+    PaperFigure("resnet44", "params", 0.66e6, False, _R15_T6),
+    PaperFigure("resnet56", "params", 0.85e6, False, _R15_T6),
+    PaperFigure("resnet110", "params", 1.7e6, False, _R15_T6),
+    PaperFigure("resnet1202", "params", 19.4e6, False, _R15_T6),
+    PaperFigure("resnet164_v2", "weights", 1.7e6, False, _R16, _W),
+    PaperFigure("resnet1001_v2", "weights", 10.2e6, False, _R16, _W),
+    PaperFigure("resnext29_8x64d", "weights", 34.4e6, False, _X17, _W),
+    PaperFigure("resnext29_16x64d", "weights", 68.1e6, False, _X17, _W),
+)
+
+
+def paper_figures() -> list[PaperFigure]:
+    """Every published figure: those of PUBLISHED (params, GMACs) and PAPER_EXTRA."""
+    out = []
+    for name, pub in PUBLISHED.items():
+        if pub.params is not None:
+            out.append(PaperFigure(name, "params", pub.params, pub.exact, pub.source))
+        if pub.gmacs is not None:
+            # torchvision's GFLOPS are given to 3 decimals: exact up to that rounding.
+            out.append(PaperFigure(name, "gmacs", pub.gmacs, False, pub.source))
+    return out + list(PAPER_EXTRA)

@@ -87,3 +87,117 @@ def info_table(info: dict[str, Any]) -> str:
         ("gmacs", "GMACs"),
     ]
     return render_table(rows, cols)
+
+
+def _decimals(value: float) -> int:
+    text = f"{value:.10f}".rstrip("0")
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+def _unit(quantity: str) -> float:
+    return 1e9 if quantity == "gmacs" else 1e6
+
+
+def figure_matches(measured: float, published: float, *, exact: bool, quantity: str) -> bool:
+    """Whether ``measured`` agrees with a published figure: equal for an exact count, else
+    equal once rounded as the figure is (10.18M matches "10.2M"; 10.33M does not).
+
+    ``measured`` and ``published`` are plain counts (params) or GMACs (``quantity="gmacs"``).
+    """
+    if exact:
+        return measured == published
+    scale = 1.0 if quantity == "gmacs" else _unit(quantity)
+    half_step = 0.5 * 10.0 ** -_decimals(published / scale)
+    return abs(measured / scale - published / scale) <= half_step + 1e-9
+
+
+def _mark(match: bool, diff_pct: float) -> str:
+    if match:
+        return "✓"
+    return f"✗ {diff_pct:+.2f}%" if abs(diff_pct) < 0.1 else f"✗ {diff_pct:+.1f}%"
+
+
+def _conv_fc_weights(name: str) -> int:
+    import torch
+    from torch import nn
+
+    from . import create_model
+
+    with torch.device("meta"):
+        model = create_model(name)
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def paper_table(pattern: str = "*", *, progress: bool = False) -> list[dict[str, Any]]:
+    """Measured params / conv-fc weights / GMACs beside every published figure of the nets
+    matching ``pattern``, each row with a mark: "✓" within the figure's rounding (or equal,
+    for exact counts), else "✗" and the relative difference."""
+    import fnmatch
+
+    from . import model_info
+    from .reference import paper_figures
+    from .zoo import list_models
+
+    order = {name: i for i, name in enumerate(list_models())}
+    figures = [f for f in paper_figures() if fnmatch.fnmatch(f.model, pattern)]
+    figures.sort(key=lambda f: (order.get(f.model, len(order)), f.quantity != "params",
+                                f.quantity, not f.exact))  # fmt: skip
+    with_weights = {f.model for f in figures if f.quantity == "weights"}
+    measured: dict[tuple[str, str], float] = {}
+    rows = []
+    bar = tqdm(figures, desc="measuring", unit="figure", disable=not progress, leave=False)
+    for fig in bar:
+        key = (fig.model, fig.quantity)
+        if key not in measured:
+            if fig.quantity == "weights":
+                measured[key] = _conv_fc_weights(fig.model)
+            else:
+                info = model_info(fig.model)
+                measured[(fig.model, "params")] = info["params"]
+                measured[(fig.model, "gmacs")] = info["macs"] / 1e9
+        value = measured[key]
+        diff = 100.0 * (value - fig.value) / fig.value
+        match = figure_matches(value, fig.value, exact=fig.exact, quantity=fig.quantity)
+        note = fig.note
+        if not note and fig.quantity == "params" and fig.model in with_weights:
+            note = "all parameters, BN included"
+        rows.append(
+            dict(model=fig.model, quantity=fig.quantity, measured=value, published=fig.value,
+                 exact=fig.exact, diff_pct=diff, match=match, mark=_mark(match, diff),
+                 source=fig.source, note=note)
+        )  # fmt: skip
+    return rows
+
+
+def _show(value: float, quantity: str, exact: bool, published: bool) -> str:
+    if quantity == "gmacs":
+        return f"{value:g}" if published else f"{value:.3f}"
+    if exact:
+        return f"{int(value):,}"
+    if published:
+        return f"{value / 1e6:g}M"
+    return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e6:.3f}M"
+
+
+def render_paper_table(rows: list[dict[str, Any]]) -> str:
+    """The rows of :func:`paper_table` as a table, with a one-line tally below it."""
+    names = {"params": "params", "weights": "conv/fc weights", "gmacs": "GMACs"}
+    shown = [
+        dict(
+            model=r["model"],
+            quantity=names[r["quantity"]],
+            measured=_show(r["measured"], r["quantity"], r["exact"], False),
+            published=_show(r["published"], r["quantity"], r["exact"], True),
+            mark=r["mark"],
+            source=r["source"],
+            note=r["note"] or "-",
+        )
+        for r in rows
+    ]
+    columns = [("model", "model"), ("quantity", "quantity"), ("measured", "measured"),
+               ("published", "published"), ("mark", "match"), ("source", "source"),
+               ("note", "note")]  # fmt: skip
+    bad = [f"{r['model']} {names[r['quantity']]}" for r in rows if not r["match"]]
+    tally = f"{len(rows) - len(bad)} of {len(rows)} published figures match"
+    tally += f"; mismatches: {', '.join(bad)}" if bad else ""
+    return render_table(shown, columns) + "\n" + tally

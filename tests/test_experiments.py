@@ -1,0 +1,279 @@
+"""The paper experiments on tiny data: their files, their claim checks, and the CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from resnetlab.cli import main
+from resnetlab.experiments import (
+    ExperimentError,
+    cardinality_variants,
+    check_cardinality,
+    check_degradation,
+    conv_gradient_norms,
+    resolve_model,
+    run_cardinality,
+    run_degradation,
+    run_gradients,
+    spread,
+)
+from resnetlab.experiments.gradients import main_path_convs, step_memory
+from resnetlab.models import create_model
+from resnetlab.models.summary import figure_matches, paper_table
+
+TINY = "synthetic:n=256,test=64,size=16,classes=4,channels=1"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def fake(errors: dict[str, float]) -> dict[str, dict]:
+    return {k: {"train_error": v, "test_error": v, "curve": []} for k, v in errors.items()}
+
+
+# --------------------------------------------------------------------------------------
+# Degradation
+
+
+def test_claim_check_held():
+    claim = check_degradation(
+        fake({"plain20": 0.05, "plain56": 0.09, "resnet20": 0.05, "resnet56": 0.03})
+    )
+    assert claim["held"] and claim["plain_degrades"] and claim["residual_no_degradation"]
+    assert (claim["shallow"], claim["deep"]) == (20, 56)
+    assert all(line.startswith("✓") for line in claim["lines"])
+
+
+def test_claim_check_not_held_both_ways():
+    # The deeper plain net trains better: the first half fails.
+    claim = check_degradation(
+        fake({"plain20": 0.09, "plain56": 0.05, "resnet20": 0.05, "resnet56": 0.03})
+    )
+    assert not claim["held"] and not claim["plain_degrades"] and claim["residual_no_degradation"]
+    # The deeper residual net trains worse beyond the tolerance: the second half fails...
+    results = fake({"plain20": 0.05, "plain56": 0.09, "resnet20": 0.05, "resnet56": 0.07})
+    claim = check_degradation(results, tolerance=0.01)
+    assert not claim["held"] and claim["plain_degrades"] and not claim["residual_no_degradation"]
+    assert claim["lines"][1].startswith("✗")
+    # ... but within a looser tolerance it holds.
+    assert check_degradation(results, tolerance=0.03)["held"]
+
+
+def test_claim_check_needs_both_depths():
+    with pytest.raises(ValueError, match="resnet56"):
+        check_degradation(fake({"plain20": 0.1, "plain56": 0.2, "resnet20": 0.1}), (20, 56))
+    with pytest.raises(ValueError, match="at least two"):
+        check_degradation(fake({"plain20": 0.1, "resnet20": 0.1}))
+
+
+def test_degradation_writes_results_figure_report(tmp_path):
+    out = tmp_path / "deg"
+    kwargs = dict(dataset=TINY, depths=(8, 14), iters=4, eval_every=2, batch_size=32,
+                  train_eval_size=64, progress=False)  # fmt: skip
+    result = run_degradation(out, **kwargs)
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"plain8", "plain14", "resnet8", "resnet14"}
+    for entry in results.values():
+        assert 0.0 <= entry["train_error"] <= 1.0 and 0.0 <= entry["test_error"] <= 1.0
+        assert [p["iter"] for p in entry["curve"]] == [0, 2, 4]
+        assert entry["curve"][-1]["train_error"] == entry["train_error"]
+        assert entry["complete"] and len(entry["losses"]) == 4
+    assert (out / "degradation.png").read_bytes().startswith(PNG)
+    report = (out / "report.md").read_text()
+    assert "## The claim" in report and "plain-14" in report and "degradation.png" in report
+    assert result["claim"]["held"] in (True, False) and "plain8" in result["summary"]
+
+    # The same settings again: finished nets are kept, not retrained.
+    again = run_degradation(out, **kwargs)
+    assert again["results"]["plain8"]["curve"] == results["plain8"]["curve"]
+    # Other settings: refused unless overwrite.
+    with pytest.raises(ExperimentError, match="other settings.*iters"):
+        run_degradation(out, **{**kwargs, "iters": 2})
+    run_degradation(out, **{**kwargs, "iters": 2, "eval_every": 0}, overwrite=True)
+    assert [
+        p["iter"] for p in json.loads((out / "results.json").read_text())["plain8"]["curve"]
+    ] == [2]
+
+
+def test_degradation_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="6n\\+2"):
+        run_degradation(tmp_path, dataset=TINY, depths=(8, 15), iters=1, progress=False)
+    with pytest.raises(ValueError, match="at least two depths"):
+        run_degradation(tmp_path, dataset=TINY, depths=(8,), iters=1, progress=False)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        run_degradation(tmp_path, dataset="fashion", depths=(8, 14), iters=1, progress=False)
+
+
+# --------------------------------------------------------------------------------------
+# Gradients
+
+
+def test_resolve_model_names():
+    assert resolve_model("resnet56").depth == 56
+    v2 = resolve_model("resnet56_v2")
+    assert v2.depth == 56 and v2.is_preact
+    assert resolve_model("plain38").shortcut == "none"
+    with pytest.raises(ValueError, match="did you mean"):
+        resolve_model("resnt56")
+    with pytest.raises(ValueError, match="6n\\+2"):
+        resolve_model("plain57")
+
+
+def _norms(name: str, seed: int) -> list[float]:
+    torch.manual_seed(seed)
+    model = create_model(resolve_model(name), num_classes=4, in_chans=1, zero_init_last=False)
+    g = torch.Generator().manual_seed(100 + seed)
+    images, labels = (
+        torch.randn(32, 1, 16, 16, generator=g),
+        torch.randint(0, 4, (32,), generator=g),
+    )
+    return conv_gradient_norms(model, images, labels)["grad_norm"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gradient_flow_plain_vs_residual(seed):
+    plain, resnet, v2 = (_norms(n, seed) for n in ("plain56", "resnet56", "resnet56_v2"))
+    # One norm per main-path conv: the stem and two per basic block (shortcuts left out).
+    assert len(plain) == len(resnet) == len(v2) == 55
+    assert all(x > 0 and x == x and x < float("inf") for x in plain + resnet + v2)
+    # With BN, a plain net's gradient does not vanish towards the input: it is amplified
+    # layer after layer (first conv ~100x its residual twin's), while identity shortcuts
+    # keep every layer's gradient within about an order of magnitude of the others.
+    assert plain[0] > 10 * resnet[0]
+    assert spread(plain)["first_over_last"] > 100
+    assert spread(resnet)["max_over_min"] < 30 and spread(v2)["max_over_min"] < 100
+    assert spread(plain)["first_over_last"] > 10 * spread(resnet)["first_over_last"]
+
+
+def test_main_path_leaves_out_projections():
+    model = create_model(resolve_model("resnet20_v2"))  # projection shortcuts (option B)
+    names = [n for n, _ in main_path_convs(model)]
+    assert len(names) == 19 and not any("downsample" in n for n in names)
+
+
+def test_gradients_experiment_files(tmp_path):
+    out = tmp_path / "grad"
+    result = run_gradients(
+        out, dataset=TINY, models=("plain8", "resnet8"), steps=2, batch_size=32, probe_size=32,
+        deep_models=("resnet14",), deep_steps=3, deep_batch_size=8, deep_train_size=64,
+        memory=False, progress=False,
+    )  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["flow"]) == {"plain8", "resnet8"}
+    flow = results["flow"]["plain8"]
+    assert len(flow["init"]["grad_norm"]) == len(flow["after"]["grad_norm"]) == 7
+    deep = results["deep"]["resnet14"]
+    assert len(deep["losses"]) == 3 and deep["layers"] == 14
+    for name in ("gradients.png", "deep.png"):
+        assert (out / name).read_bytes().startswith(PNG)
+    assert "## What it shows" in (out / "report.md").read_text()
+    assert "plain8" in result["summary"]
+
+
+@pytest.mark.slow
+def test_checkpointing_saves_step_memory():
+    kwargs = dict(batch_size=32, image_size=16, in_chans=1, num_classes=4,
+                  device=torch.device("cpu"))  # fmt: skip
+    without = step_memory("resnet110", checkpointing=False, **kwargs)
+    with_ = step_memory("resnet110", checkpointing=True, **kwargs)
+    assert without["saved_tensors_mb"] > 20
+    assert with_["step_mb"] < 0.8 * without["step_mb"]
+
+
+# --------------------------------------------------------------------------------------
+# Cardinality
+
+
+def test_matched_macs_variants():
+    variants = cardinality_variants((1, 16, 16), depths=(11,), cardinalities=(2, 4))
+    roles = {v["key"]: v["role"] for v in variants}
+    assert roles["resnet29_1x16d"] == "baseline"
+    assert {r for r in roles.values()} == {"baseline", "shallower", "cardinality"}
+    assert sorted(v["config"].groups for v in variants) == [1, 1, 2, 4]
+    assert all(abs(v["macs_diff"]) < 0.03 for v in variants)
+
+
+def test_cardinality_check_both_ways():
+    def entry(groups, err, role="cardinality"):
+        return dict(groups=groups, test_error=err, label=f"C={groups}", role=role,
+                    test_n=10000, complete=True)  # fmt: skip
+
+    results = {"a": entry(1, 0.10, "baseline"), "b": entry(2, 0.08), "c": entry(4, 0.09)}
+    claim = check_cardinality(results)
+    assert claim["held"] and claim["significant"] and claim["best_resnext"] == "b"
+    assert claim["ranking"] == ["b", "c", "a"]
+    results["a"]["test_error"] = 0.0795  # C=1 best, by less than the noise
+    claim = check_cardinality(results)
+    assert not claim["held"] and not claim["significant"]
+
+
+def test_cardinality_experiment_files(tmp_path):
+    out = tmp_path / "card"
+    run_cardinality(out, dataset=TINY, depths=(11,), cardinalities=(2,), iters=2, eval_every=1,
+                    batch_size=32, train_eval_size=64, progress=False)  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"resnet11_1x31d", "resnet29_1x16d", "resnext29_2x10d"}
+    assert all(len(r["curve"]) == 3 and abs(r["macs_diff"]) < 0.03 for r in results.values())
+    assert (out / "cardinality.png").read_bytes().startswith(PNG)
+    report = (out / "report.md").read_text()
+    assert "ResNeXt-29 2×10d" in report and "69,632" in report  # the paper's ~70k block
+
+
+# --------------------------------------------------------------------------------------
+# Published figures and the command line
+
+
+def test_figure_matching_rules():
+    assert figure_matches(10_178_480, 10.2e6, exact=False, quantity="weights")
+    assert not figure_matches(10_327_706, 10.2e6, exact=False, quantity="params")
+    assert figure_matches(4.0890, 4.089, exact=False, quantity="gmacs")
+    assert not figure_matches(3.664, 3.6, exact=False, quantity="gmacs")
+    assert figure_matches(269_722, 269_722, exact=True, quantity="params")
+    assert not figure_matches(269_723, 269_722, exact=True, quantity="params")
+
+
+def test_paper_table_marks_known_mismatch():
+    rows = {(r["model"], r["quantity"]): r for r in paper_table("resnet1001_v2")}
+    assert rows[("resnet1001_v2", "params")]["mark"] == "✗ +1.3%"
+    assert rows[("resnet1001_v2", "weights")]["mark"] == "✓"
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "resnetlab", *args], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def test_cli_experiment_subprocess(tmp_path):
+    proc = run_cli("experiment", "degradation", "--dataset", TINY, "--depths", "8", "14",
+                   "--iters", "2", "--eval-every", "1", "--batch-size", "32", "--quiet",
+                   "--output", str(tmp_path / "d"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "plain14" in proc.stdout and "report:" in proc.stdout
+    results = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert [p["iter"] for p in results["resnet14"]["curve"]] == [0, 1, 2]
+
+
+def test_cli_bad_input_and_help(tmp_path, capsys):
+    assert main(["experiment", "degradation", "--depths", "20", "57", "--output",
+                 str(tmp_path / "bad")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "6n+2" in err and err.strip().count("\n") == 0
+    assert main(["experiment", "gradients", "--models", "resnt56"]) == 2
+    assert "did you mean resnet56" in capsys.readouterr().err
+    for sub in ("degradation", "gradients", "cardinality"):
+        with pytest.raises(SystemExit):
+            main(["experiment", sub, "--help"])
+        assert "examples:" in capsys.readouterr().out
+
+
+def test_cli_models_paper(capsys):
+    assert main(["models", "--paper", "resnet34"]) == 0
+    out = capsys.readouterr().out
+    # The 2015 paper's 3.6 GFLOPs for ResNet-34 is 3.664 GMACs measured (torchvision's too).
+    assert "✗ +1.8%" in out and "✓" in out and "mismatches: resnet34 GMACs" in out
+    assert main(["models", "--paper", "resnet20", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 2 and all(r["match"] for r in rows)
+    assert main(["models", "resnet20"]) == 0  # without --paper: the usual table
+    assert "269,722" in capsys.readouterr().out
