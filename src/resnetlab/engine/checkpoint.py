@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..models.weights import WeightsError, _atomic_write, _safe_torch_load
+from ..models.weights import WeightsError, atomic_write, safe_torch_load
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
 TEMP_RE = re.compile(r"^\.(ckpt-\d{8}|best)\.pt\..*\.tmp$")
@@ -55,7 +55,7 @@ def _write_state(state: dict[str, Any], tmp: str) -> None:
 def _save(state: dict[str, Any], path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda tmp: _write_state(state, tmp))
+        atomic_write(path, lambda tmp: _write_state(state, tmp))
         _fsync_dir(path.parent)
     except OSError as e:
         raise CheckpointError(
@@ -101,7 +101,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        state = _safe_torch_load(path)
+        state = safe_torch_load(path)
     except WeightsError as e:
         raise CheckpointError(str(e)) from None
     if not isinstance(state, dict):

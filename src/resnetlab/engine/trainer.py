@@ -27,7 +27,7 @@ from ..config import TrainConfig, build_dataclass
 from ..data import build_loaders
 from ..device import resolve_device
 from ..models import create_model, save_weights
-from ..models.weights import _atomic_write, weights_meta
+from ..models.weights import atomic_write, weights_meta
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .metrics import evaluate
@@ -109,7 +109,7 @@ def _write_config(path: Path, cfg: TrainConfig) -> None:
 
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     try:
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     except OSError as e:
         raise TrainingError(f"could not write {path}: {e.strerror or e}") from None
 
@@ -578,4 +578,4 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
         ):
             rows.append(row)
     text = "".join(json.dumps(r) + "\n" for r in rows)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -101,7 +101,7 @@ def sidecar_path(weights_path: str | os.PathLike) -> Path:
     return Path(weights_path).with_suffix(".json")
 
 
-def _safe_torch_load(path: Path) -> Any:
+def safe_torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -144,7 +144,7 @@ def read_weights(source: str | os.PathLike) -> WeightsFile:
             raise WeightsError(f"cannot read {path}: {e} (a truncated or corrupt file?)") from None
         meta = read_sidecar(path)
     else:
-        obj = _safe_torch_load(path)
+        obj = safe_torch_load(path)
         if not isinstance(obj, dict):
             raise WeightsError(
                 f"{path} holds a {type(obj).__name__}, not a state dict (a dict of tensors)"
@@ -341,7 +341,7 @@ def weights_meta(
     }
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -371,8 +371,8 @@ def save_weights(
     meta = weights_meta(model, preprocessing=preprocessing, class_names=class_names)
     text = json.dumps(meta, indent=2)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={SIDECAR_FORMAT: text}))
-    _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={SIDECAR_FORMAT: text}))
+    atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
     return path
 
 
