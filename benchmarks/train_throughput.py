@@ -1,18 +1,22 @@
 """Training throughput: resnetlab's trainer vs a straightforward reference loop.
 
 The reference is what a first PyTorch script does: a Dataset yielding PIL images,
-torchvision transforms per image (random crop with padding, flip, ToTensor, Normalize), a
-DataLoader (measured with 0 and with N worker processes; the faster is the baseline),
-fp32 NCHW, SGD. resnetlab's trainer runs with its
-defaults (in-memory batched augmentation, channels_last, bf16 where the CPU has native
-bf16). Same model, same data, same batch size, one run, alternating rounds.
+torchvision transforms per image (the preset's augmentation: random crop with padding
+and/or flip; ToTensor, Normalize), a DataLoader (measured with 0 and with N worker
+processes; the faster is the baseline), fp32 NCHW, SGD. resnetlab's trainer runs the
+preset as it is (in-memory batched augmentation, channels_last, torch.compile where the
+preset asks, bf16 where the CPU has native bf16). Same model, same data, same batch size,
+one run, alternating rounds. Both are timed in steady state: the reference after 5
+warm-up steps, the trainer after its first step (which holds torch.compile's compilation;
+its time is reported beside).
 
-    python benchmarks/train_throughput.py [--model resnet20] [--steps 100] [--rounds 2]
+    python benchmarks/train_throughput.py [--config configs/fashion_mnist_fast.yaml] [--steps 100]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -29,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, write_section  # noqa: E402
 
 import resnetlab  # noqa: E402
+from resnetlab.config import TrainConfig, load_train_config  # noqa: E402
 from resnetlab.data import load_split  # noqa: E402
 from resnetlab.engine import train  # noqa: E402
 
@@ -45,17 +50,19 @@ class PILDataset(Dataset):
         return self.transform(img), int(self.labels[i])
 
 
-def reference_loop(model_name: str, data: str, batch: int, steps: int, workers: int) -> float:
-    images, labels, info = load_split(data, "train")
-    tf = transforms.Compose([
-        transforms.RandomCrop(info.image_size, padding=2),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(info.mean, info.std),
-    ])  # fmt: skip
-    loader = DataLoader(PILDataset(images, labels, tf), batch_size=batch, shuffle=True,
-                        num_workers=workers, drop_last=True, persistent_workers=workers > 0)  # fmt: skip
-    model = resnetlab.create_model(model_name, num_classes=info.num_classes, in_chans=1)
+def reference_loop(cfg: TrainConfig, steps: int, workers: int) -> float:
+    images, labels, info = load_split(cfg.data.spec, "train")
+    augment = cfg.data.augment
+    crop = [transforms.RandomCrop(info.image_size, padding=2)] if augment in ("crop", "standard") else []  # fmt: skip
+    flip = [transforms.RandomHorizontalFlip()] if augment in ("flip", "standard") else []
+    tf = transforms.Compose(
+        [*crop, *flip, transforms.ToTensor(), transforms.Normalize(info.mean, info.std)]
+    )
+    loader = DataLoader(PILDataset(images, labels, tf), batch_size=cfg.data.batch_size,
+                        shuffle=True, num_workers=workers, drop_last=True,
+                        persistent_workers=workers > 0)  # fmt: skip
+    model = resnetlab.create_model(cfg.model, num_classes=info.num_classes, in_chans=info.channels,
+                                   **cfg.model_args)  # fmt: skip
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     model.train()
     seen, start, it = 0, None, iter(loader)
@@ -71,33 +78,39 @@ def reference_loop(model_name: str, data: str, batch: int, steps: int, workers: 
     return seen / (time.perf_counter() - start)
 
 
-def resnetlab_trainer(model_name: str, data: str, batch: int, steps: int) -> tuple[float, str]:
+def resnetlab_trainer(cfg: TrainConfig, steps: int) -> tuple[float, float, str]:
     with tempfile.TemporaryDirectory() as out:
-        cfg = {"model": model_name, "data": {"spec": data, "batch_size": batch},
-               "optim": {"lr": 0.05}, "max_iters": steps, "eval_every": 0,
-               "output": out}  # fmt: skip
-        s = train(cfg, progress=False)
-    return s["train_img_per_s"], s["precision"]
+        run = dataclasses.replace(cfg, max_iters=steps + 1, eval_every=0, output=out)
+        s = train(run, progress=False)
+    return s["steady_img_per_s"], s["first_step_s"], s["precision"]
+
+
+def trainer_setting(cfg: TrainConfig, precision: str) -> str:
+    parts = [f"in-memory batched aug ({cfg.data.augment})"]
+    parts += ["channels_last"] if cfg.channels_last else []
+    parts += ["torch.compile"] if cfg.compile else []
+    return ", ".join([*parts, precision])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--config", default="configs/fashion_mnist_fast.yaml",
+                   help="the preset whose model, data, batch and settings are measured")  # fmt: skip
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md")
     a = p.parse_args()
-    ref0, ref, ours, precision = [], [], [], "?"
+    cfg = load_train_config(a.config)
+    ref0, ref, ours, first, precision = [], [], [], [], "?"
     for r in range(a.rounds):
-        ref0.append(reference_loop(a.model, a.data, a.batch_size, a.steps, 0))
-        ref.append(reference_loop(a.model, a.data, a.batch_size, a.steps, a.workers))
-        o, precision = resnetlab_trainer(a.model, a.data, a.batch_size, a.steps)
+        ref0.append(reference_loop(cfg, a.steps, 0))
+        ref.append(reference_loop(cfg, a.steps, a.workers))
+        o, f, precision = resnetlab_trainer(cfg, a.steps)
         ours.append(o)
+        first.append(f)
         print(f"round {r + 1}: reference {ref0[-1]:.0f} (0 workers) / {ref[-1]:.0f} "
               f"({a.workers} workers) img/s, resnetlab {ours[-1]:.0f} img/s")  # fmt: skip
     r0_med, r_med, o_med = (statistics.median(v) for v in (ref0, ref, ours))
@@ -105,14 +118,16 @@ def main() -> None:
     rows = [
         ["reference loop, DataLoader in-process (0 workers)", r0_med, f"{r0_med / best_ref:.2f}x"],
         [f"reference loop, DataLoader with {a.workers} workers", r_med, f"{r_med / best_ref:.2f}x"],
-        [f"resnetlab trainer (in-memory batched aug, channels_last, {precision})", o_med,
-         f"{o_med / best_ref:.2f}x"],
+        [f"resnetlab trainer ({trainer_setting(cfg, precision)})", o_med, f"{o_med / best_ref:.2f}x"],
     ]  # fmt: skip
     table = markdown_table(["loop", "train img/s (median)", "vs the faster reference"], rows)
     print(table)
-    body = (f"{a.model} on {a.data}, batch {a.batch_size}, {a.steps} steps per round "
+    model = cfg.model + (f" {cfg.model_args}" if cfg.model_args else "")
+    body = (f"The model and settings of `{a.config}`: {model} on {cfg.data.spec}, batch "
+            f"{cfg.data.batch_size}, augment={cfg.data.augment}; {a.steps} steps per round "
             f"after warm-up, {a.rounds} alternating rounds (all rounds: reference "
-            f"{', '.join(f'{v:.0f}' for v in ref)}; resnetlab {', '.join(f'{v:.0f}' for v in ours)} img/s)."
+            f"{', '.join(f'{v:.0f}' for v in ref)}; resnetlab {', '.join(f'{v:.0f}' for v in ours)} img/s; "
+            f"the trainer's first step (torch.compile's compilation when on): {', '.join(f'{v:.1f}' for v in first)} s)."
             f"\n\n{table}")  # fmt: skip
     if not a.no_write:
         write_section("train_throughput", "Training throughput: trainer vs reference loop", body,

@@ -132,4 +132,4 @@ def test_public_api():
         assert hasattr(data, name), name
     assert issubclass(data.ChecksumError, data.DataError)
     assert issubclass(data.DataError, RuntimeError)
-    assert data.AUGMENTS == ("none", "crop", "standard")
+    assert data.AUGMENTS == ("none", "flip", "crop", "standard")

@@ -233,7 +233,7 @@ def test_flip_only_where_orientation_does_not_matter(tmp_path, name, flips):
         (dict(batch_size=8, val_fraction=1.0), r"val_fraction=1.0: must be in \[0, 1\)"),
         (
             dict(batch_size=8, augment="heavy"),
-            "augment='heavy': must be one of none, crop, standard",
+            "augment='heavy': must be one of none, flip, crop, standard",
         ),
         (dict(batch_size=8, random_erasing=1.5), r"random_erasing=1.5: must be a probability"),
         (dict(batch_size=8, in_chans=2), "in_chans=2: must be None, 1 or 3"),
@@ -257,3 +257,16 @@ def test_load_split_rejects_bad_arguments(tmp_path):
         load_split("synthetic", "val")
     with pytest.raises(ValueError, match="in-memory datasets only.*use build_loaders"):
         load_split(f"imagefolder:{tmp_path}", "train")
+
+
+def test_flip_augment_mirrors_without_cropping():
+    loader = make_loader(augment="flip", batch_size=103, n=103)
+    plain = make_loader(augment="none", batch_size=103, n=103)
+    (x, y), (x0, y0) = epoch(loader)[0], epoch(plain)[0]
+    assert torch.equal(y, y0)  # same order: augmentation draws from its own generator
+    same = (x == x0).flatten(1).all(1)
+    mirrored = (x == x0.flip(-1)).flatten(1).all(1)
+    assert bool((same | mirrored).all())  # every sample is itself or its mirror, uncropped
+    assert 20 < int((mirrored & ~same).sum()) < 83  # about half are flipped
+    with pytest.raises(ValueError, match="augment='rotate'.*flip"):
+        make_loader(augment="rotate")

@@ -283,3 +283,20 @@ def test_config_keeps_its_in_chans():
                       in_chans=1, num_classes=2)  # fmt: skip
     assert create_model(cfg).conv1.in_channels == 1
     assert create_model(cfg, in_chans=3).conv1.in_channels == 3
+
+
+def test_cifar_pool_stem_halves_the_resolution_for_a_quarter_of_the_cost():
+    plain = create_model("resnet20", in_chans=1, layers=(1, 1, 1))
+    pooled = create_model("resnet20", in_chans=1, layers=(1, 1, 1), stem="cifar_pool")
+    assert plain.state_dict().keys() == pooled.state_dict().keys()  # a max-pool, no weights
+    feats = create_model("resnet20", stem="cifar_pool", features_only=True, out_indices=(0, 3))
+    assert [tuple(f.shape[1:]) for f in feats(torch.randn(1, 3, 32, 32))] == [(16, 16, 16),
+                                                                              (64, 4, 4)]  # fmt: skip
+    assert [i["reduction"] for i in feats.feature_info] == [2, 8]
+    macs_plain = model_info(plain, (1, 28, 28))["macs"]
+    macs_pooled = model_info(pooled, (1, 28, 28))["macs"]
+    stem = 9 * 16 * 28 * 28  # the stem conv runs at full resolution in both
+    assert (macs_plain - stem) / (macs_pooled - stem) == pytest.approx(4, rel=0.15)
+    assert pooled(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="stem='pool'.*cifar_pool"):
+        create_model("resnet20", stem="pool")

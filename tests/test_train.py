@@ -12,7 +12,7 @@ from resnetlab.config import ScheduleConfig, load_train_config
 from resnetlab.engine import TrainingError, train
 from resnetlab.engine.checkpoint import list_checkpoints, load_checkpoint
 from resnetlab.engine.optim import lr_factor
-from resnetlab.models import load_model
+from resnetlab.models import create_model, load_model
 
 TINY = {"model": "resnet20", "model_args": {"depth": 8},
         "data": {"spec": "synthetic:n=256,test=64,size=16,classes=4", "batch_size": 32},
@@ -70,6 +70,14 @@ def test_training_learns_and_report(tmp_path):
     summary = train(tiny(tmp_path, epochs=4, data={**TINY["data"], "augment": "none"}),
                     progress=False)  # fmt: skip
     assert summary["test_top1"] > 0.6  # 4 classes: chance is 0.25
+    # Timing: evaluation is counted apart from the wall time, the first step apart from
+    # the steady state; each epoch's row carries the eval-free wall time so far.
+    assert 0 < summary["eval_time_s"] < summary["wall_time_s"]
+    assert 0 < summary["first_step_s"] < summary["train_time_s"] < summary["wall_time_s"]
+    assert summary["steady_img_per_s"] > 0 and summary["train_img_per_s"] > 0
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    walls = [r["wall_s"] for r in rows]
+    assert walls == sorted(walls) and walls[-1] <= summary["wall_time_s"] - summary["eval_time_s"]
     report = (tmp_path / "run" / "report.md").read_text()
     assert "test_top1" in report and "curves.png" in report
     model = load_model(tmp_path / "run")
@@ -170,9 +178,10 @@ def test_presets_load_and_overrides_apply():
     presets = sorted(Path("configs").glob("*.yaml"))
     assert {p.stem for p in presets} >= {"cifar_resnet_paper", "cifar_preact_paper",
                                          "cifar_resnext", "imagenet_paper", "imagenet_modern",
-                                         "fashion_mnist_fast"}  # fmt: skip
+                                         "fashion_mnist_fast", "fashion_mnist_quality"}  # fmt: skip
     for p in presets:
-        load_train_config(str(p))
+        cfg = load_train_config(str(p))
+        create_model(cfg.model, **cfg.model_args)  # every preset names a buildable model
     cfg = load_train_config("configs/cifar_resnet_paper.yaml", ["optim.lr=0.05", "model=resnet56"])
     assert cfg.optim.lr == 0.05 and cfg.model == "resnet56" and cfg.max_iters == 64000
     assert cfg.schedule.milestones == (32000, 48000)
@@ -180,3 +189,39 @@ def test_presets_load_and_overrides_apply():
         load_train_config(None, ["lr"])
     with pytest.raises(ValueError, match=r"schedule\.name='linear'"):
         load_train_config(None, ["schedule.name=linear"])
+
+
+FAULTS_SCRIPT = """
+import resource, sys, torch
+import torch.nn.functional as F
+from resnetlab import create_model
+from resnetlab.device import keep_freed_host_memory
+
+torch.set_num_threads(1)
+if sys.argv[1] == "kept":
+    assert keep_freed_host_memory()
+model = create_model("resnet8_pool", in_chans=1).to(memory_format=torch.channels_last)
+opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+x = torch.randn(64, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+y = torch.randint(0, 10, (64,))
+for i in range(13):
+    if i == 3:  # after warm-up
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 10)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+def test_kept_host_memory_stops_page_faults_on_every_step():
+    def faults_per_step(mode):
+        out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True,
+                             text=True, check=True)  # fmt: skip
+        return float(out.stdout)
+
+    default, kept = faults_per_step("default"), faults_per_step("kept")
+    # Without it every step faults its activations back in (hundreds of pages here).
+    assert default > 200 and kept < default / 5, (default, kept)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 BLOCKS = ("basic", "bottleneck", "preact_basic", "preact_bottleneck")
-STEMS = ("imagenet", "cifar")
+STEMS = ("imagenet", "cifar", "cifar_pool")
 SHORTCUTS = ("A", "B", "C", "none")
 STRIDE_ON = ("3x3", "1x1")
 

@@ -38,7 +38,7 @@ from .seeding import generator
 __all__ = ["AUGMENTS", "InMemoryLoader", "Loader", "eval_shard"]
 
 #: Accepted values of ``augment``: none, random crop only, or crop + flip (where flips are valid).
-AUGMENTS: tuple[str, ...] = ("none", "crop", "standard")
+AUGMENTS: tuple[str, ...] = ("none", "flip", "crop", "standard")
 
 
 @runtime_checkable
@@ -80,8 +80,9 @@ class InMemoryLoader:
     """Batches of an in-memory uint8 dataset, augmented and normalized on ``device``.
 
     ``images`` is uint8 (N, C, H, W) and ``labels`` int64 (N,). ``train=True`` shuffles per
-    epoch, drops the last partial batch and applies ``augment`` ("none", "crop": random crop
-    with ``crop_padding`` zero padding, "standard": crop plus a horizontal flip when ``hflip``)
+    epoch, drops the last partial batch and applies ``augment`` ("none"; "flip": a horizontal
+    flip when ``hflip``, the lightest, for runs of a few epochs; "crop": random crop with
+    ``crop_padding`` zero padding; "standard": crop plus the flip)
     and ``random_erasing`` (probability per sample). ``train=False`` keeps the order and does
     not augment. ``in_chans=3`` on 1-channel data repeats the channel; ``image_size`` other than
     the stored size resizes (bilinear, antialiased) before normalization.
@@ -192,10 +193,10 @@ class InMemoryLoader:
         g = None
         if self.augment != "none" or self.random_erasing > 0:
             g = generator(self.seed, epoch, batch, self.rank, "augment")
-        if self.augment != "none":
+        if self.augment in ("crop", "standard"):
             x = random_crop(x, self.crop_padding, g)
-            if self.augment == "standard" and self.hflip:
-                x = random_hflip(x, g)
+        if self.augment in ("flip", "standard") and self.hflip:
+            x = random_hflip(x, g)
         x = x.to(torch.float32).div_(255.0)
         if self._resize is not None:
             x = TF.resize(x, [self._resize, self._resize], antialias=True)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..config import TrainConfig, build_dataclass
 from ..data import build_loaders
-from ..device import resolve_device
+from ..device import keep_freed_host_memory, resolve_device
 from ..models import create_model, save_weights
 from ..models.weights import atomic_write, weights_meta
 from . import checkpoint as ckpt
@@ -222,6 +222,8 @@ def _train(
     overwrite: bool,
     progress: bool,
 ) -> dict[str, Any]:
+    wall_start = time.perf_counter()  # data loading and model set-up count as wall time
+    keep_freed_host_memory()  # no page faults on every step's activations (device.py)
     main = dinfo.is_main
     progress = progress and main
     # Rank 0 prepares (or checks) the run directory; the others learn the outcome.
@@ -368,7 +370,10 @@ def _train(
     from tqdm import tqdm
 
     writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None
-    train_time, train_images, wall_start = 0.0, 0, time.perf_counter()
+    train_time, eval_time, train_images = 0.0, 0.0, 0
+    # The first step of a process pays for torch.compile's compilation (and allocator
+    # warm-up): timed apart, so that the steady-state throughput can be told from it.
+    first_step_s, first_step_images = None, 0
     last_eval: dict[str, Any] = {}
     try:
         while epoch < epochs and step < total_steps:
@@ -424,6 +429,9 @@ def _train(
                 step += 1
                 batch_idx += 1
                 n = labels.shape[0]
+                if first_step_s is None:
+                    first_step_s = time.perf_counter() - t0
+                    first_step_images = n * dinfo.world_size  # train_images counts all ranks
                 seen += n
                 loss_sum += loss.detach() * n
                 correct += (logits.argmax(1) == labels).sum()
@@ -455,16 +463,21 @@ def _train(
                 "lr": scheduler.get_last_lr()[0],
                 "epoch_time": epoch_time,
                 "img_per_s": seen / epoch_time if epoch_time else None,
+                # Wall time since the run (or this resume) started, evaluations excluded:
+                # with test_top1, the time-to-accuracy curve.
+                "wall_s": time.perf_counter() - wall_start - eval_time,
             }
             final = epoch >= epochs or step >= total_steps
             if cfg.eval_every and (epoch % cfg.eval_every == 0 or final):
                 eval_model = ema.module if ema is not None else model
+                eval_start = time.perf_counter()
                 tally = evaluate(
                     eval_model, eval_loader, num_classes=info.num_classes, device=device,
                     autocast_dtype=precision.dtype, tta_flip=cfg.tta_flip,
                     reduce=dist.all_reduce_sum,
                 )  # fmt: skip
                 last_eval = tally.result(info.class_names)
+                eval_time += time.perf_counter() - eval_start
                 row.update(test_loss=last_eval["loss"], test_top1=last_eval["top1"],
                            test_top5=last_eval["top5"])  # fmt: skip
             if main:
@@ -494,7 +507,14 @@ def _train(
         "eval_n": last_eval.get("n"),
         "train_time_s": train_time,
         "wall_time_s": time.perf_counter() - wall_start,
+        "eval_time_s": eval_time,
         "train_img_per_s": train_images / train_time if train_time else None,
+        "first_step_s": first_step_s,
+        "steady_img_per_s": (train_images - first_step_images) / (train_time - first_step_s)
+        if first_step_s is not None
+        and train_time > first_step_s
+        and train_images > first_step_images
+        else None,
         "device": str(device),
         "precision": precision.name,
         "threads": torch.get_num_threads(),

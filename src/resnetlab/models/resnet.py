@@ -71,12 +71,19 @@ class ResNet(nn.Module):
             self.conv1 = nn.Conv2d(cfg.in_chans, cfg.stem_width, 3, 1, padding=1, bias=False)
         self.bn1 = nn.Identity() if cfg.is_preact else nn.BatchNorm2d(cfg.stem_width)
         self.relu = nn.Identity() if cfg.is_preact else nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, padding=1) if imagenet else nn.Identity()
+        # "cifar_pool" adds a 2x2/2 max-pool to the CIFAR stem: the full-resolution 3x3 conv
+        # still sees every pixel, and every later layer costs a quarter (small fast nets).
+        if imagenet:
+            self.maxpool = nn.MaxPool2d(3, 2, padding=1)
+        elif cfg.stem == "cifar_pool":
+            self.maxpool = nn.MaxPool2d(2, 2)
+        else:
+            self.maxpool = nn.Identity()
 
         # Stages. Stochastic depth grows linearly with depth (Huang et al. 2016).
         total = sum(cfg.layers)
         rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
-        stem_reduction = 4 if imagenet else 1
+        stem_reduction = {"imagenet": 4, "cifar_pool": 2}.get(cfg.stem, 1)
         self.feature_info = [dict(num_chs=cfg.stem_width, reduction=stem_reduction, module="stem")]
         in_chs = cfg.stem_width
         self.stage_names: list[str] = []
