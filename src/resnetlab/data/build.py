@@ -266,7 +266,8 @@ def build_loaders(
 
     ``eval_split`` defaults to "test" for the built-in and synthetic datasets and to "val" for
     ``imagefolder:`` (whose ``PATH/test`` is optional). ``augment`` is "none", "flip",
-    "crop" or "standard" (crop + flip); ``random_erasing`` the per-sample probability of erasing a rectangle.
+    "crop" or "standard" (crop + flip); ``random_erasing`` the per-sample probability of
+    erasing a rectangle.
     ``in_chans=3`` feeds grayscale data to 3-channel models (channel repeated); for image
     folders ``in_chans=1`` decodes as grayscale. ``image_size`` resizes in-memory data and
     sets the crop size of image folders (default 224). ``num_workers`` and

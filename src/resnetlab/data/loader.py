@@ -37,7 +37,8 @@ from .seeding import generator
 
 __all__ = ["AUGMENTS", "InMemoryLoader", "Loader", "eval_shard"]
 
-#: Accepted values of ``augment``: none, random crop only, or crop + flip (where flips are valid).
+#: Accepted values of ``augment``: none, flip only, random crop only, or crop + flip (flips
+#: only where they are valid).
 AUGMENTS: tuple[str, ...] = ("none", "flip", "crop", "standard")
 
 
