@@ -96,6 +96,20 @@ def test_degradation_writes_results_figure_report(tmp_path):
     ] == [2]
 
 
+def test_degradation_zero_init_changes_only_the_residual_nets(tmp_path):
+    kwargs = dict(dataset=TINY, depths=(8, 14), iters=1, batch_size=32, train_eval_size=64,
+                  progress=False)  # fmt: skip
+    off = run_degradation(tmp_path / "off", zero_init=False, **kwargs)["results"]
+    on = run_degradation(tmp_path / "on", zero_init=True, **kwargs)["results"]
+    # Same seed and data: a plain net has no branch to zero, a residual net starts elsewhere.
+    assert on["plain14"]["losses"] == off["plain14"]["losses"]
+    assert on["resnet14"]["losses"] != off["resnet14"]["losses"]
+    settings = json.loads((tmp_path / "on" / "settings.json").read_text())["settings"]
+    assert settings["zero_init_last"] is True
+    assert "zero-initialised" in (tmp_path / "on" / "report.md").read_text()
+    assert "no zero-init" in (tmp_path / "off" / "report.md").read_text()
+
+
 def test_degradation_bad_input(tmp_path):
     with pytest.raises(ValueError, match="6n\\+2"):
         run_degradation(tmp_path, dataset=TINY, depths=(8, 15), iters=1, progress=False)
@@ -169,6 +183,20 @@ def test_gradients_experiment_files(tmp_path):
         assert (out / name).read_bytes().startswith(PNG)
     assert "## What it shows" in (out / "report.md").read_text()
     assert "plain8" in result["summary"]
+
+
+def test_gradients_deep_nets_only(tmp_path):
+    out = tmp_path / "deep"
+    result = run_gradients(
+        out, dataset=TINY, models=(), deep_models=("resnet14",), deep_steps=2, deep_batch_size=8,
+        deep_train_size=32, memory=False, progress=False,
+    )  # fmt: skip
+    assert set(result["results"]["deep"]) == {"resnet14"} and not result["results"]["flow"]
+    assert (out / "deep.png").exists() and not (out / "gradients.png").exists()
+    report = (out / "report.md").read_text()
+    assert report.startswith("# More than 1000 layers") and "## What it shows" not in report
+    with pytest.raises(ValueError, match="nothing to run"):
+        run_gradients(tmp_path / "none", dataset=TINY, models=(), deep_models=())
 
 
 @pytest.mark.slow
@@ -247,8 +275,10 @@ def run_cli(*args):
 def test_cli_experiment_subprocess(tmp_path):
     proc = run_cli("experiment", "degradation", "--dataset", TINY, "--depths", "8", "14",
                    "--iters", "2", "--eval-every", "1", "--batch-size", "32", "--quiet",
-                   "--output", str(tmp_path / "d"))  # fmt: skip
+                   "--quick", "--no-zero-init", "--output", str(tmp_path / "d"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    settings = json.loads((tmp_path / "d" / "settings.json").read_text())["settings"]
+    assert settings["zero_init_last"] is False and "zero_init" in settings["setting"]
     assert "plain14" in proc.stdout and "report:" in proc.stdout
     results = json.loads((tmp_path / "d" / "results.json").read_text())
     assert [p["iter"] for p in results["resnet14"]["curve"]] == [0, 1, 2]

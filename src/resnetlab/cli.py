@@ -61,6 +61,7 @@ your own images for accuracy""",
   resnetlab experiment degradation --output runs/fig6     # the paper's 64k iterations (GPU)
   resnetlab experiment degradation --dataset cifar10 --depths 20 32 44 56 --output runs/c10
   resnetlab experiment degradation --quick --iters 400 --threads 1 --output runs/deg400
+  resnetlab experiment degradation --quick --no-zero-init --output runs/deg-paper-init
 writes DIR/results.json ({model: {"train_error", "test_error", "curve": [...]}}, errors as
 fractions), DIR/degradation.png (plain left, residual right; dashed: training error, bold:
 test error) and DIR/report.md saying whether the claim held""",
@@ -68,7 +69,8 @@ test error) and DIR/report.md saying whether the claim held""",
   resnetlab experiment gradients --quick --output runs/gradients
   resnetlab experiment gradients --models plain110 resnet110 resnet110_v2 --steps 100
   resnetlab experiment gradients --deep-models --output runs/flow   # skip the 1000-layer nets
-  resnetlab experiment gradients --deep-models resnet1202 --deep-steps 300 --output runs/1202
+  resnetlab experiment gradients --models --deep-models resnet1202 --deep-steps 300 \
+      --output runs/1202                                    # only the 1202-layer net
 writes DIR/results.json, DIR/gradients.png (per-layer gradient norms, log scale),
 DIR/deep.png (loss of the 1000+-layer nets, memory with/without checkpointing), report.md""",
     "experiment cardinality": """examples:
@@ -386,15 +388,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--warmup-iters", type=int, metavar="N",
                    help="lr / 10 for the first N iterations, as the paper did for 110+ layers "
                    "(0)")  # fmt: skip
+    e.add_argument("--zero-init", action=argparse.BooleanOptionalAction,
+                   help="zero-init the residual branches' last BN, so each residual unit "
+                   "starts as the identity (quick: on; full: off, as in the paper)")  # fmt: skip
     e.add_argument("--tolerance", type=float,
                    help="how far (fraction) the deeper ResNet's training error may exceed "
                    "the shallower one's and still count as no degradation (0.01)")  # fmt: skip
 
     e = add_experiment("gradients", "Per-layer gradient norms of plain vs residual nets; "
                        "1000+-layer nets trained, with and without checkpointing.")  # fmt: skip
-    e.add_argument("--models", nargs="+", metavar="NAME",
+    e.add_argument("--models", nargs="*", metavar="NAME",
                    help="nets of equal depth (plain56 resnet56 resnet56_v2): zoo names or "
-                   "plainD / resnetD / resnetD_v2 for a CIFAR depth D = 6n+2")  # fmt: skip
+                   "plainD / resnetD / resnetD_v2 for a CIFAR depth D = 6n+2 (none: only the "
+                   "1000+-layer nets)")  # fmt: skip
     e.add_argument("--steps", type=int, metavar="K",
                    help="training steps between the two measurements (full 200, quick 50)")  # fmt: skip
     e.add_argument("--batch-size", type=int, help="(full 128, quick 64)")

@@ -366,40 +366,42 @@ def _fmt(x: float) -> str:
 def _report(out: Path, results: dict[str, Any], settings: dict[str, Any], meta: dict) -> Path:
     flow, deep, memory = results.get("flow", {}), results.get("deep", {}), results.get("memory", {})
     k = settings["steps"]
-    lines = [
-        "# Gradient flow in plain and residual nets",
-        "",
-        f"{settings['setting']}. Per main-path conv, the norm of dL/dW on one batch of "
-        f"{settings['probe_size']} training images of `{settings['dataset']}` (training mode), "
-        f"at initialisation and after {k} SGD steps (batch {settings['batch_size']}, "
-        f"lr {settings['lr']}, momentum 0.9); no zero-init of the last BN, the same seed "
-        "for every net.",
-        "",
-    ]
-    rows = []
-    for name, r in flow.items():
-        for when, label in (("init", "init"), ("after", f"after {k}")):
-            if r.get(when):
-                s = spread(r[when]["grad_norm"])
-                rows.append(
-                    [
-                        name,
-                        label,
-                        _fmt(s["first"]),
-                        _fmt(s["last"]),
-                        _fmt(s["first_over_last"]),
-                        _fmt(s["max_over_min"]),
-                        f"{r[when]['loss']:.3f}",
-                    ]
-                )
-    header = ["model", "when", "first conv", "last conv", "first / last", "max / min", "loss"]
-    lines += md_table(header, rows)
-    lines += ["", "![gradients](gradients.png)", "", "## What it shows", ""]
-    lines += _flow_findings(flow)
+    title = "Gradient flow in plain and residual nets" if flow else "More than 1000 layers"
+    lines = [f"# {title}", ""]
+    if flow:
+        lines += [
+            f"{settings['setting']}. Per main-path conv, the norm of dL/dW on one batch of "
+            f"{settings['probe_size']} training images of `{settings['dataset']}` (training mode), "
+            f"at initialisation and after {k} SGD steps (batch {settings['batch_size']}, "
+            f"lr {settings['lr']}, momentum 0.9); no zero-init of the last BN, the same seed "
+            "for every net.",
+            "",
+        ]
+        rows = []
+        for name, r in flow.items():
+            for when, label in (("init", "init"), ("after", f"after {k}")):
+                if r.get(when):
+                    s = spread(r[when]["grad_norm"])
+                    rows.append(
+                        [
+                            name,
+                            label,
+                            _fmt(s["first"]),
+                            _fmt(s["last"]),
+                            _fmt(s["first_over_last"]),
+                            _fmt(s["max_over_min"]),
+                            f"{r[when]['loss']:.3f}",
+                        ]
+                    )
+        header = ["model", "when", "first conv", "last conv", "first / last", "max / min", "loss"]
+        lines += md_table(header, rows)
+        lines += ["", "![gradients](gradients.png)", "", "## What it shows", ""]
+        lines += _flow_findings(flow)
     if deep or memory:
-        lines += ["", "## More than 1000 layers", ""]
+        lines += ["", "## More than 1000 layers", ""] if flow else []
         lines.append(
-            f"{settings['deep_steps']} steps of batch {settings['deep_batch_size']} on "
+            ("" if flow else f"{settings['setting']}. ")
+            + f"{settings['deep_steps']} steps of batch {settings['deep_batch_size']} on "
             f"{settings['deep_sizes']['train']} training images"
             + (
                 f" resized to {settings['deep_image_size']}x{settings['deep_image_size']}"
@@ -584,6 +586,8 @@ def run_gradients(
             f"steps={plan['steps']}, deep_steps={plan['deep_steps']}: expected "
             "steps >= 0 and deep_steps >= 1"
         )
+    if not models and not deep_models:
+        raise ValueError("models and deep_models are both empty: nothing to run")
     configs = {name: resolve_model(name) for name in models}
     deep_configs = {name: resolve_model(name) for name in deep_models}
     dev = setup(device, threads, seed)
@@ -634,7 +638,8 @@ def run_gradients(
         entry["complete"] = True
         flow[name] = entry
         write_json(out / "results.json", results)
-    plot_gradients(flow, out / "gradients.png", plan["steps"])
+    if flow:
+        plot_gradients(flow, out / "gradients.png", plan["steps"])
 
     deep = results.setdefault("deep", {})
     mem = results.setdefault("memory", {})
@@ -714,5 +719,6 @@ def run_gradients(
                 f"{name}: step memory {m['without']['step_mb']:.0f} MiB -> "
                 f"{m['with']['step_mb']:.0f} MiB with checkpointing"
             )
-    summary.append(f"report: {report}  figures: {out / 'gradients.png'}, {deep_png}")
+    figures = ([out / "gradients.png"] if flow else []) + ([deep_png] if deep or mem else [])
+    summary.append(f"report: {report}  figures: {', '.join(map(str, figures))}")
     return dict(results=results, report=str(report), summary="\n".join(summary), output=str(out))
