@@ -363,40 +363,45 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _flow_section(flow: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    k = settings["steps"]
+    lines = [
+        f"{settings['setting']}. Per main-path conv, the norm of dL/dW on one batch of "
+        f"{settings['probe_size']} training images of `{settings['dataset']}` (training mode), "
+        f"at initialisation and after {k} SGD steps (batch {settings['batch_size']}, "
+        f"lr {settings['lr']}, momentum 0.9); no zero-init of the last BN, the same seed "
+        "for every net.",
+        "",
+    ]
+    rows = []
+    for name, r in flow.items():
+        for when, label in (("init", "init"), ("after", f"after {k}")):
+            if r.get(when):
+                s = spread(r[when]["grad_norm"])
+                rows.append(
+                    [
+                        name,
+                        label,
+                        _fmt(s["first"]),
+                        _fmt(s["last"]),
+                        _fmt(s["first_over_last"]),
+                        _fmt(s["max_over_min"]),
+                        f"{r[when]['loss']:.3f}",
+                    ]
+                )
+    header = ["model", "when", "first conv", "last conv", "first / last", "max / min", "loss"]
+    lines += md_table(header, rows)
+    lines += ["", "![gradients](gradients.png)", "", "## What it shows", ""]
+    lines += _flow_findings(flow)
+    return lines
+
+
 def _report(out: Path, results: dict[str, Any], settings: dict[str, Any], meta: dict) -> Path:
     flow, deep, memory = results.get("flow", {}), results.get("deep", {}), results.get("memory", {})
-    k = settings["steps"]
     title = "Gradient flow in plain and residual nets" if flow else "More than 1000 layers"
     lines = [f"# {title}", ""]
     if flow:
-        lines += [
-            f"{settings['setting']}. Per main-path conv, the norm of dL/dW on one batch of "
-            f"{settings['probe_size']} training images of `{settings['dataset']}` (training mode), "
-            f"at initialisation and after {k} SGD steps (batch {settings['batch_size']}, "
-            f"lr {settings['lr']}, momentum 0.9); no zero-init of the last BN, the same seed "
-            "for every net.",
-            "",
-        ]
-        rows = []
-        for name, r in flow.items():
-            for when, label in (("init", "init"), ("after", f"after {k}")):
-                if r.get(when):
-                    s = spread(r[when]["grad_norm"])
-                    rows.append(
-                        [
-                            name,
-                            label,
-                            _fmt(s["first"]),
-                            _fmt(s["last"]),
-                            _fmt(s["first_over_last"]),
-                            _fmt(s["max_over_min"]),
-                            f"{r[when]['loss']:.3f}",
-                        ]
-                    )
-        header = ["model", "when", "first conv", "last conv", "first / last", "max / min", "loss"]
-        lines += md_table(header, rows)
-        lines += ["", "![gradients](gradients.png)", "", "## What it shows", ""]
-        lines += _flow_findings(flow)
+        lines += _flow_section(flow, settings)
     if deep or memory:
         lines += ["", "## More than 1000 layers", ""] if flow else []
         lines.append(
@@ -719,6 +724,6 @@ def run_gradients(
                 f"{name}: step memory {m['without']['step_mb']:.0f} MiB -> "
                 f"{m['with']['step_mb']:.0f} MiB with checkpointing"
             )
-    figures = ([out / "gradients.png"] if flow else []) + ([deep_png] if deep or mem else [])
+    figures = ([out / "gradients.png"] if flow else []) + ([deep_png] if deep_png else [])
     summary.append(f"report: {report}  figures: {', '.join(map(str, figures))}")
     return dict(results=results, report=str(report), summary="\n".join(summary), output=str(out))
