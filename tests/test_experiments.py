@@ -291,6 +291,8 @@ def test_cli_bad_input_and_help(tmp_path, capsys):
     assert "6n+2" in err and err.strip().count("\n") == 0
     assert main(["experiment", "gradients", "--models", "resnt56"]) == 2
     assert "did you mean resnet56" in capsys.readouterr().err
+    assert main(["experiment", "gradients", "--models", "--deep-models"]) == 2
+    assert "nothing to run" in capsys.readouterr().err
     for sub in ("degradation", "gradients", "cardinality"):
         with pytest.raises(SystemExit):
             main(["experiment", sub, "--help"])
