@@ -231,9 +231,17 @@ def test_cardinality_check_both_ways():
     claim = check_cardinality(results)
     assert claim["held"] and claim["significant"] and claim["best_resnext"] == "b"
     assert claim["ranking"] == ["b", "c", "a"]
+    assert claim["equal_depth"] is None and len(claim["lines"]) == 1  # a is the baseline
     results["a"]["test_error"] = 0.0795  # C=1 best, by less than the noise
     claim = check_cardinality(results)
     assert not claim["held"] and not claim["significant"]
+    # A shallower C=1 net best overall; the best C>1 net still beats its own depth's C=1 net.
+    results["a"]["test_error"] = 0.10
+    results["s"] = entry(1, 0.079, "shallower")
+    claim = check_cardinality(results)
+    assert not claim["held"] and claim["best_resnet"] == "s"
+    assert claim["equal_depth"]["held"] and claim["equal_depth"]["significant"]
+    assert claim["lines"][0].startswith("✗") and claim["lines"][1].startswith("✓ at equal depth")
 
 
 def test_cardinality_experiment_files(tmp_path):

@@ -185,12 +185,29 @@ def block_complexity() -> list[dict[str, Any]]:
     return rows
 
 
+def _versus(x: dict[str, Any], r: dict[str, Any], what: str) -> dict[str, Any]:
+    """Is C>1 net ``x`` better than C=1 net ``r`` (test error), and by more than twice the
+    standard error of the difference (binomial, from the size of the test sample)?"""
+    ex, er = x["test_error"], r["test_error"]
+    n = x["test_n"]
+    se = math.sqrt(max(ex * (1 - ex), 1e-12) / n + max(er * (1 - er), 1e-12) / n)
+    held, significant = ex < er, abs(er - ex) > 2 * se
+    line = (
+        f"{'✓' if held else '✗'} {what}: {x['label']} {pct(ex)} vs {r['label']} {pct(er)} "
+        f"test error ({'held' if held else 'did not hold'}; the difference "
+        f"{'exceeds' if significant else 'is within'} two standard errors of the test sample, "
+        f"{200 * se:.2f} points; the spread between seeds is not measured)"
+    )
+    return dict(held=held, significant=significant, standard_error=se, line=line)
+
+
 def check_cardinality(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Did the best higher-cardinality net beat the best C=1 net (test error) at equal MACs?
 
-    Also says whether the margin exceeds twice the standard error of the difference
-    (binomial, from the size of the test sample), the least a difference must exceed to mean
-    anything; differences between seeds and schedules can be larger still.
+    Also says whether the margin exceeds twice the standard error of the difference, the
+    least a difference must exceed to mean anything (differences between seeds and
+    schedules can be larger still), and, in ``equal_depth``, how the best C>1 net did
+    against the C=1 net of its own depth (the ResNeXt paper's Table 3 comparison).
     """
     compared = {
         k: r
@@ -203,27 +220,23 @@ def check_cardinality(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         raise ValueError("the check needs finished results of both C=1 and C>1 variants")
     best_x = min(resnext, key=lambda k: resnext[k]["test_error"])
     best_r = min(resnet, key=lambda k: resnet[k]["test_error"])
-    ex, er = resnext[best_x]["test_error"], resnet[best_r]["test_error"]
-    n = resnext[best_x]["test_n"]
-    se = math.sqrt(max(ex * (1 - ex), 1e-12) / n + max(er * (1 - er), 1e-12) / n)
-    held = ex < er
-    significant = abs(er - ex) > 2 * se
-    line = (
-        f"{'✓' if held else '✗'} best higher-cardinality net {resnext[best_x]['label']} "
-        f"{pct(ex)} vs best C=1 net {resnet[best_r]['label']} {pct(er)} test error "
-        f"({'held' if held else 'did not hold'}; the difference "
-        f"{'exceeds' if significant else 'is within'} two standard errors of the test sample, "
-        f"{200 * se:.2f} points; the spread between seeds is not measured)"
-    )
+    overall = _versus(resnext[best_x], resnet[best_r], "best higher-cardinality vs best C=1 net")
+    lines = [overall["line"]]
+    baseline = next((r for r in resnet.values() if r["role"] == "baseline"), None)
+    equal_depth = None
+    if baseline is not None and baseline is not resnet[best_r]:
+        equal_depth = _versus(resnext[best_x], baseline, "at equal depth, vs the C=1 baseline")
+        lines.append(equal_depth["line"])
     ranking = sorted(compared, key=lambda k: compared[k]["test_error"])
     return dict(
-        held=held,
-        significant=significant,
+        held=overall["held"],
+        significant=overall["significant"],
         best_resnext=best_x,
         best_resnet=best_r,
-        standard_error=se,
+        standard_error=overall["standard_error"],
+        equal_depth=equal_depth,
         ranking=ranking,
-        lines=[line],
+        lines=lines,
     )
 
 
