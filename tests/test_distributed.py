@@ -3,20 +3,27 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from datetime import timedelta
 
 import pytest
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
+
+from resnetlab.engine.distributed import agree_on_session
 
 DATA = "synthetic:n=256,test=67,size=16,classes=4"
 
 
 def torchrun(*args, nproc=2, extra=(), timeout=600, wait=True, wait_log=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    launch = [] if any(e.startswith("--nnodes") for e in extra) else ["--standalone"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launch,
            f"--nproc-per-node={nproc}", *extra, "-m", "resnetlab", *args]  # fmt: skip
     if not wait:  # output to a file: a full pipe would block the job
         log = open(wait_log, "w")  # noqa: SIM115
@@ -75,7 +82,7 @@ def test_killed_worker_restarts_and_finishes(tmp_path):
     out = tmp_path / "elastic"
     proc = torchrun(*train_args(out, "--epochs", "3", "--batch-size", "16",
                                 "--save-every-steps", "2"),
-                    extra=["--max-restarts=2"], wait=False, wait_log=tmp_path / "log")  # fmt: skip
+                    extra=["--max-restarts=1"], wait=False, wait_log=tmp_path / "log")  # fmt: skip
     ckpts = out / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and not (ckpts.exists() and any(ckpts.glob("ckpt-*0006.pt"))):
@@ -84,9 +91,96 @@ def test_killed_worker_restarts_and_finishes(tmp_path):
     workers = _children(proc.pid)
     assert len(workers) == 2, "expected two worker processes"
     os.kill(workers[-1], signal.SIGKILL)
-    proc.wait(timeout=600)
+    try:
+        proc.wait(timeout=300)  # a healthy restart takes seconds
+    except subprocess.TimeoutExpired:
+        subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)])
+        proc.kill()
+        pytest.fail("the restarted group hung:\n" + (tmp_path / "log").read_text()[-4000:])
     output = (tmp_path / "log").read_text()
     assert proc.returncode == 0, output[-4000:]
     assert "resuming from ckpt-" in output
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["step"] == 24
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_node_group_restarts_once_and_finishes(tmp_path):
+    # Two torchrun agents ("nodes") with one worker each. A failure on node 1 makes its agent
+    # count a restart; node 0's agent restarts its worker too but counts none. With only one
+    # restart allowed, both workers must still agree to resume the run.
+    out, port = tmp_path / "run", _free_port()
+    agents = [
+        torchrun(*train_args(out, "--epochs", "3", "--batch-size", "16", "--save-every-steps", "2"),
+                 nproc=1, wait=False, wait_log=tmp_path / f"log{n}",
+                 extra=["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                        "--rdzv-id=two-nodes", "--max-restarts=1"])
+        for n in (0, 1)
+    ]  # fmt: skip
+    ckpts = out / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ckpts.exists() and any(ckpts.glob("ckpt-*0006.pt"))):
+        time.sleep(0.2)
+    logs = lambda: "\n".join((tmp_path / f"log{n}").read_text()[-3000:] for n in (0, 1))  # noqa: E731
+    assert all(a.poll() is None for a in agents), logs()
+    os.kill(_children(agents[1].pid)[0], signal.SIGKILL)
+    try:
+        codes = [a.wait(timeout=300) for a in agents]
+    except subprocess.TimeoutExpired:
+        for a in agents:
+            subprocess.run(["pkill", "-KILL", "-P", str(a.pid)])
+            a.kill()
+        pytest.fail("the restarted group hung:\n" + logs())
+    assert codes == [0, 0], logs()
+    assert "resuming from ckpt-" in logs() and "already holds a run" not in logs()
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["step"] == 24
+
+
+def _session_round(port, world, order, timeout_s=20):
+    """Ranks of one worker group agreeing on a token, each with its own store client."""
+    tokens, errors = {}, []
+
+    def rank_main(rank):
+        try:
+            client = dist.TCPStore("127.0.0.1", port, world, is_master=False)
+            tokens[rank] = agree_on_session(client, rank, world, timedelta(seconds=timeout_s))
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in order]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)  # the later ranks see the earlier ones' keys
+    for t in threads:
+        t.join(timeout_s + 5)
+    assert not errors, errors
+    return tokens
+
+
+def test_restarted_group_agrees_on_a_new_session_despite_stale_keys():
+    # torchrun hands every restarted worker group the same store, with the keys of the dead
+    # group still in it: the new group must neither reuse nor be misled by them.
+    server = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False)
+    seen = set()
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):  # rank 0 first, last, in between
+        tokens = _session_round(server.port, 3, order)
+        assert len(set(tokens.values())) == 1, tokens  # all ranks hold the same token
+        token = tokens[0]
+        assert token not in seen  # and it is new to this group
+        seen.add(token)
+
+
+def test_session_handshake_times_out_with_the_missing_ranks_named():
+    server = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False)
+    with pytest.raises(TimeoutError, match=r"ranks \[1, 2\] did not join"):
+        agree_on_session(server, 0, 3, timedelta(seconds=0.3))
+    with pytest.raises(TimeoutError, match="no word from rank 0"):
+        agree_on_session(server, 1, 3, timedelta(seconds=0.3))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -44,9 +46,14 @@ def env_info() -> DistInfo:
     )
 
 
-def restart_count() -> int:
-    """How often torchrun (``--max-restarts``) has restarted this worker group."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+def restarted(device: torch.device) -> bool:
+    """Whether torchrun (``--max-restarts``) has restarted this worker group.
+
+    Asked of all ranks: each node's agent counts only the restarts it caused, so after a
+    failure on another node this node's TORCHELASTIC_RESTART_COUNT may still be 0.
+    """
+    count = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    return all_reduce_sum(torch.tensor([float(count)], device=device)).item() > 0
 
 
 def setup(device: torch.device, timeout_s: float) -> DistInfo:
@@ -59,8 +66,81 @@ def setup(device: torch.device, timeout_s: float) -> DistInfo:
         torch.cuda.set_device(info.local_rank)
     # A rank that dies or hangs makes the others fail after `timeout_s` instead of waiting
     # forever; torchrun then tears the group down (and restarts it with --max-restarts).
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = _worker_group_store(info, timeout)
+    if store is None:
+        dist.init_process_group(backend, timeout=timeout)
+    else:
+        dist.init_process_group(
+            backend, store=store, rank=info.rank, world_size=info.world_size, timeout=timeout
+        )
     return info
+
+
+_HANDSHAKE = "resnetlab/handshake"
+
+
+def _worker_group_store(info: DistInfo, timeout: datetime.timedelta) -> dist.Store | None:
+    """The key space of this worker group in torchrun's store; None outside torchrun.
+
+    torchrun's agent hosts one TCP store for the whole job and hands the same one to every
+    worker group it (re)starts, with the keys of the groups before still in it. A restarted
+    group that bootstraps gloo/NCCL there reads its dead predecessors' addresses and
+    hangs or fails (pytorch/pytorch#135712). Each group therefore agrees on a fresh
+    session token first and keeps its keys under it. TORCHELASTIC_RESTART_COUNT cannot
+    serve as the token: on several nodes the agents count restarts differently.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None  # rank 0 hosts a store of its own: nothing stale in it
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), info.world_size,
+        is_master=False, timeout=timeout,
+    )  # fmt: skip
+    token = agree_on_session(store, info.rank, info.world_size, timeout)
+    return dist.PrefixStore(f"resnetlab/{token}", store)
+
+
+def agree_on_session(
+    store: dist.Store, rank: int, world_size: int, timeout: datetime.timedelta,
+    poll_s: float = 0.02,
+) -> str:  # fmt: skip
+    """A token new to this worker group and known to all its ranks, through ``store``.
+
+    The store may hold the keys of earlier groups, so no rank can trust a value it did not
+    ask for. Each rank > 0 posts a random nonce and waits for rank 0's answer under that
+    nonce, which no earlier group can have written; rank 0 answers whatever nonce it finds
+    (a stale one too: harmless) until every rank has confirmed under rank 0's new token.
+    Returns only when all ranks have joined, or raises TimeoutError.
+    """
+    if rank != 0:
+        nonce = uuid.uuid4().hex
+        store.set(f"{_HANDSHAKE}/hello/{rank}", nonce)
+        answer = f"{_HANDSHAKE}/answer/{nonce}"
+        try:
+            store.wait([answer], timeout)
+        except RuntimeError as e:  # torch's DistStoreError on a timeout
+            raise TimeoutError(f"rank {rank}: no word from rank 0 within {timeout}: {e}") from e
+        token = store.get(answer).decode()
+        store.set(f"{_HANDSHAKE}/{token}/joined/{rank}", "1")
+        return token
+    token = uuid.uuid4().hex
+    pending, answered = set(range(1, world_size)), {}
+    deadline = time.monotonic() + timeout.total_seconds()
+    while pending:
+        for r in sorted(pending):
+            hello = f"{_HANDSHAKE}/hello/{r}"
+            if store.check([hello]):
+                nonce = store.get(hello).decode()
+                if answered.get(r) != nonce:
+                    store.set(f"{_HANDSHAKE}/answer/{nonce}", token)
+                    answered[r] = nonce
+            if store.check([f"{_HANDSHAKE}/{token}/joined/{r}"]):
+                pending.discard(r)
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"ranks {sorted(pending)} did not join within {timeout}")
+        if pending:
+            time.sleep(poll_s)
+    return token
 
 
 def cleanup() -> None:
@@ -147,12 +227,13 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
 __all__ = [
     "DistInfo",
     "SyncBatchNorm2d",
+    "agree_on_session",
     "all_reduce_sum",
     "barrier",
     "broadcast_object",
     "cleanup",
     "convert_sync_batchnorm",
     "env_info",
-    "restart_count",
+    "restarted",
     "setup",
 ]

@@ -201,7 +201,7 @@ def train(
     dinfo = dist.setup(device, cfg.dist_timeout_s)
     if dinfo.enabled and device.type == "cuda":
         device = torch.device("cuda", dinfo.local_rank)
-    if dist.restart_count() > 0 and (Path(cfg.output) / CONFIG_FILE).exists():
+    if dist.restarted(device) and (Path(cfg.output) / CONFIG_FILE).exists():
         resume = True  # a worker group restarted by torchrun continues the run
     try:
         return _train(cfg, dinfo, device, resume=resume, overwrite=overwrite, progress=progress)
