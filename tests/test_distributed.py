@@ -76,32 +76,43 @@ def _children(pid):
     return [int(p) for p in out.split()]
 
 
-@pytest.mark.slow
-@pytest.mark.distributed
-def test_killed_worker_restarts_and_finishes(tmp_path):
-    out = tmp_path / "elastic"
-    proc = torchrun(*train_args(out, "--epochs", "3", "--batch-size", "16",
-                                "--save-every-steps", "2"),
-                    extra=["--max-restarts=1"], wait=False, wait_log=tmp_path / "log")  # fmt: skip
+ELASTIC = ("--epochs", "3", "--batch-size", "16", "--save-every-steps", "2")
+
+
+def _kill_a_worker_and_finish(agents, victim, out, logs):
+    """SIGKILL the ``victim()`` worker once step 6 is saved; every agent must then finish."""
     ckpts = out / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and not (ckpts.exists() and any(ckpts.glob("ckpt-*0006.pt"))):
         time.sleep(0.2)
-    assert proc.poll() is None, (tmp_path / "log").read_text()
-    workers = _children(proc.pid)
-    assert len(workers) == 2, "expected two worker processes"
-    os.kill(workers[-1], signal.SIGKILL)
+    assert all(a.poll() is None for a in agents), logs()
+    os.kill(victim(), signal.SIGKILL)
     try:
-        proc.wait(timeout=300)  # a healthy restart takes seconds
+        codes = [a.wait(timeout=300) for a in agents]  # a healthy restart takes seconds
     except subprocess.TimeoutExpired:
-        subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)])
-        proc.kill()
-        pytest.fail("the restarted group hung:\n" + (tmp_path / "log").read_text()[-4000:])
-    output = (tmp_path / "log").read_text()
-    assert proc.returncode == 0, output[-4000:]
-    assert "resuming from ckpt-" in output
+        for a in agents:
+            subprocess.run(["pkill", "-KILL", "-P", str(a.pid)])
+            a.kill()
+        pytest.fail("the restarted group hung:\n" + logs())
+    assert codes == [0] * len(agents), logs()
+    assert "resuming from ckpt-" in logs() and "already holds a run" not in logs()
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["step"] == 24
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_killed_worker_restarts_and_finishes(tmp_path):
+    out, log = tmp_path / "elastic", tmp_path / "log"
+    proc = torchrun(*train_args(out, *ELASTIC), extra=["--max-restarts=1"], wait=False,
+                    wait_log=log)  # fmt: skip
+
+    def victim():
+        workers = _children(proc.pid)
+        assert len(workers) == 2, "expected two worker processes"
+        return workers[-1]
+
+    _kill_a_worker_and_finish([proc], victim, out, lambda: log.read_text()[-4000:])
 
 
 def _free_port():
@@ -118,30 +129,15 @@ def test_two_node_group_restarts_once_and_finishes(tmp_path):
     # restart allowed, both workers must still agree to resume the run.
     out, port = tmp_path / "run", _free_port()
     agents = [
-        torchrun(*train_args(out, "--epochs", "3", "--batch-size", "16", "--save-every-steps", "2"),
-                 nproc=1, wait=False, wait_log=tmp_path / f"log{n}",
+        torchrun(*train_args(out, *ELASTIC), nproc=1, wait=False, wait_log=tmp_path / f"log{n}",
                  extra=["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
                         "--rdzv-id=two-nodes", "--max-restarts=1"])
         for n in (0, 1)
     ]  # fmt: skip
-    ckpts = out / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (ckpts.exists() and any(ckpts.glob("ckpt-*0006.pt"))):
-        time.sleep(0.2)
-    logs = lambda: "\n".join((tmp_path / f"log{n}").read_text()[-3000:] for n in (0, 1))  # noqa: E731
-    assert all(a.poll() is None for a in agents), logs()
-    os.kill(_children(agents[1].pid)[0], signal.SIGKILL)
-    try:
-        codes = [a.wait(timeout=300) for a in agents]
-    except subprocess.TimeoutExpired:
-        for a in agents:
-            subprocess.run(["pkill", "-KILL", "-P", str(a.pid)])
-            a.kill()
-        pytest.fail("the restarted group hung:\n" + logs())
-    assert codes == [0, 0], logs()
-    assert "resuming from ckpt-" in logs() and "already holds a run" not in logs()
-    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["step"] == 24
+    _kill_a_worker_and_finish(
+        agents, lambda: _children(agents[1].pid)[0], out,
+        lambda: "\n".join((tmp_path / f"log{n}").read_text()[-3000:] for n in (0, 1)),
+    )  # fmt: skip
 
 
 def _session_round(port, world, order, timeout_s=20):
