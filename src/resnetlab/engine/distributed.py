@@ -110,7 +110,7 @@ def agree_on_session(
     ask for. Each rank > 0 posts a random nonce and waits for rank 0's answer under that
     nonce, which no earlier group can have written; rank 0 answers whatever nonce it finds
     (a stale one too: harmless) until every rank has confirmed under rank 0's new token.
-    Returns only when all ranks have joined, or raises TimeoutError.
+    Returns only when all ranks have joined; raises RuntimeError after ``timeout``.
     """
     if rank != 0:
         nonce = uuid.uuid4().hex
@@ -118,8 +118,11 @@ def agree_on_session(
         answer = f"{_HANDSHAKE}/answer/{nonce}"
         try:
             store.wait([answer], timeout)
-        except RuntimeError as e:  # torch's DistStoreError on a timeout
-            raise TimeoutError(f"rank {rank}: no word from rank 0 within {timeout}: {e}") from e
+        except RuntimeError as e:  # torch's DistStoreError, a RuntimeError, on a timeout
+            raise RuntimeError(
+                f"rank {rank}: no word from rank 0 within {timeout} ({e}). Check that every "
+                "node's torchrun started; a slow start needs a larger dist_timeout_s"
+            ) from e
         token = store.get(answer).decode()
         store.set(f"{_HANDSHAKE}/{token}/joined/{rank}", "1")
         return token
@@ -137,7 +140,10 @@ def agree_on_session(
             if store.check([f"{_HANDSHAKE}/{token}/joined/{r}"]):
                 pending.discard(r)
         if pending and time.monotonic() > deadline:
-            raise TimeoutError(f"ranks {sorted(pending)} did not join within {timeout}")
+            raise RuntimeError(
+                f"ranks {sorted(pending)} did not join within {timeout}. Check that every "
+                "node's torchrun started; a slow start needs a larger dist_timeout_s"
+            )
         if pending:
             time.sleep(poll_s)
     return token
