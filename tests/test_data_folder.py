@@ -133,6 +133,7 @@ def folder_loaders(root: Path, **kwargs):
     kwargs.setdefault("batch_size", 4)
     kwargs.setdefault("image_size", 16)
     kwargs.setdefault("num_workers", 0)
+    kwargs.setdefault("pipeline", "imagenet")  # the streamed path; auto is tested apart
     return build_loaders(f"imagefolder:{root}", **kwargs)
 
 

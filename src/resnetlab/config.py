@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,9 +202,18 @@ class DataConfig:
     val_fraction: float = 0.0
     eval_split: str | None = None
     skip_bad_images: bool = False
+    # None: chosen from the data (image folders: the images' own size when small, else 224)
     image_size: int | None = None
+    # Image folders: "auto" (small images: own size, pad + crop + flip; else the ImageNet
+    # pipeline), "small" or "imagenet"; in_memory None decodes small images once into memory
+    # when train + eval fit memory_budget_mb.
+    pipeline: str = "auto"
+    in_memory: bool | None = None
+    memory_budget_mb: float = 2048.0
 
     def __post_init__(self) -> None:
+        if not self.memory_budget_mb >= 0:
+            _fail("data.memory_budget_mb", self.memory_budget_mb, "expected a size in MB >= 0")
         if self.batch_size < 1:
             _fail("data.batch_size", self.batch_size, "expected an integer >= 1")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
@@ -286,9 +296,41 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """How pretrained weights (``TrainConfig.weights``) are fine-tuned.
+
+    ``freeze``: none, stem, stageN (the stem and stages 1..N) or backbone (all but the
+    head). ``backbone_lr_scale`` multiplies the lr of everything but the head.
+    ``head_epochs``: train the head alone for the first epochs. ``freeze_bn``: keep every
+    BatchNorm's running statistics as pretrained (tiny datasets).
+    """
+
+    freeze: str = "none"
+    backbone_lr_scale: float = 1.0
+    head_epochs: int = 0
+    freeze_bn: bool = False
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"none|stem|backbone|stage[1-9]\d*", self.freeze):
+            _fail(
+                "finetune.freeze",
+                self.freeze,
+                "expected none, stem, stage1, stage2, ... or backbone",
+            )
+        if not self.backbone_lr_scale >= 0:
+            _fail("finetune.backbone_lr_scale", self.backbone_lr_scale, "expected a factor >= 0")
+        if self.head_epochs < 0:
+            _fail("finetune.head_epochs", self.head_epochs, "expected an integer >= 0")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: str = "resnet20"
     model_args: dict = dataclasses.field(default_factory=dict)
+    # Pretrained weights to start from: a file, a run directory, or a named weight such as
+    # torchvision:resnet50.IMAGENET1K_V2 (see `resnetlab weights`).
+    weights: str | None = None
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)

@@ -24,12 +24,14 @@ from .folder import (
     DEFAULT_IMAGE_SIZE,
     FolderLoader,
     ImageFileDataset,
+    decode_into_memory,
     folder_info,
     folder_splits,
     folder_transforms,
 )
 from .info import DataInfo
 from .loader import AUGMENTS, InMemoryLoader, Loader
+from .scan import PIPELINES, FolderPlan, choose_plan, scan_folder_splits
 from .sources import load_official_split
 from .splits import stratified_split
 from .synthetic import SyntheticConfig, make_synthetic, parse_synthetic_options
@@ -207,6 +209,7 @@ def _validate(
     rank: int,
     world_size: int,
     image_size: int | None,
+    pipeline: str,
     device: str | torch.device,
 ) -> torch.device:
     _check_positive_int("batch_size", batch_size)
@@ -214,6 +217,8 @@ def _validate(
         _check_positive_int("eval_batch_size", eval_batch_size)
     if augment not in AUGMENTS:
         raise ValueError(f"augment={augment!r}: must be one of {', '.join(AUGMENTS)}")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline={pipeline!r}: must be one of {', '.join(PIPELINES)}")
     if not isinstance(random_erasing, (int, float)) or not 0.0 <= random_erasing <= 1.0:
         raise ValueError(f"random_erasing={random_erasing!r}: must be a probability in [0, 1]")
     if in_chans not in (None, 1, 3):
@@ -261,18 +266,28 @@ def build_loaders(
     val_fraction: float = 0.0,
     skip_bad_images: bool = False,
     image_size: int | None = None,
+    pipeline: str = "auto",
+    in_memory: bool | None = None,
+    memory_budget_mb: float = 2048,
+    preprocessing: dict | None = None,
 ) -> tuple[Loader, Loader, DataInfo]:
     """The training loader, the evaluation loader and the :class:`DataInfo` of ``spec``.
 
-    ``eval_split`` defaults to "test" for the built-in and synthetic datasets and to "val" for
-    ``imagefolder:`` (whose ``PATH/test`` is optional). ``augment`` is "none", "flip",
+    ``eval_split`` defaults to "test" for the built-in and synthetic datasets and, for
+    ``imagefolder:``, to "test" when ``PATH/test`` exists, else "val". ``augment`` is "none", "flip",
     "crop" or "standard" (crop + flip); ``random_erasing`` the per-sample probability of
     erasing a rectangle.
     ``in_chans=3`` feeds grayscale data to 3-channel models (channel repeated); for image
     folders ``in_chans=1`` decodes as grayscale. ``image_size`` resizes in-memory data and
-    sets the crop size of image folders (default 224). ``num_workers`` and
-    ``skip_bad_images`` only concern image folders; in-memory loaders work in the calling
-    process. The returned info's ``in_chans`` is the channel count the loaders yield.
+    sets the crop size of image folders (default: chosen from the images).
+    ``num_workers``, ``skip_bad_images``, ``pipeline`` ("auto", "small": own size, pad +
+    crop + flip; "imagenet": RandomResizedCrop at 224), ``in_memory`` (None: decode small
+    images once into memory when they fit ``memory_budget_mb``) and ``preprocessing``
+    (pretrained weights' mean/std/size/interpolation, as in
+    :meth:`DataInfo.preprocessing`) only concern image folders
+    (:mod:`~resnetlab.data.scan`); in-memory loaders work in the calling process. The
+    returned info's ``in_chans`` is the channel count the loaders yield, and for a folder its
+    ``plan`` is the one line saying what was chosen.
     """
     dev = _validate(
         batch_size=batch_size,
@@ -284,6 +299,7 @@ def build_loaders(
         rank=rank,
         world_size=world_size,
         image_size=image_size,
+        pipeline=pipeline,
         device=device,
     )
     parsed = parse_data_spec(spec)
@@ -293,7 +309,7 @@ def build_loaders(
             parsed,
             batch_size=batch_size,
             eval_batch_size=eval_bs,
-            eval_split=eval_split or "val",
+            eval_split=eval_split,
             augment=augment,
             random_erasing=random_erasing,
             in_chans=in_chans,
@@ -301,7 +317,11 @@ def build_loaders(
             channels_last=channels_last,
             val_fraction=val_fraction,
             skip_bad_images=skip_bad_images,
-            image_size=image_size or DEFAULT_IMAGE_SIZE,
+            image_size=image_size,
+            pipeline=pipeline,
+            in_memory=in_memory,
+            memory_budget_mb=memory_budget_mb,
+            preprocessing=preprocessing,
             seed=seed,
             rank=rank,
             world_size=world_size,
@@ -364,12 +384,27 @@ def build_loaders(
     return train, evaluation, info
 
 
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images on the [0, 1] scale, in chunks."""
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    for chunk in images.split(4096):
+        x = chunk.to(torch.float64).div_(255.0).transpose(0, 1).reshape(c, -1)
+        total += x.sum(1)
+        squares += (x * x).sum(1)
+    n = images.numel() // c
+    mean = total / n
+    std = (squares / n - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(v), 4) for v in std)
+
+
 def _build_folder_loaders(
     parsed: ParsedSpec,
     *,
     batch_size: int,
     eval_batch_size: int,
-    eval_split: str,
+    eval_split: str | None,
     augment: str,
     random_erasing: float,
     in_chans: int | None,
@@ -377,36 +412,89 @@ def _build_folder_loaders(
     channels_last: bool,
     val_fraction: float,
     skip_bad_images: bool,
-    image_size: int,
+    image_size: int | None,
+    pipeline: str,
+    in_memory: bool | None,
+    memory_budget_mb: float,
+    preprocessing: dict | None,
     seed: int,
     rank: int,
     world_size: int,
     device: torch.device,
 ) -> tuple[Loader, Loader, DataInfo]:
     assert parsed.path is not None
-    if eval_split not in SPLITS:
-        raise ValueError(f"eval_split={eval_split!r}: must be one of {', '.join(SPLITS)}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction!r}: must be in [0, 1)")
     splits = folder_splits(parsed.path, val_fraction=val_fraction, seed=seed)
+    eval_split = eval_split or ("test" if splits.test is not None else "val")
+    if eval_split not in SPLITS:
+        raise ValueError(f"eval_split={eval_split!r}: must be one of {', '.join(SPLITS)}")
     eval_samples = {"train": splits.train, "val": splits.val, "test": splits.test}[eval_split]
     if eval_samples is None:
         raise ValueError(
             f"eval_split='test': {parsed.path} has no test/ folder; use eval_split='val'"
         )
-    channels = in_chans or 3
-    info = replace(
-        folder_info(parsed.path, splits.classes, image_size=image_size, channels=channels),
-        in_chans=channels,
+    roots = [parsed.path / s for s in ("train", "val", "test") if (parsed.path / s).is_dir()]
+    scan = scan_folder_splits(
+        parsed.path,
+        splits.classes,
+        {"train": splits.train, eval_split: eval_samples},
+        split_roots=roots if splits.layout == "folders" else [parsed.path],
+        seed=seed,
     )
-    _check_train_size(batch_size, len(splits.train), world_size, f"imagefolder:{parsed.path}")
+    prep = preprocessing or {}
+    plan = choose_plan(
+        scan,
+        eval_split=eval_split,
+        pipeline=pipeline,
+        image_size=image_size,
+        in_chans=in_chans,
+        in_memory=in_memory,
+        memory_budget_mb=memory_budget_mb,
+        default_size=int(prep.get("image_size") or DEFAULT_IMAGE_SIZE),
+    )
+    channels = plan.channels
+    spec = f"imagefolder:{parsed.path}"
+    _check_train_size(batch_size, len(splits.train), world_size, spec)
+    info = replace(
+        folder_info(parsed.path, splits.classes, image_size=plan.image_size, channels=channels),
+        in_chans=channels,
+        plan=plan.describe(),
+        scan=scan.to_dict(),
+    )
+    if plan.pipeline == "small":
+        info = replace(info, resize=plan.image_size)
+    if prep.get("mean") and len(prep["mean"]) == channels:
+        # Pretrained weights were trained with these statistics (and crop ratio).
+        resize = prep.get("resize") or info.resize
+        if plan.pipeline == "imagenet" and prep.get("image_size") and resize:
+            resize = round(plan.image_size * resize / prep["image_size"])
+        info = replace(
+            info,
+            mean=tuple(prep["mean"]),
+            std=tuple(prep["std"]),
+            resize=resize,
+            interpolation=prep.get("interpolation", info.interpolation),
+        )
+    if plan.in_memory:
+        return _folder_in_memory(
+            splits.train, eval_samples, info, plan, stats=not prep.get("mean"),
+            batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment,
+            random_erasing=random_erasing, num_workers=num_workers,
+            channels_last=channels_last, skip_bad_images=skip_bad_images, seed=seed,
+            rank=rank, world_size=world_size, device=device,
+        )  # fmt: skip
     loaders = []
     for samples, train, bs in (
         (splits.train, True, batch_size),
         (eval_samples, False, eval_batch_size),
     ):
         transform = folder_transforms(
-            info, train=train, augment=augment, random_erasing=random_erasing
+            info,
+            train=train,
+            augment=augment,
+            random_erasing=random_erasing,
+            small=plan.pipeline == "small",
         )
         dataset = ImageFileDataset(
             samples, transform, channels=channels, skip_bad_images=skip_bad_images
@@ -426,3 +514,70 @@ def _build_folder_loaders(
             )
         )
     return loaders[0], loaders[1], info
+
+
+def _folder_in_memory(
+    train_samples: list,
+    eval_samples: list,
+    info: DataInfo,
+    plan: FolderPlan,
+    *,
+    stats: bool,
+    batch_size: int,
+    eval_batch_size: int,
+    augment: str,
+    random_erasing: float,
+    num_workers: int,
+    channels_last: bool,
+    skip_bad_images: bool,
+    seed: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> tuple[Loader, Loader, DataInfo]:
+    """Decode both splits once and serve them from the in-memory loader."""
+    decoded = [
+        decode_into_memory(
+            samples,
+            image_size=plan.image_size,
+            channels=plan.channels,
+            skip_bad_images=skip_bad_images,
+            num_workers=num_workers,
+            desc=f"decoding {name}",
+        )
+        for name, samples in (("train", train_samples), ("eval", eval_samples))
+    ]
+    if stats:  # a folder of its own: normalize with its own statistics
+        mean, std = _channel_stats(decoded[0][0])
+        info = replace(info, mean=mean, std=std)
+    common = dict(channels_last=channels_last, seed=seed, rank=rank, world_size=world_size,
+                  device=device)  # fmt: skip
+    train = InMemoryLoader(
+        *decoded[0],
+        info,
+        batch_size=batch_size,
+        train=True,
+        augment=augment,
+        random_erasing=random_erasing,
+        crop_padding=max(1, plan.image_size // 8),
+        **common,
+    )
+    evaluation = InMemoryLoader(
+        *decoded[1], info, batch_size=eval_batch_size, train=False, **common
+    )
+    return train, evaluation, info
+
+
+def default_eval_split(spec: str) -> str:
+    """The split :func:`build_loaders` evaluates on when ``eval_split`` is not given.
+
+    "test" for the built-in and synthetic datasets; for ``imagefolder:PATH``, "test" when
+    ``PATH`` has train/, val/ and test/ folders, else "val".
+    """
+    parsed = parse_data_spec(spec)
+    if parsed.kind != "imagefolder":
+        return "test"
+    assert parsed.path is not None
+    # folder_splits reads PATH/test only beside PATH/train and PATH/val.
+    has_test = all((parsed.path / s).is_dir() for s in SPLITS)
+    return "test" if has_test else "val"

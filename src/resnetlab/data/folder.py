@@ -5,8 +5,11 @@ otherwise the images of ``PATH`` are split into train/val with a seeded stratifi
 Hidden files and folders (``.ipynb_checkpoints``, macOS ``._*`` files) are ignored.
 
 Training transforms (torchvision.transforms.v2): RandomResizedCrop(image_size), horizontal
-flip, scale to [0, 1], normalize (ImageNet statistics), optional RandomErasing. Evaluation:
-Resize(image_size * 256 / 224) and CenterCrop(image_size).
+flip, scale to [0, 1], normalize (ImageNet statistics), optional RandomErasing; for small
+images (:mod:`~resnetlab.data.scan`) the CIFAR-style resize, pad + random crop and flip
+instead. Evaluation: Resize(image_size * 256 / 224) and CenterCrop(image_size). Small
+images that fit in memory skip these transforms: :func:`decode_into_memory` decodes them
+once for the in-memory loader.
 
 Determinism: the order of each epoch is a pure function of (seed, epoch), and every sample's
 augmentation is drawn from a generator seeded with (seed, epoch, sample index), inside a
@@ -52,6 +55,7 @@ __all__ = [
     "find_classes",
     "folder_info",
     "folder_splits",
+    "decode_into_memory",
     "folder_transforms",
     "scan_folder",
 ]
@@ -131,6 +135,14 @@ class FolderSplits:
     layout: str
 
 
+def _check_classes(root: Path, classes: list[str]) -> None:
+    if len(classes) < 2:
+        raise DataError(
+            f"imagefolder: {root} has {len(classes)} class folder ({', '.join(classes)}): a "
+            "classifier needs at least 2; put each class's images in a folder of its own"
+        )
+
+
 def folder_splits(root: str | Path, *, val_fraction: float = 0.0, seed: int = 0) -> FolderSplits:
     """Find the train/val(/test) samples of ``root``.
 
@@ -148,11 +160,13 @@ def folder_splits(root: str | Path, *, val_fraction: float = 0.0, seed: int = 0)
                 "use val_fraction=0"
             )
         train, classes = scan_folder(root / "train")
+        _check_classes(root / "train", classes)
         class_to_idx = {name: i for i, name in enumerate(classes)}
         val, _ = scan_folder(root / "val", class_to_idx)
         test = scan_folder(root / "test", class_to_idx)[0] if (root / "test").is_dir() else None
         return FolderSplits(classes, train, val, test, "folders")
     samples, classes = scan_folder(root)
+    _check_classes(root, classes)
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     train_idx, val_idx = stratified_split(labels, val_fraction or DEFAULT_VAL_FRACTION, seed)
     return FolderSplits(
@@ -181,16 +195,29 @@ def folder_info(
 
 
 def folder_transforms(
-    info: DataInfo, *, train: bool, augment: str = "standard", random_erasing: float = 0.0
+    info: DataInfo,
+    *,
+    train: bool,
+    augment: str = "standard",
+    random_erasing: float = 0.0,
+    small: bool = False,
 ) -> v2.Compose:
-    """The torchvision v2 pipeline from a PIL image to a normalized float tensor."""
+    """The torchvision v2 pipeline from a PIL image to a normalized float tensor.
+
+    ``small``: the CIFAR-style pipeline (resize to ``image_size``, pad + random crop, flip)
+    instead of ImageNet's RandomResizedCrop.
+    """
     size = info.image_size
-    if train and augment != "none":
-        steps: list[Any] = [v2.RandomResizedCrop(size, antialias=True)]
-        if augment == "standard":
-            steps.append(v2.RandomHorizontalFlip())
-    else:
-        steps = [v2.Resize(info.resize or size, antialias=True), v2.CenterCrop(size)]
+    interpolation = v2.InterpolationMode(info.interpolation)
+    fit = [v2.Resize(info.resize or size, interpolation, antialias=True), v2.CenterCrop(size)]
+    steps: list[Any] = fit
+    if train and augment in ("crop", "standard"):
+        if small:
+            steps = [*fit, v2.RandomCrop(size, padding=max(1, size // 8))]
+        else:
+            steps = [v2.RandomResizedCrop(size, interpolation=interpolation, antialias=True)]
+    if train and augment in ("flip", "standard"):
+        steps = [*steps, v2.RandomHorizontalFlip()]
     steps += [
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
@@ -199,6 +226,55 @@ def folder_transforms(
     if train and random_erasing > 0:
         steps.append(v2.RandomErasing(p=random_erasing))
     return v2.Compose(steps)
+
+
+def decode_into_memory(
+    samples: Sequence[Sample],
+    *,
+    image_size: int,
+    channels: int,
+    skip_bad_images: bool = False,
+    num_workers: int = 0,
+    desc: str = "decoding",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode ``samples`` once into uint8 ``(N, channels, image_size, image_size)`` and labels.
+
+    Each image's shorter side is resized to ``image_size`` and the center cropped (a no-op for
+    images of that size), as the evaluation transform does, so predict on a file sees what
+    training saw. Unreadable files raise one :class:`DataError` naming how many and the
+    first, or are left out (and counted in a warning) with ``skip_bad_images``.
+    """
+    from tqdm import tqdm
+
+    transform = v2.Compose(
+        [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), v2.PILToTensor()]
+    )
+    dataset = ImageFileDataset(samples, transform, channels=channels, skip_bad_images=True)
+    loader = DataLoader(
+        dataset,
+        batch_size=256,
+        num_workers=num_workers if len(samples) > 2000 else 0,
+        collate_fn=collate_skipping,
+    )
+    images, labels, bad = [], [], []
+    for x, y, unreadable in tqdm(loader, desc=desc, unit="batch", disable=None, leave=False):
+        images.append(x)
+        labels.append(y)
+        bad += unreadable
+    if bad and not skip_bad_images:
+        raise ImageDecodeError(
+            bad[0].path,
+            f"{bad[0].reason} ({len(bad)} unreadable file(s) in all); remove them, or pass "
+            "--skip-bad-images (data.skip_bad_images=true) to leave them out",
+        )
+    if bad:
+        logger.warning(
+            "left out %d unreadable image(s), e.g. %s (%s)", len(bad), bad[0].path, bad[0].reason
+        )
+    kept = [x for x in images if x.numel()]
+    if not kept:
+        raise DataError(f"imagefolder: none of the {len(samples)} images could be read")
+    return torch.cat(kept), torch.cat(labels).to(torch.int64)
 
 
 class _Unreadable(NamedTuple):

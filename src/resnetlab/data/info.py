@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["DataInfo"]
@@ -29,6 +29,9 @@ class DataInfo:
     resize: int | None = None
     in_chans: int | None = None
     interpolation: str = "bilinear"
+    #: image folders: the one line saying how the folder is read, and its header scan
+    plan: str | None = field(default=None, compare=False)
+    scan: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def model_channels(self) -> int:

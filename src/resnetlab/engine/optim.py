@@ -10,19 +10,35 @@ from torch import nn
 from ..config import OptimConfig, ScheduleConfig
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """All parameters in one group, or BN parameters and biases split off without decay."""
-    if not cfg.no_decay_norm_bias:
-        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(
+    model: nn.Module, cfg: OptimConfig, *, backbone_lr_scale: float = 1.0
+) -> list[dict]:
+    """The optimizer's parameter groups: one, or BN parameters and biases split off without
+    decay, and the backbone (all but ``fc``) split off at ``backbone_lr_scale`` x the lr.
+
+    Every parameter is in a group, also one that is frozen now: fine-tuning unfreezes
+    parameters later, and a parameter without a gradient is skipped by the step.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        backbone = backbone_lr_scale != 1.0 and not name.startswith("fc.")
+        no_decay = cfg.no_decay_norm_bias and p.ndim <= 1
+        groups.setdefault((backbone, no_decay), []).append(p)
+    out = []
+    for (backbone, no_decay), params in groups.items():
+        group: dict = {"params": params}
+        if no_decay:
+            group["weight_decay"] = 0.0
+        if backbone:
+            group["lr"] = cfg.lr * backbone_lr_scale
+        out.append(group)
+    return out
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg)
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, *, backbone_lr_scale: float = 1.0
+) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg, backbone_lr_scale=backbone_lr_scale)
     if cfg.name == "sgd":
         return torch.optim.SGD(
             groups,

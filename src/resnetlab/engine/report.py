@@ -77,15 +77,64 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Pat
     return path
 
 
-def write_report(run_dir: Path, summary: dict[str, Any], config: dict[str, Any]) -> Path:
+def data_section(plan: str | None, scan: dict[str, Any]) -> list[str]:
+    """report.md's "Data" section for an image folder: what was chosen, class counts,
+    sizes, skipped files, warnings."""
+    lines = ["## Data", ""]
+    if plan:
+        lines += [plan, ""]
+    splits = list(scan["counts"])
+    lines += ["| class | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+    for name in scan["classes"]:
+        lines.append(
+            f"| {name} | " + " | ".join(str(scan["counts"][s][name]) for s in splits) + " |"
+        )
+    lines += ["", f"Image sizes (longer side, {scan['sampled']} headers read):", ""]
+    lines += ["| side | images |", "|---|---:|"]
+    lines += [f"| {b} | {n} |" for b, n in scan["size_histogram"].items()]
+    modes = ", ".join(f"{m} {n}" for m, n in scan["modes"].items())
+    lines += ["", f"Modes: {modes}. Most common sizes: "
+              + ", ".join(f"{k} ({v})" for k, v in list(scan["sizes"].items())[:5]) + "."]  # fmt: skip
+    skipped = [f"{path}: {why}" for path, why in scan["unreadable"]]
+    skipped += [f"{path}: no image extension" for path in scan["non_image_examples"]]
+    if skipped:
+        lines += ["", f"Skipped files ({len(scan['unreadable'])} unreadable, "
+                  f"{scan['non_images']} without an image extension), e.g.:", ""]  # fmt: skip
+        lines += [f"- {line}" for line in skipped[:10]]
+    if scan["warnings"]:
+        lines += ["", "Warnings:", ""] + [f"- {w}" for w in scan["warnings"]]
+    return [*lines, ""]
+
+
+def evaluation_line(summary: dict[str, Any]) -> str:
+    """One sentence saying what the run's test metrics were measured on."""
+    n = summary.get("eval_n")
+    size = f" (n={n})" if n is not None else ""
+    flip = "with" if summary.get("tta_flip") else "without"
+    return f"Evaluated on the {summary['eval_split']} split{size}, {flip} test-time flip."
+
+
+def write_report(
+    run_dir: Path,
+    summary: dict[str, Any],
+    config: dict[str, Any],
+    *,
+    data_plan: str | None = None,
+    data_scan: dict[str, Any] | None = None,
+) -> Path:
     import yaml
 
     lines = [f"# Run report: {config['model']} on {config['data']['spec']}", ""]
+    if summary.get("eval_split"):
+        lines += [evaluation_line(summary), ""]
     lines += ["| metric | value |", "|---|---|"]
     for key, value in summary.items():
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"| {key} | {shown} |")
-    lines += ["", "![curves](curves.png)", "", "## Config", "", "```yaml"]
+    lines += ["", "![curves](curves.png)", ""]
+    if data_scan:
+        lines += data_section(data_plan, data_scan)
+    lines += ["## Config", "", "```yaml"]
     lines += [yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))

@@ -13,6 +13,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,13 @@ from torch import nn
 
 from ..config import TrainConfig, build_dataclass
 from ..data import build_loaders
+from ..data.build import default_eval_split
 from ..device import keep_freed_host_memory, resolve_device
 from ..models import create_model, save_weights
 from ..models.weights import atomic_write, weights_meta
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .finetune import FineTuning, weights_card
 from .metrics import evaluate
 from .optim import build_optimizer, build_scheduler
 from .report import plot_confusion, plot_curves, read_metrics, write_report
@@ -245,7 +248,9 @@ def _train(
     seed_everything(cfg.seed)
 
     d = cfg.data
-    in_chans = cfg.model_args.get("in_chans")
+    # Pretrained weights say how their images were prepared and how many channels they take.
+    card = weights_card(cfg.weights) if cfg.weights else None
+    in_chans = cfg.model_args.get("in_chans") or (card["in_chans"] if card else None)
     train_loader, eval_loader, info = build_loaders(
         d.spec,
         data_dir=d.data_dir,
@@ -264,16 +269,24 @@ def _train(
         val_fraction=d.val_fraction,
         skip_bad_images=d.skip_bad_images,
         image_size=d.image_size,
+        pipeline=d.pipeline,
+        in_memory=d.in_memory,
+        memory_budget_mb=d.memory_budget_mb,
+        preprocessing=card["preprocessing"] if card else None,
     )
-    model_args = {k: v for k, v in cfg.model_args.items() if k != "in_chans"}
-    model = create_model(
-        cfg.model, num_classes=info.num_classes, in_chans=info.model_channels, **model_args
-    ).to(device)
+    if main and info.plan:
+        _record_data_scan(run_dir, info)
+    model = _build_model(cfg, info, card, verbose=main).to(device)
     if cfg.sync_bn and dinfo.enabled:
         dist.convert_sync_batchnorm(model)
+    finetune = FineTuning(model, cfg.finetune) if cfg.weights else None
+    if main and finetune is not None:
+        print(f"fine-tuning: {finetune.describe(0)}", file=sys.stderr)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(
+        model, cfg.optim, backbone_lr_scale=cfg.finetune.backbone_lr_scale if finetune else 1.0
+    )
     steps_per_epoch = len(train_loader)
     total_steps = cfg.max_iters or cfg.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -294,7 +307,10 @@ def _train(
         # Gradients are averaged over ranks: with the per-rank batch B, the step is that of
         # one process with batch B x world_size (scale the lr with the global batch).
         forward = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # frozen parameters get no gradient: DDP must not wait for them
+            find_unused_parameters=finetune is not None,
         )
     if cfg.compile:
         forward = torch.compile(forward)
@@ -379,6 +395,11 @@ def _train(
         while epoch < epochs and step < total_steps:
             train_loader.set_epoch(epoch)
             model.train()
+            if finetune is not None:
+                finetune.apply(model, epoch)
+                if main and epoch == cfg.finetune.head_epochs > 0:
+                    print(f"fine-tuning from epoch {epoch + 1}: {finetune.describe(epoch)}",
+                          file=sys.stderr)  # fmt: skip
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen, t0 = 0, time.perf_counter()
@@ -499,6 +520,9 @@ def _train(
     summary = {
         "model": cfg.model,
         "data": cfg.data.spec,
+        # What test_top1 was measured on: the split, and whether flipped images were averaged.
+        "eval_split": cfg.data.eval_split or default_eval_split(cfg.data.spec),
+        "tta_flip": cfg.tta_flip,
         "epochs": epoch,
         "steps": step,
         "test_top1": last_eval.get("top1"),
@@ -560,7 +584,44 @@ def _finish_run(
     if last_eval:
         plot_confusion(last_eval["confusion"], list(info.class_names), run_dir / "confusion.png")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_report(run_dir, summary, cfg.to_dict())
+    write_report(run_dir, summary, cfg.to_dict(), data_plan=info.plan, data_scan=info.scan)
+
+
+def _build_model(
+    cfg: TrainConfig, info: Any, card: dict[str, Any] | None, *, verbose: bool
+) -> nn.Module:
+    """The model of ``cfg`` for the data's classes and channels, from ``cfg.weights`` if set."""
+    model_args = {k: v for k, v in cfg.model_args.items() if k != "in_chans"}
+    if "weights" in model_args:
+        raise TrainingError("model_args.weights: give pretrained weights as weights=SOURCE "
+                            "(--weights SOURCE)")  # fmt: skip
+    meta = card["meta"] if card else None
+    if meta and meta.get("architecture") not in (None, "custom", cfg.model):
+        raise TrainingError(
+            f"{cfg.weights} holds a {meta['architecture']}, not a {cfg.model}: pass "
+            f"--model {meta['architecture']} (and its model_args) to fine-tune it"
+        )
+    with warnings.catch_warnings():
+        # the load report below says what a warning would (e.g. the head re-initialised)
+        warnings.filterwarnings("ignore", message="classifier re-initialised")
+        model = create_model(cfg.model, num_classes=info.num_classes,
+                             in_chans=info.model_channels, weights=cfg.weights, **model_args)  # fmt: skip
+    report = getattr(model, "load_report", None)
+    if verbose and report is not None:
+        print(str(report), file=sys.stderr)
+        if report.reinitialized:
+            print(f"new head: {info.num_classes} classes ({', '.join(info.class_names[:5])}"
+                  f"{', ...' if info.num_classes > 5 else ''})", file=sys.stderr)  # fmt: skip
+    return model
+
+
+def _record_data_scan(run_dir: Path, info: Any) -> None:
+    """Say how an image folder is read (one line, and its warnings) and keep the scan."""
+    print(info.plan, file=sys.stderr)
+    for warning in info.scan["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    text = json.dumps({"plan": info.plan, **info.scan}, indent=2)
+    atomic_write(run_dir / "data_scan.json", lambda tmp: Path(tmp).write_text(text))
 
 
 def _log_row(run_dir: Path, writer: Any, row: dict[str, Any]) -> None:
