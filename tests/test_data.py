@@ -90,8 +90,11 @@ def test_parse_spec_details_and_errors():
         parse_data_spec("  ")
     with pytest.raises(ValueError, match="give the folder, as imagefolder:PATH"):
         parse_data_spec("imagefolder:")
-    with pytest.raises(ValueError, match="mnist takes no options"):
+    with pytest.raises(ValueError, match=r"mnist takes train=N and test=N .* got '3'"):
         parse_data_spec("mnist:3")
+    assert parse_data_spec("mnist:train=20,test=5").limit == {"train": 20, "test": 5}
+    with pytest.raises(ValueError, match=r"got 'val=3'"):
+        parse_data_spec("cifar10:val=3")
     with pytest.raises(ValueError, match="synthetic option 'colour' is unknown"):
         parse_data_spec("synthetic:colour=3")
     with pytest.raises(ValueError, match="synthetic option channels=2: must be 1 or 3"):

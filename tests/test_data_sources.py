@@ -236,6 +236,9 @@ def test_idx_dataset_found_in_raw_folder_ungzipped(tmp_path):
     assert torch.equal(x[:, 0], torch.from_numpy(truth["train"][0]))
     assert y.tolist() == truth["train"][1].tolist()
     assert info.name == "mnist" and info.class_names == tuple("0123456789")
+    first, labels, _ = load_split("mnist:train=7", "train", data_dir=tmp_path, download=False)
+    assert torch.equal(first, x[:7]) and torch.equal(labels, y[:7])
+    assert load_split("mnist:train=7", "test", data_dir=tmp_path, download=False)[0].shape[0] == 20
 
 
 def test_torchvision_layout_and_env_data_dir(tmp_path, monkeypatch):

@@ -157,7 +157,7 @@ def test_corrupt_files_fail_naming_them_or_are_counted(tmp_path, caplog):
     assert "2 unreadable file(s) in all" in message and "--skip-bad-images" in message
     with caplog.at_level(logging.WARNING, logger="resnetlab.data"):
         train, _, info = loaders(root, skip_bad_images=True)
-    assert train.dataset_size == 12 and "left out 2 unreadable image(s)" in caplog.text
+    assert train.dataset_size == 12 and "skipped 2 unreadable image(s)" in caplog.text
     assert len(info.scan["unreadable"]) == 2
 
 

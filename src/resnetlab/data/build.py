@@ -3,7 +3,8 @@
 Dataset specs:
 
 * ``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``: the built-in datasets
-  (:mod:`~resnetlab.data.catalog`), found on disk or downloaded (:mod:`~resnetlab.data.sources`).
+  (:mod:`~resnetlab.data.catalog`), found on disk or downloaded (:mod:`~resnetlab.data.sources`);
+  ``:train=N,test=M`` keeps the first N training and M test images.
 * ``imagefolder:PATH``: image files in ``PATH/<class>/<image>`` (:mod:`~resnetlab.data.folder`).
 * ``synthetic``, ``synthetic:N`` or ``synthetic:classes=10,size=32,channels=3,n=512,test=256,
   seed=0``: generated data (:mod:`~resnetlab.data.synthetic`).
@@ -60,6 +61,8 @@ class ParsedSpec:
     name: str
     path: Path | None = None
     synthetic: SyntheticConfig | None = None
+    #: built-in datasets: keep only the first N images of a split ({"train": N, "test": M})
+    limit: dict[str, int] | None = None
 
 
 def _unknown(spec: str, head: str) -> ValueError:
@@ -85,10 +88,22 @@ def parse_data_spec(spec: str) -> ParsedSpec:
     if key == "synthetic":
         return ParsedSpec("synthetic", "synthetic", synthetic=parse_synthetic_options(rest))
     if key in catalog.CATALOG:
-        if sep:
-            raise ValueError(f"dataset spec {spec!r}: {key} takes no options after ':'")
-        return ParsedSpec("builtin", key)
+        return ParsedSpec("builtin", key, limit=_parse_limit(spec, key, rest) if sep else None)
     raise _unknown(spec, key)
+
+
+def _parse_limit(spec: str, key: str, rest: str) -> dict[str, int]:
+    """``train=2000,test=500`` -> ``{"train": 2000, "test": 500}``."""
+    limit = {}
+    for item in filter(None, (i.strip() for i in rest.split(","))):
+        name, _, value = item.partition("=")
+        if name.strip() not in ("train", "test") or not value.strip().isdigit() or not int(value):
+            raise ValueError(
+                f"dataset spec {spec!r}: {key} takes train=N and test=N (the first N images "
+                f"of the official split), e.g. {key}:train=2000,test=500; got {item!r}"
+            )
+        limit[name.strip()] = int(value)
+    return limit
 
 
 def _synthetic_info(config: SyntheticConfig) -> DataInfo:
@@ -125,7 +140,9 @@ def _official(
     if parsed.kind == "synthetic":
         assert parsed.synthetic is not None
         return make_synthetic(parsed.synthetic, split)
-    return load_official_split(parsed.name, split, data_dir=data_dir, download=download)
+    images, labels = load_official_split(parsed.name, split, data_dir=data_dir, download=download)
+    n = (parsed.limit or {}).get(split)
+    return (images[:n], labels[:n]) if n else (images, labels)
 
 
 def _check_split(split: str, val_fraction: float, argument: str = "split") -> None:

@@ -269,7 +269,7 @@ def decode_into_memory(
         )
     if bad:
         logger.warning(
-            "left out %d unreadable image(s), e.g. %s (%s)", len(bad), bad[0].path, bad[0].reason
+            "skipped %d unreadable image(s), e.g. %s (%s)", len(bad), bad[0].path, bad[0].reason
         )
     kept = [x for x in images if x.numel()]
     if not kept:
