@@ -17,16 +17,36 @@ EPILOGS = {
     "info": """examples:
   resnetlab info resnet50
   resnetlab info resnet56 --input-size 3 32 32 --json""",
+    "weights": """examples:
+  resnetlab weights                           # every named weight: accuracy, sizes, cached?
+  resnetlab weights resnet50                  # the weights of one model
+  resnetlab weights 'timm:*' --json
+  resnetlab weights --download torchvision:resnet50.IMAGENET1K_V2   # prints the file's path
+then: create_model("resnet50", weights="torchvision:resnet50.IMAGENET1K_V2"), or
+  resnetlab train --weights NAME. Files go to $TORCH_HOME/hub/checkpoints (default
+  ~/.cache/torch/hub/checkpoints), are checked against their sha256 and reused offline""",
     "train": """examples:
   resnetlab train --model resnet20 --data fashion-mnist --epochs 3 --output runs/r20
   resnetlab train --config configs/fashion_mnist_fast.yaml --output runs/fast
   resnetlab train --config configs/cifar_resnet_paper.yaml --model resnet56 optim.lr=0.05
   resnetlab train --resume runs/r20 --epochs 6      # continue, here with more epochs
+  resnetlab train --model resnet50 --weights torchvision:resnet50.IMAGENET1K_V2 \
+      --data imagefolder:photos --epochs 5 --freeze stage2 --backbone-lr-scale 0.1
+  resnetlab train --model resnet8_pool --weights runs/pre --data imagefolder:few \
+      --head-epochs 2 --freeze-bn          # fine-tune a run of your own
+image folders: small images (<= 64 px) train at their own size in memory with pad + crop +
+  flip, larger ones with the ImageNet pipeline at 224 (the line printed at the start says
+  which and why; data.pipeline, data.image_size, data.in_memory override)
 overrides: KEY=VALUE with dotted keys, e.g. optim.lr=0.05 schedule.name=onecycle
   data.batch_size=256 model_args.drop_path_rate=0.1 label_smoothing=0.1""",
     "eval": """examples:
-  resnetlab eval runs/r20 --data fashion-mnist
-  resnetlab eval runs/r20/model.safetensors --data fashion-mnist --json""",
+  resnetlab eval runs/r20                  # the run's own data, split, test-time flip, precision
+  resnetlab eval runs/r20 --split val --no-tta-flip
+  resnetlab eval runs/r20 --data imagefolder:more_photos --output eval-more
+  resnetlab eval runs/r20/model.safetensors --data fashion-mnist --json
+on the run's own data and split, top-1 equals its summary.json test_top1. Writes
+eval-<split>.json and confusion-<split>.png beside the run (or in --output); a run directory
+that is not writable gets nothing written unless --output is given""",
     "predict": """examples:
   resnetlab predict runs/r20 photos/ 'more/*.png' --topk 3
   resnetlab predict --weights runs/r20/model.safetensors cat.jpg --json
@@ -115,6 +135,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from .models import download_pretrained, list_pretrained
+    from .models.pretrained import pretrained_rows, render_pretrained_table
+
+    if args.download:
+        print(download_pretrained(args.download, progress=sys.stderr.isatty()))
+        return 0
+    rows = pretrained_rows(list_pretrained(args.pattern))
+    if not rows:
+        raise CliError(f"no named weights match {args.pattern!r}; `resnetlab weights` lists all")
+    print(json.dumps(rows, indent=2) if args.json else render_pretrained_table(rows))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_train_config
     from .engine import train
@@ -127,6 +161,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset, output = f"{args.resume}/config.yaml", args.resume
     data = {"spec": args.data, "data_dir": args.data_dir, "batch_size": args.batch_size,
             "skip_bad_images": True if args.skip_bad_images else None}  # fmt: skip
+    finetune = {"freeze": args.freeze, "backbone_lr_scale": args.backbone_lr_scale,
+                "head_epochs": args.head_epochs, "freeze_bn": True if args.freeze_bn else None}  # fmt: skip
     cfg = load_train_config(
         preset,
         args.overrides,
@@ -140,6 +176,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         output=output,
         data={k: v for k, v in data.items() if v is not None},
         optim={"lr": args.lr} if args.lr is not None else {},
+        weights=args.weights,
+        finetune={k: v for k, v in finetune.items() if v is not None},
     )
     summary = train(
         cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet
@@ -166,6 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
         output=args.output,
         tta_flip=args.tta_flip,
         progress=not args.json,
@@ -283,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    p = add("weights", cmd_weights, "List the named pretrained weights, or download one.")
+    p.add_argument("pattern", nargs="?", default="*",
+                   help="shell-style pattern on the weight's or the model's name")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--download", metavar="NAME", help="fetch NAME into the cache; print its path")
+
     p = add("train", cmd_train, "Train a model on a dataset; writes a self-describing run dir.")
     p.add_argument("--config", help="a YAML preset (see configs/)")
     p.add_argument("--model", help="model name (default: the preset's, else resnet20)")
@@ -304,17 +349,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-images", action="store_true",
                    help="skip unreadable images in an image folder (counted) instead of failing")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--weights", metavar="SOURCE",
+                   help="start from pretrained weights: a file, a run directory, or a name "
+                   "from `resnetlab weights` (e.g. torchvision:resnet50.IMAGENET1K_V2); the "
+                   "head is replaced for the data's classes")  # fmt: skip
+    p.add_argument("--freeze", metavar="PART",
+                   help="with --weights: none | stem | stageN (stem + stages 1..N) | backbone")  # fmt: skip
+    p.add_argument("--backbone-lr-scale", type=float, metavar="F",
+                   help="with --weights: the backbone's lr is F x the head's (1)")  # fmt: skip
+    p.add_argument("--head-epochs", type=int, metavar="N",
+                   help="with --weights: train the head alone for the first N epochs (0)")  # fmt: skip
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="with --weights: keep BatchNorm statistics as pretrained (tiny data)")  # fmt: skip
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
     p = add("eval", cmd_eval, "Evaluate a run directory or weights file on a dataset.")
     p.add_argument("source", help="a run directory or a .safetensors file")
-    p.add_argument("--data", required=True, help="dataset spec, as for train")
-    p.add_argument("--data-dir")
-    p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data", help="dataset spec, as for train (default: the run's own data; "
+                   "needed for a weights file without the run's config.yaml beside it)")  # fmt: skip
+    p.add_argument("--data-dir", help="where datasets live (default: the run's)")
+    p.add_argument("--split", choices=["train", "val", "test"],
+                   help="default: the split the run was evaluated on")  # fmt: skip
+    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the flipped image (default: as the run did)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, help="default: the run's eval batch size, else 256")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the run's)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="default: the run's (fp32 for a weights file alone)")  # fmt: skip
     p.add_argument("--output", help="where to write confusion-<split>.png and eval-<split>.json")
-    p.add_argument("--tta-flip", action="store_true", help="average with the flipped image")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = add("predict", cmd_predict, "Classify image files with a run directory or weights.")

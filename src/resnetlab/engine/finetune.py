@@ -18,7 +18,7 @@ from torch import nn
 
 from ..config import FinetuneConfig
 from ..data import IMAGENET_MEAN, IMAGENET_STD
-from ..models import read_weights
+from ..models import read_weights, resolve_pretrained
 
 __all__ = ["FineTuning", "weights_card"]
 
@@ -36,8 +36,6 @@ def weights_card(source: str) -> dict[str, Any]:
     preprocessing.
     """
     if ":" in source and source.split(":", 1)[0] in ("torchvision", "timm"):
-        from ..models import resolve_pretrained
-
         card = resolve_pretrained(source)
         return {"preprocessing": dict(card.preprocessing), "in_chans": 3, "meta": None}
     wf = read_weights(source)

@@ -9,6 +9,13 @@ import torch
 
 from ..config import ModelConfig
 from .complexity import count_params, measure
+from .pretrained import (
+    PretrainedWeights,
+    download_pretrained,
+    is_pretrained_name,
+    list_pretrained,
+    resolve_pretrained,
+)
 from .resnet import ResNet
 from .weights import (
     LoadReport,
@@ -25,17 +32,21 @@ __all__ = [
     "MODEL_CONFIGS",
     "LoadReport",
     "ModelConfig",
+    "PretrainedWeights",
     "ResNet",
     "WeightsError",
     "count_params",
     "create_model",
+    "download_pretrained",
     "family",
     "get_config",
     "list_models",
+    "list_pretrained",
     "load_model",
     "load_weights",
     "model_info",
     "read_weights",
+    "resolve_pretrained",
     "save_weights",
     "to_torchvision_state_dict",
 ]
@@ -46,7 +57,7 @@ def create_model(
     *,
     num_classes: int | None = None,
     in_chans: int | None = None,
-    weights: str | os.PathLike | None = None,
+    weights: str | os.PathLike | PretrainedWeights | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] | list[int] | None = None,
     **overrides: Any,
@@ -57,11 +68,25 @@ def create_model(
     ``grad_checkpointing=True``...) or ``depth=`` for the papers' depth rules.
     With ``weights`` and no ``num_classes`` the model takes the weights' class count; with
     a different ``num_classes`` the head is re-initialised (and a warning says so).
+    ``weights`` may name pretrained weights (``"torchvision:resnet50.IMAGENET1K_V2"``, see
+    :func:`list_pretrained`): they are downloaded into the torch hub cache once, must be
+    weights of this model, and their card becomes the model's ``pretrained_card``.
     """
     if isinstance(name, ModelConfig):
         label, cfg = "custom", name.replace(**overrides)
     else:
         label, cfg = name, get_config(name, **overrides)
+    card = None
+    if isinstance(weights, PretrainedWeights) or is_pretrained_name(weights):
+        card = resolve_pretrained(weights)  # checked before anything is downloaded
+        if label != "custom" and card.model != label:
+            fits = [c.name for c in list_pretrained(label)] if label in MODEL_CONFIGS else []
+            raise WeightsError(
+                f"{card.name} are weights of {card.model}, not {label}: "
+                + (f"named weights of {label}: {', '.join(fits)}" if fits
+                   else f"{label} has no named pretrained weights (`resnetlab weights` lists them)")
+            )  # fmt: skip
+        weights = card
     source = read_weights(weights) if weights is not None else None
     head = num_classes
     if head is None and source is not None and source.num_classes is not None:
@@ -72,12 +97,20 @@ def create_model(
         cfg = cfg.replace(num_classes=head)
     model = ResNet(cfg, name=label, features_only=features_only, out_indices=out_indices)
     if source is not None:
-        model.load_report = load_weights(model, source, reinit_head=num_classes is not None)
+        fmt = card.source if card is not None else "auto"
+        model.load_report = load_weights(
+            model, source, fmt=fmt, reinit_head=num_classes is not None
+        )
+    if card is not None:
+        model.pretrained_card = card
     return model
 
 
 def load_model(source: str | os.PathLike, **overrides: Any) -> ResNet:
-    """Rebuild a model from resnetlab weights (a run directory or ``.safetensors``) alone."""
+    """Rebuild a model from resnetlab weights (a run directory or ``.safetensors``) alone,
+    or from named pretrained weights (which name their model)."""
+    if is_pretrained_name(source):
+        return create_model(resolve_pretrained(source).model, weights=source, **overrides)
     wf = read_weights(source)
     if wf.meta is None:
         raise WeightsError(

@@ -74,6 +74,8 @@ class WeightsFile:
     state_dict: dict[str, torch.Tensor]
     path: Path
     meta: dict[str, Any] | None = None
+    #: named pretrained weights: their :class:`~resnetlab.models.pretrained.PretrainedWeights`
+    card: Any = None
 
     @property
     def num_classes(self) -> int | None:
@@ -120,11 +122,26 @@ def safe_torch_load(path: Path) -> Any:
         ) from None
 
 
-def read_weights(source: str | os.PathLike) -> WeightsFile:
+def read_weights(source: str | os.PathLike | Any) -> WeightsFile:
     """Read a state dict from a run directory, a ``.safetensors`` file or a pickle file.
 
-    Training checkpoints (a dict holding the state dict under ``model``) are accepted too.
+    Training checkpoints (a dict holding the state dict under ``model``) are accepted too,
+    and so are named pretrained weights (``torchvision:resnet50.IMAGENET1K_V2``, or their
+    card): they are downloaded into the torch hub cache first, and the result carries the
+    card.
     """
+    from .pretrained import (
+        PretrainedWeights,
+        download_pretrained,
+        is_pretrained_name,
+        resolve_pretrained,
+    )
+
+    if isinstance(source, PretrainedWeights) or is_pretrained_name(source):
+        card = resolve_pretrained(source)
+        wf = read_weights(download_pretrained(card))
+        wf.card = card
+        return wf
     path = Path(source)
     if path.is_dir():
         candidate = path / WEIGHTS_FILENAME
