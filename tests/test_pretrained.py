@@ -541,3 +541,15 @@ def test_train_fine_tunes_a_named_weight_with_its_preprocessing(
     assert [prep[k] for k in ("mean", "std", "image_size", "resize")] == [
         card.preprocessing[k] for k in ("mean", "std", "image_size", "resize")
     ]
+
+
+def test_predict_with_a_named_weight_uses_its_card(server, tv_resnet18, monkeypatch, torch_home):
+    from resnetlab.inference import Predictor
+
+    site, base = server
+    card = serve_tv_resnet18(monkeypatch, site, base, tv_resnet18[1])
+    predictor = Predictor.from_name("resnet18", card.name, device="cpu")
+    assert predictor.preprocessing.resize == card.preprocessing["resize"]
+    assert predictor.class_names == card.class_names
+    with pytest.raises(WeightsError, match="are weights of resnet18, not resnet34"):
+        Predictor.from_name("resnet34", card.name, device="cpu")

@@ -23,7 +23,14 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from ..data.errors import ImageDecodeError
 from ..data.images import load_image
-from ..models import WeightsError, create_model, load_model, load_weights, read_weights
+from ..models import (
+    WeightsError,
+    create_model,
+    is_pretrained_name,
+    load_model,
+    load_weights,
+    read_weights,
+)
 from .meta import Preprocessing, describe_model, resolve_device
 
 __all__ = [
@@ -156,6 +163,11 @@ class Predictor:
                 stacklevel=2,
             )
             model = create_model(name)
+        elif is_pretrained_name(weights):
+            # named weights: checked against the model, and their card says how to prepare
+            model = create_model(name, weights=weights)
+            card = model.pretrained_card
+            model.meta = {"preprocessing": card.preprocessing, "class_names": card.class_names}
         else:
             wf = read_weights(weights)
             model = create_model(
