@@ -191,3 +191,18 @@ def test_training_run_records_the_scan_and_prints_the_plan(tmp_path):
     assert scan["plan"].startswith(plan) and scan["counts"]["train"] == {"c0": 8, "c1": 8}
     report = (out / "report.md").read_text()
     assert "## Data" in report and "| c0 | 8 | 2 |" in report and "readme.md" in report
+
+
+def test_batch_size_fits_a_small_training_set(tmp_path):
+    from resnetlab.data.build import fit_batch_size
+
+    assert fit_batch_size(None, 60000, 1, "x") == 128
+    assert fit_batch_size(None, 240, 1, "x") == 16  # 15 steps, not 1 step of 128
+    assert fit_batch_size(None, 240, 2, "x") == 8
+    assert fit_batch_size(None, 5, 1, "x") == 1
+    assert fit_batch_size(64, 240, 1, "x") == 64
+    with pytest.raises(ValueError, match="batch_size=300 is larger .* or leave it out"):
+        fit_batch_size(300, 240, 1, "x")
+    root = make_folder(tmp_path / "few", classes=3, train=20, val=2)
+    train, evaluation, _ = loaders(root, batch_size=None)
+    assert train.batch_size == 4 and len(train) == 15 and evaluation.batch_size == 4

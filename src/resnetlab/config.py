@@ -194,7 +194,8 @@ MILESTONE_UNITS = ("epoch", "iter")
 class DataConfig:
     spec: str = "fashion-mnist"
     data_dir: str | None = None
-    batch_size: int = 128
+    # None: 128, or less on a small training set (at least 8 steps per epoch)
+    batch_size: int | None = None
     eval_batch_size: int | None = None
     augment: str = "standard"
     random_erasing: float = 0.0
@@ -214,8 +215,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.memory_budget_mb >= 0:
             _fail("data.memory_budget_mb", self.memory_budget_mb, "expected a size in MB >= 0")
-        if self.batch_size < 1:
-            _fail("data.batch_size", self.batch_size, "expected an integer >= 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            _fail("data.batch_size", self.batch_size, "expected an integer >= 1 or null (chosen)")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
             _fail("data.eval_batch_size", self.eval_batch_size, "expected an integer >= 1")
         if not 0.0 <= self.random_erasing <= 1.0:

@@ -217,7 +217,7 @@ def _check_positive_int(name: str, value: object) -> None:
 
 def _validate(
     *,
-    batch_size: int,
+    batch_size: int | None,
     eval_batch_size: int | None,
     augment: str,
     random_erasing: float,
@@ -229,7 +229,8 @@ def _validate(
     pipeline: str,
     device: str | torch.device,
 ) -> torch.device:
-    _check_positive_int("batch_size", batch_size)
+    if batch_size is not None:
+        _check_positive_int("batch_size", batch_size)
     if eval_batch_size is not None:
         _check_positive_int("eval_batch_size", eval_batch_size)
     if augment not in AUGMENTS:
@@ -253,21 +254,34 @@ def _validate(
         raise ValueError(f"device={device!r}: not a torch device ({exc})") from None
 
 
-def _check_train_size(batch_size: int, n: int, world_size: int, spec: str) -> None:
+#: The batch size when none is given, for training sets large enough for it.
+DEFAULT_BATCH_SIZE = 128
+#: ... else the largest power of two that still gives this many steps per epoch.
+MIN_STEPS_PER_EPOCH = 8
+
+
+def fit_batch_size(batch_size: int | None, n: int, world_size: int, spec: str) -> int:
+    """``batch_size`` checked against ``n`` training samples, or (None) one chosen for them:
+    :data:`DEFAULT_BATCH_SIZE`, or less on a small set so that an epoch has at least
+    :data:`MIN_STEPS_PER_EPOCH` steps per rank (240 images: 16, not one step of 128)."""
     per_rank = n // world_size
+    if batch_size is None:
+        fit = 1 << max(0, (per_rank // MIN_STEPS_PER_EPOCH).bit_length() - 1)
+        return max(1, min(DEFAULT_BATCH_SIZE, fit, per_rank))
     if batch_size > per_rank:
         where = f" per rank ({n} in all, world_size={world_size})" if world_size > 1 else ""
         raise ValueError(
             f"batch_size={batch_size} is larger than the training set of {spec!r}: {per_rank} "
-            f"samples{where}; use batch_size <= {per_rank}"
+            f"samples{where}; use batch_size <= {per_rank}, or leave it out to have one chosen"
         )
+    return batch_size
 
 
 def build_loaders(
     spec: str,
     *,
     data_dir: str | Path | None = None,
-    batch_size: int,
+    batch_size: int | None = None,
     eval_batch_size: int | None = None,
     eval_split: str | None = None,
     augment: str = "standard",
@@ -290,7 +304,8 @@ def build_loaders(
 ) -> tuple[Loader, Loader, DataInfo]:
     """The training loader, the evaluation loader and the :class:`DataInfo` of ``spec``.
 
-    ``eval_split`` defaults to "test" for the built-in and synthetic datasets and, for
+    ``batch_size`` None chooses one for the training set (:func:`fit_batch_size`; the
+    loaders' ``batch_size`` says which). ``eval_split`` defaults to "test" for the built-in and synthetic datasets and, for
     ``imagefolder:``, to "test" when ``PATH/test`` exists, else "val". ``augment`` is "none", "flip",
     "crop" or "standard" (crop + flip); ``random_erasing`` the per-sample probability of
     erasing a rectangle.
@@ -320,12 +335,11 @@ def build_loaders(
         device=device,
     )
     parsed = parse_data_spec(spec)
-    eval_bs = eval_batch_size or batch_size
     if parsed.kind == "imagefolder":
         return _build_folder_loaders(
             parsed,
             batch_size=batch_size,
-            eval_batch_size=eval_bs,
+            eval_batch_size=eval_batch_size,
             eval_split=eval_split,
             augment=augment,
             random_erasing=random_erasing,
@@ -363,7 +377,8 @@ def build_loaders(
     )
     if image_size is not None:
         info = replace(info, image_size=image_size)
-    _check_train_size(batch_size, len(data["train"][1]), world_size, spec)
+    batch_size = fit_batch_size(batch_size, len(data["train"][1]), world_size, spec)
+    eval_bs = eval_batch_size or batch_size
     hflip, padding = True, 4
     if parsed.kind == "builtin":
         hflip = catalog.CATALOG[parsed.name].hflip
@@ -419,8 +434,8 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 def _build_folder_loaders(
     parsed: ParsedSpec,
     *,
-    batch_size: int,
-    eval_batch_size: int,
+    batch_size: int | None,
+    eval_batch_size: int | None,
     eval_split: str | None,
     augment: str,
     random_erasing: float,
@@ -472,7 +487,8 @@ def _build_folder_loaders(
     )
     channels = plan.channels
     spec = f"imagefolder:{parsed.path}"
-    _check_train_size(batch_size, len(splits.train), world_size, spec)
+    batch_size = fit_batch_size(batch_size, len(splits.train), world_size, spec)
+    eval_batch_size = eval_batch_size or batch_size
     info = replace(
         folder_info(parsed.path, splits.classes, image_size=plan.image_size, channels=channels),
         in_chans=channels,

@@ -171,7 +171,9 @@ def evaluate_source(
         kwargs.update(
             seed=run.config.seed,
             in_chans=run.config.model_args.get("in_chans"),
-            eval_batch_size=batch_size or d.eval_batch_size or d.batch_size,
+            # the trainer's batches (None: the size chosen for the training set)
+            batch_size=d.batch_size,
+            eval_batch_size=batch_size or d.eval_batch_size,
         )
         if data_dir is not None:
             kwargs["data_dir"] = data_dir
@@ -188,6 +190,7 @@ def evaluate_source(
             kwargs["in_chans"] = kwargs["in_chans"] or model.config.in_chans
     else:
         kwargs = {
+            "batch_size": 1,  # the training loader is not used
             "data_dir": data_dir,
             "eval_batch_size": batch_size or 256,
             "in_chans": model.config.in_chans,
@@ -198,7 +201,6 @@ def evaluate_source(
             # Read other images with the statistics the model was trained with.
             kwargs["preprocessing"] = prep
     kwargs.update(
-        batch_size=1,  # the training loader is not used
         eval_split=split,
         device=dev,
         channels_last=channels_last,
