@@ -76,15 +76,24 @@ def _children(pid):
     return [int(p) for p in out.split()]
 
 
-ELASTIC = ("--epochs", "3", "--batch-size", "16", "--save-every-steps", "2")
+# 32 steps per epoch: long enough that the kill lands while the group is still training.
+ELASTIC = ("--data", "synthetic:n=1024,test=67,size=16,classes=4", "--epochs", "3",
+           "--batch-size", "16", "--save-every-steps", "2")  # fmt: skip
 
 
 def _kill_a_worker_and_finish(agents, victim, out, logs):
     """SIGKILL the ``victim()`` worker once step 6 is saved; every agent must then finish."""
     ckpts = out / "checkpoints"
     deadline = time.time() + 300
-    while time.time() < deadline and not (ckpts.exists() and any(ckpts.glob("ckpt-*0006.pt"))):
-        time.sleep(0.2)
+
+    def saved_step_6() -> bool:  # older checkpoints are pruned: any step >= 6 counts
+        steps = (
+            [int(p.stem.split("-")[1]) for p in ckpts.glob("ckpt-*.pt")] if ckpts.exists() else []
+        )
+        return any(s >= 6 for s in steps)
+
+    while time.time() < deadline and not saved_step_6():
+        time.sleep(0.1)
     assert all(a.poll() is None for a in agents), logs()
     os.kill(victim(), signal.SIGKILL)
     try:
@@ -97,7 +106,7 @@ def _kill_a_worker_and_finish(agents, victim, out, logs):
     assert codes == [0] * len(agents), logs()
     assert "resuming from ckpt-" in logs() and "already holds a run" not in logs()
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["step"] == 24
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["step"] == 96
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -18,6 +20,45 @@ def resolve_device(name: str | torch.device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use cpu")
     return device
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no sched_getaffinity off Linux
+        return os.cpu_count() or 1
+
+
+def cpu_share(
+    local_world_size: int,
+    threads: int | None,
+    num_workers: int,
+    *,
+    cores: int | None = None,
+    omp_threads: int | None = None,
+) -> tuple[int | None, int]:
+    """Intra-op threads and DataLoader workers for one of ``local_world_size`` processes
+    training side by side on this machine's CPU cores (``cores``: :func:`usable_cores`).
+
+    Each process gets ``cores // local_world_size`` cores (at least one). Its torch threads
+    are that share, unless set by the user: ``threads`` first, then ``omp_threads`` (an
+    OMP_NUM_THREADS the user chose). Its loader workers are ``num_workers`` capped at the
+    share less one core, so that the ranks' workers together stay below the cores: a rank
+    with one core decodes in its own process, as a worker would only take turns with the
+    training thread on that core and add the hand-over of every batch (BENCHMARKS.md,
+    "Distributed training on CPU"). Returns ``(threads, workers)``; ``threads`` is None
+    (torch's own setting) for a single process without an explicit ``threads``, and a
+    single process keeps ``num_workers`` as given.
+    """
+    if local_world_size < 1:
+        raise ValueError(f"local_world_size={local_world_size!r}: expected an integer >= 1")
+    if num_workers < 0:
+        raise ValueError(f"num_workers={num_workers!r}: expected an integer >= 0")
+    if local_world_size == 1:
+        return threads, num_workers
+    share = max(1, (cores or usable_cores()) // local_world_size)
+    return threads or omp_threads or share, max(0, min(num_workers, share - 1))
 
 
 # glibc's mallopt parameters (malloc.h).
@@ -54,3 +95,15 @@ def keep_freed_host_memory() -> bool:
         mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
         and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
     )
+
+
+def cpu_bf16_is_fast() -> bool:
+    """Whether bf16 beats fp32 on this CPU: only with AMX tiles (Sapphire Rapids and later).
+
+    AVX512-BF16 alone (Cooper Lake, or a virtual machine that hides AMX) has bf16 dot-product
+    instructions, but bf16 autocast without AMX measured slower than fp32 on such a machine:
+    resnet20 training 0.73x at 28 px and 0.83x at 64 px, resnet50 inference 0.65x
+    (BENCHMARKS.md, ``benchmarks/precision.py``). Without either, bf16 is emulated, ~10x
+    slower. ``precision: auto`` of the trainer decides by this.
+    """
+    return bool(torch.cpu._is_amx_tile_supported())

@@ -2,23 +2,27 @@
 
 ``torchrun`` sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous; this module reads them,
 initialises the process group (NCCL on GPUs, gloo on CPU) with a timeout on collectives,
-and provides the few collectives the trainer needs. A plain ``python -m resnetlab train``
-is the world of one process and touches none of this.
+and provides the few collectives the trainer needs. Ranks training side by side on one
+CPU take their share of its cores (:func:`cpu_resources`). A plain ``python -m resnetlab
+train`` is the world of one process and touches none of this.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from torch import nn
 
+from ..device import cpu_share, usable_cores
 from ..models.blocks import BatchNormAct2d
 
 
@@ -27,6 +31,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # the processes of the job on this machine
 
     @property
     def enabled(self) -> bool:
@@ -43,7 +48,84 @@ def env_info() -> DistInfo:
         rank=int(os.environ.get("RANK", 0)),
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
     )
+
+
+def _launcher_environ() -> dict[str, str] | None:
+    """The environment the parent process (torchrun) was started with; None if unreadable.
+
+    ``/proc/PID/environ`` holds a process's environment as it was at exec time: variables
+    the process sets for itself afterwards (``os.environ[...] = ...``) do not appear in it.
+    """
+    try:
+        raw = Path(f"/proc/{os.getppid()}/environ").read_bytes()
+    except OSError:
+        return None
+    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
+
+
+def user_omp_threads(info: DistInfo) -> int | None:
+    """The thread count of an OMP_NUM_THREADS the user set; None if unset or set by torchrun.
+
+    torchrun (torch/distributed/run.py) sets OMP_NUM_THREADS=1 in its own environment, with
+    a warning, when it starts more than one process per node and the variable is unset; the
+    workers inherit it, so they see "1" whether the user asked for it or not. The two are
+    told apart by torchrun's exec-time environment (:func:`_launcher_environ`): the user's
+    variable is there, torchrun's own is not. When that cannot be read, a "1" is taken as
+    the user's: one thread per rank is torchrun's documented default, and never
+    oversubscribes the cores.
+    """
+    value = os.environ.get("OMP_NUM_THREADS")
+    if value is None:
+        return None
+    try:
+        n = int(value.split(",")[0])  # OpenMP also takes a list, one count per nesting level
+    except ValueError:
+        return None  # not a count: OpenMP ignores it, and so does the sizing
+    if n < 1:
+        return None
+    if n == 1 and info.local_world_size > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
+        parent = _launcher_environ()
+        if parent is not None and "OMP_NUM_THREADS" not in parent:
+            return None
+    return n
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def cpu_resources(
+    info: DistInfo,
+    device: torch.device,
+    *,
+    threads: int | None,
+    num_workers: int,
+    announce: bool = False,
+) -> tuple[int | None, int]:
+    """Intra-op threads and loader workers for this rank (:func:`resnetlab.device.cpu_share`).
+
+    Only processes training on the CPU, several to a machine, share its cores; on a GPU, or
+    alone, ``(threads, num_workers)`` come back as given. ``announce`` prints the choice in
+    one line (rank 0).
+    """
+    if device.type != "cpu" or info.local_world_size <= 1:
+        return threads, num_workers
+    cores, omp = usable_cores(), user_omp_threads(info)
+    n_threads, workers = cpu_share(
+        info.local_world_size, threads, num_workers, cores=cores, omp_threads=omp
+    )
+    if announce:
+        source = f" (threads={threads})" if threads else " (OMP_NUM_THREADS)" if omp else ""
+        print(
+            f"distributed on CPU: {_plural(info.local_world_size, 'rank')} x "
+            f"{_plural(n_threads or 1, 'thread')}{source}, "
+            f"{_plural(workers, 'loader worker')} each ({_plural(cores, 'core')})",
+            file=sys.stderr,
+        )
+    return n_threads, workers
 
 
 def restarted(device: torch.device) -> bool:
@@ -239,7 +321,9 @@ __all__ = [
     "broadcast_object",
     "cleanup",
     "convert_sync_batchnorm",
+    "cpu_resources",
     "env_info",
     "restarted",
     "setup",
+    "user_omp_threads",
 ]

@@ -26,8 +26,8 @@ from torch import nn
 
 from ..config import TrainConfig, build_dataclass
 from ..data import build_loaders
-from ..data.build import default_eval_split
-from ..device import keep_freed_host_memory, resolve_device
+from ..data.build import DEFAULT_BATCH_SIZE, default_eval_split
+from ..device import cpu_bf16_is_fast, keep_freed_host_memory, resolve_device
 from ..models import create_model, save_weights
 from ..models.weights import atomic_write, weights_meta
 from . import checkpoint as ckpt
@@ -58,18 +58,12 @@ class Precision:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
 
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run natively instead of being emulated."""
-    caps = torch.backends.cpu.get_cpu_capability()
-    return caps in ("AVX512_BF16", "AMX") or "AMX" in caps or torch.cpu._is_avx512_bf16_supported()
-
-
 def resolve_precision(name: str, device: torch.device) -> Precision:
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            name = "bf16" if cpu_has_bf16() else "fp32"
+            name = "bf16" if cpu_bf16_is_fast() else "fp32"
     if name == "fp32":
         return Precision(None, None)
     if name == "fp16":
@@ -242,8 +236,12 @@ def _train(
     if error:
         raise TrainingError(error)
     run_dir = Path(cfg.output)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    # Ranks training side by side on one CPU take their share of its cores (distributed.py).
+    threads, loader_workers = dist.cpu_resources(
+        dinfo, device, threads=cfg.threads, num_workers=cfg.data.num_workers, announce=main
+    )
+    if threads:
+        torch.set_num_threads(threads)
     precision = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)
 
@@ -261,7 +259,7 @@ def _train(
         random_erasing=d.random_erasing,
         in_chans=in_chans,
         seed=cfg.seed,
-        num_workers=d.num_workers,
+        num_workers=loader_workers,
         rank=dinfo.rank,
         world_size=dinfo.world_size,
         device=device,
@@ -276,6 +274,10 @@ def _train(
     )
     if main and info.plan:
         _record_data_scan(run_dir, info)
+    if main and d.batch_size is None and train_loader.batch_size != DEFAULT_BATCH_SIZE:
+        print(f"batch size {train_loader.batch_size}: {train_loader.dataset_size} training images "
+              f"give {len(train_loader)} steps per epoch (data.batch_size overrides)",
+              file=sys.stderr)  # fmt: skip
     model = _build_model(cfg, info, card, verbose=main).to(device)
     if cfg.sync_bn and dinfo.enabled:
         dist.convert_sync_batchnorm(model)
@@ -542,9 +544,10 @@ def _train(
         "device": str(device),
         "precision": precision.name,
         "threads": torch.get_num_threads(),
+        "loader_workers": loader_workers,
         "rank": dinfo.rank,
         "world_size": dinfo.world_size,
-        "global_batch_size": cfg.data.batch_size * dinfo.world_size,
+        "global_batch_size": train_loader.batch_size * dinfo.world_size,
         "run_dir": str(run_dir),
     }
     if main:
