@@ -54,6 +54,8 @@ def test_new_head_and_preprocessing_from_the_weights(tmp_path, pretrained, capfd
     err = capfd.readouterr().err
     assert "reinitialized: fc.weight, fc.bias" in err and "new head: 3 classes (c0, c1, c2)" in err
     assert after["fc.weight"].shape == (3, 128)
+    report = (tmp_path / "ft" / "report.md").read_text()
+    assert "## Weights" in report and "reinitialized: fc.weight, fc.bias" in report
     meta = json.loads((tmp_path / "ft" / "model.json").read_text())
     pre = json.loads((pretrained / "model.json").read_text())["preprocessing"]
     # the weights' statistics and 3 channels (gray repeated), not the folder's own

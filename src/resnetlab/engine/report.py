@@ -121,6 +121,7 @@ def write_report(
     *,
     data_plan: str | None = None,
     data_scan: dict[str, Any] | None = None,
+    weights_report: str | None = None,
 ) -> Path:
     import yaml
 
@@ -134,6 +135,9 @@ def write_report(
     lines += ["", "![curves](curves.png)", ""]
     if data_scan:
         lines += data_section(data_plan, data_scan)
+    if weights_report:
+        lines += ["## Weights", "", f"Started from `{config.get('weights')}`:", "", "```",
+                  weights_report, "```", ""]  # fmt: skip
     lines += ["## Config", "", "```yaml"]
     lines += [yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     path = run_dir / "report.md"

@@ -587,7 +587,9 @@ def _finish_run(
     if last_eval:
         plot_confusion(last_eval["confusion"], list(info.class_names), run_dir / "confusion.png")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_report(run_dir, summary, cfg.to_dict(), data_plan=info.plan, data_scan=info.scan)
+    report = getattr(final_model, "load_report", None)
+    write_report(run_dir, summary, cfg.to_dict(), data_plan=info.plan, data_scan=info.scan,
+                 weights_report=str(report) if cfg.weights and report else None)  # fmt: skip
 
 
 def _build_model(
