@@ -225,3 +225,15 @@ def test_kept_host_memory_stops_page_faults_on_every_step():
     default, kept = faults_per_step("default"), faults_per_step("kept")
     # Without it every step faults its activations back in (hundreds of pages here).
     assert default > 200 and kept < default / 5, (default, kept)
+
+
+def test_a_failed_start_can_be_run_again_in_place(tmp_path):
+    bad = tiny(tmp_path, data={"spec": f"imagefolder:{tmp_path / 'nowhere'}", "batch_size": 8})
+    with pytest.raises(RuntimeError, match="is not a folder"):
+        train(bad, progress=False)
+    assert (tmp_path / "run" / "config.yaml").exists()  # the set-up files it left
+    summary = train(tiny(tmp_path, max_iters=2, eval_every=0), progress=False)  # no --overwrite
+    assert summary["steps"] == 2
+    (tmp_path / "run" / "notes.txt").write_text("mine")  # not a set-up file: a run is refused
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(tiny(tmp_path, max_iters=2), progress=False)

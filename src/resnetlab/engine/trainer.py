@@ -143,6 +143,15 @@ def _prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> Trai
         _check_resumable(saved, cfg, f"the run in {run_dir}")
         _write_config(saved_path, cfg)
         return cfg
+    if run_dir.exists() and _never_started(run_dir):
+        # a start that failed (bad data, a missing file) or was killed before its first
+        # checkpoint left only set-up files: nothing to lose, start again in place
+        for entry in _SETUP_ENTRIES:
+            path = run_dir / entry
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise TrainingError(
@@ -153,6 +162,18 @@ def _prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> Trai
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(saved_path, cfg)
     return cfg
+
+
+# What a run directory holds before its first checkpoint.
+_SETUP_ENTRIES = (CONFIG_FILE, "data_scan.json", "tensorboard", "checkpoints")
+
+
+def _never_started(run_dir: Path) -> bool:
+    """True if ``run_dir`` holds set-up files only (no checkpoint, metrics or weights)."""
+    names = {p.name for p in run_dir.iterdir()}
+    if not names or not names <= set(_SETUP_ENTRIES) or CONFIG_FILE not in names:
+        return False
+    return not any((run_dir / "checkpoints").glob("*.pt"))
 
 
 def _config_diffs(old: dict, new: dict, prefix: str = "") -> list[str]:
