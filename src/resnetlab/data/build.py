@@ -385,33 +385,39 @@ def build_loaders(
         padding = catalog.CATALOG[parsed.name].crop_padding
     elif parsed.kind == "synthetic":
         hflip = False  # the class patterns are not mirror-symmetric
+    return _memory_loaders(
+        data["train"], data[eval_split], info, batch_size=batch_size, eval_batch_size=eval_bs,
+        augment=augment, random_erasing=random_erasing, hflip=hflip, crop_padding=padding,
+        in_chans=in_chans, channels_last=channels_last, seed=seed, rank=rank,
+        world_size=world_size, device=dev,
+    )  # fmt: skip
+
+
+def _memory_loaders(
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    eval_data: tuple[torch.Tensor, torch.Tensor],
+    info: DataInfo,
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+    augment: str,
+    random_erasing: float,
+    hflip: bool,
+    crop_padding: int,
+    in_chans: int | None,
+    **common: object,
+) -> tuple[Loader, Loader, DataInfo]:
+    """The training and evaluation :class:`InMemoryLoader` of two uint8 splits.
+
+    ``common``: ``channels_last``, ``seed``, ``rank``, ``world_size``, ``device``.
+    """
     train = InMemoryLoader(
-        *data["train"],
-        info,
-        batch_size=batch_size,
-        train=True,
-        augment=augment,
-        random_erasing=random_erasing,
-        hflip=hflip,
-        crop_padding=padding,
-        in_chans=in_chans,
-        channels_last=channels_last,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        device=dev,
-    )
+        *train_data, info, batch_size=batch_size, train=True, augment=augment,
+        random_erasing=random_erasing, hflip=hflip, crop_padding=crop_padding,
+        in_chans=in_chans, **common,
+    )  # fmt: skip
     evaluation = InMemoryLoader(
-        *data[eval_split],
-        info,
-        batch_size=eval_bs,
-        train=False,
-        in_chans=in_chans,
-        channels_last=channels_last,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        device=dev,
+        *eval_data, info, batch_size=eval_batch_size, train=False, in_chans=in_chans, **common
     )
     return train, evaluation, info
 
@@ -583,22 +589,12 @@ def _folder_in_memory(
     if stats:  # a folder of its own: normalize with its own statistics
         mean, std = _channel_stats(decoded[0][0])
         info = replace(info, mean=mean, std=std)
-    common = dict(channels_last=channels_last, seed=seed, rank=rank, world_size=world_size,
-                  device=device)  # fmt: skip
-    train = InMemoryLoader(
-        *decoded[0],
-        info,
-        batch_size=batch_size,
-        train=True,
-        augment=augment,
-        random_erasing=random_erasing,
-        crop_padding=max(1, plan.image_size // 8),
-        **common,
-    )
-    evaluation = InMemoryLoader(
-        *decoded[1], info, batch_size=eval_batch_size, train=False, **common
-    )
-    return train, evaluation, info
+    return _memory_loaders(
+        decoded[0], decoded[1], info, batch_size=batch_size, eval_batch_size=eval_batch_size,
+        augment=augment, random_erasing=random_erasing, hflip=True,
+        crop_padding=max(1, plan.image_size // 8), in_chans=None, channels_last=channels_last,
+        seed=seed, rank=rank, world_size=world_size, device=device,
+    )  # fmt: skip
 
 
 def default_eval_split(spec: str) -> str:
