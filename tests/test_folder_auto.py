@@ -22,12 +22,7 @@ from resnetlab.data import (
     InMemoryLoader,
     build_loaders,
 )
-
-
-def save(path: Path, image: Image.Image, **kwargs) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, **kwargs)
-    return path
+from test_data_folder import save
 
 
 def pattern(cls: int, seed: int, size: int = 32, mode: str = "L") -> Image.Image:
