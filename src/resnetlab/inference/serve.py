@@ -1,0 +1,789 @@
+"""Serving a model over HTTP: the ``serve`` command, a thin ASGI layer over :class:`Predictor`.
+
+Endpoints (all JSON unless said otherwise):
+
+* ``POST /predict`` -- image files (multipart field ``files``, one or several) or one raw
+  image body; ``?topk=K``. Answers ``{"predictions": [{"filename", "topk": [...]}], "model"}``.
+* The Open Inference Protocol (KServe v2, REST): ``GET /v2/health/live``,
+  ``GET /v2/health/ready``, ``GET /v2/models/{name}`` (metadata) and
+  ``POST /v2/models/{name}/infer`` taking an FP32 ``[N, C, H, W]`` tensor (already
+  preprocessed) or BYTES ``[N]`` base64-encoded image files.
+* ``GET /metrics`` -- Prometheus text format; ``GET /info`` -- the model's card in short;
+  ``GET /`` -- a small page to try the model in a browser; ``/docs`` -- OpenAPI.
+
+Requests are batched dynamically: handlers put single images on a bounded queue and one
+worker thread takes the first, waits up to ``max_delay_ms`` for more (up to
+``max_batch_size``), runs the model once on the stacked batch and hands each request its
+rows. A full queue answers 503 with ``Retry-After``. On SIGTERM uvicorn stops accepting
+connections, lets in-flight requests finish, and the worker finishes what is queued
+before the process exits with status 0.
+
+FastAPI and uvicorn are the well-kept ASGI stack: request parsing, multipart uploads and
+graceful shutdown come tested, and OpenAPI ``/docs`` comes for free. They are an optional
+extra (``pip install 'resnetlab[serve]'``); nothing else in resnetlab imports this module.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations, which
+# name classes local to create_app, at definition time.
+import asyncio
+import base64
+import binascii
+import bisect
+import concurrent.futures
+import contextlib
+import importlib.util
+import math
+import signal
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.errors import ImageDecodeError
+from ..data.images import load_image
+from .predict import Predictor, RandomWeightsWarning
+
+__all__ = [
+    "Batcher",
+    "Metrics",
+    "QueueFullError",
+    "ServeConfig",
+    "create_app",
+    "load_predictor",
+    "run_serve",
+]
+
+INSTALL_HINT = "the serve command needs FastAPI and uvicorn: pip install 'resnetlab[serve]'"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the server batches and what it accepts."""
+
+    max_batch_size: int = 32
+    max_delay_ms: float = 5.0
+    max_queue: int = 256
+    max_upload_mb: float = 20.0
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_queue"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}: expected an integer >= 1")
+        for name in ("max_delay_ms",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected a number >= 0")
+        for name in ("max_upload_mb", "timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected a number > 0")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+class QueueFullError(RuntimeError):
+    """The batching queue has no room for a request's images."""
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+TOO_LARGE_KEY = "resnetlab.body_too_large"
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body that grows past ``limit`` bytes while it is read
+    (chunked uploads name no Content-Length) raises :class:`_BodyTooLarge` (answered 413).
+    A moderately oversized body is read to its end first, so that the client gets the
+    answer rather than a reset connection."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    more = message.get("more_body", False)
+                    while more and seen <= 8 * self.limit:
+                        message = await receive()
+                        if message["type"] != "http.request":
+                            break
+                        seen += len(message.get("body", b""))
+                        more = message.get("more_body", False)
+                    # Starlette may read the body in a task of its own, and FastAPI turns
+                    # errors while reading JSON into 400s: the flag tells the handlers.
+                    scope[TOO_LARGE_KEY] = True
+                    raise _BodyTooLarge()
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class _Histogram:
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def render(self, name: str, labels: str = "") -> list[str]:
+        sep = "," if labels else ""
+        lines, cumulative = [], 0
+        for bound, n in zip((*self.buckets, math.inf), self.counts, strict=True):
+            cumulative += n
+            le = "+Inf" if bound == math.inf else f"{bound:g}"
+            lines.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {cumulative}')
+        suffix = f"{{{labels}}}" if labels else ""
+        lines += [f"{name}_sum{suffix} {self.total:.6f}", f"{name}_count{suffix} {self.count}"]
+        return lines
+
+
+class Metrics:
+    """Counters and histograms for ``/metrics`` (Prometheus text exposition format 0.0.4)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, int], int] = {}
+        self.latency: dict[str, _Histogram] = {}
+        self.batch_size = _Histogram(BATCH_BUCKETS)
+        self.queue_depth = 0
+
+    def record_request(self, endpoint: str, status: int, seconds: float) -> None:
+        with self._lock:
+            key = (endpoint, status)
+            self.requests[key] = self.requests.get(key, 0) + 1
+            self.latency.setdefault(endpoint, _Histogram(LATENCY_BUCKETS)).observe(seconds)
+
+    def record_batch(self, size: int) -> None:
+        with self._lock:
+            self.batch_size.observe(size)
+
+    def set_queue_depth(self, depth: int) -> None:
+        with self._lock:
+            self.queue_depth = depth
+
+    def render(self) -> str:
+        with self._lock:
+            lines = [
+                "# HELP resnetlab_requests_total HTTP requests by endpoint and status code.",
+                "# TYPE resnetlab_requests_total counter",
+            ]
+            for (endpoint, status), n in sorted(self.requests.items()):
+                lines.append(
+                    f'resnetlab_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}'
+                )
+            errors: dict[str, int] = {}
+            for (endpoint, status), n in self.requests.items():
+                if status >= 400:
+                    errors[endpoint] = errors.get(endpoint, 0) + n
+            lines += [
+                "# HELP resnetlab_request_errors_total HTTP requests answered 4xx or 5xx.",
+                "# TYPE resnetlab_request_errors_total counter",
+            ]
+            lines += [
+                f'resnetlab_request_errors_total{{endpoint="{e}"}} {n}'
+                for e, n in sorted(errors.items())
+            ]
+            lines += [
+                "# HELP resnetlab_request_duration_seconds Time to answer a request.",
+                "# TYPE resnetlab_request_duration_seconds histogram",
+            ]
+            for endpoint, hist in sorted(self.latency.items()):
+                lines += hist.render("resnetlab_request_duration_seconds", f'endpoint="{endpoint}"')
+            lines += [
+                "# HELP resnetlab_batch_size Images per model call.",
+                "# TYPE resnetlab_batch_size histogram",
+                *self.batch_size.render("resnetlab_batch_size"),
+                "# HELP resnetlab_queue_depth Images waiting for or inside a model call.",
+                "# TYPE resnetlab_queue_depth gauge",
+                f"resnetlab_queue_depth {self.queue_depth}",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class _Item:
+    tensor: torch.Tensor
+    future: concurrent.futures.Future
+
+
+class Batcher:
+    """Dynamic batching: one worker thread runs the model on batches of queued images.
+
+    :meth:`submit` takes preprocessed ``C x H x W`` tensors and returns one future per
+    tensor, resolved with that image's logits (a 1-D CPU tensor). The queue holds at most
+    ``max_queue`` images, counting those inside the running batch too, so that its depth
+    is what a new request waits behind. :meth:`stop` lets the worker finish every queued
+    image, then ends it.
+    """
+
+    def __init__(self, predictor: Predictor, config: ServeConfig, metrics: Metrics) -> None:
+        self.predictor = predictor
+        self.config = config
+        self.metrics = metrics
+        self._items: list[_Item] = []
+        self._pending = 0  # queued + in the running batch
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="resnetlab-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, tensors: Sequence[torch.Tensor]) -> list[concurrent.futures.Future]:
+        """Queue ``tensors``; raises :class:`QueueFullError` when they do not all fit."""
+        with self._cond:
+            if self._stopping:
+                raise QueueFullError("the server is shutting down")
+            if self._pending + len(tensors) > self.config.max_queue:
+                raise QueueFullError(
+                    f"the queue is full ({self._pending} of {self.config.max_queue} images "
+                    f"waiting, this request adds {len(tensors)})"
+                )
+            items = [_Item(t, concurrent.futures.Future()) for t in tensors]
+            self._items += items
+            self._pending += len(items)
+            self.metrics.set_queue_depth(self._pending)
+            self._cond.notify()
+        return [item.future for item in items]
+
+    @property
+    def depth(self) -> int:
+        with self._cond:
+            return self._pending
+
+    def warmup(self) -> None:
+        """Run the model once on a zero image, outside the queue and the metrics, so that
+        the first request does not pay for lazy initialisation."""
+        prep = self.predictor.preprocessing
+        self._forward([torch.zeros(prep.in_chans, prep.image_size, prep.image_size)])
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the queued images, then end the worker thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _take_batch(self) -> list[_Item] | None:
+        limit = self.config.max_batch_size
+        with self._cond:
+            while not self._items:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            # The first image waits at most max_delay_ms for others to share its batch.
+            deadline = time.monotonic() + self.config.max_delay_ms / 1000
+            while len(self._items) < limit and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch, self._items = self._items[:limit], self._items[limit:]
+        return batch
+
+    def _run(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            # A request that timed out has cancelled its futures: skip its images.
+            live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+            try:
+                if live:
+                    logits = self._forward([item.tensor for item in live])
+                    self.metrics.record_batch(len(live))
+                    for item, row in zip(live, logits, strict=True):
+                        item.future.set_result(row)
+            except Exception as e:  # every waiting request must hear of the failure
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(e)
+            finally:
+                with self._cond:
+                    self._pending -= len(batch)
+                    self.metrics.set_queue_depth(self._pending)
+
+    def _forward(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        model, device = self.predictor.model, self.predictor.device
+        with torch.inference_mode():
+            logits = model(torch.stack(tensors).to(device)).float().cpu()
+        expected = (len(tensors), len(self.predictor.class_names))
+        if tuple(logits.shape) != expected:
+            raise RuntimeError(f"the model returned {tuple(logits.shape)}; expected {expected}")
+        return logits
+
+
+def load_predictor(
+    source: str | None = None,
+    *,
+    model: str | None = None,
+    weights: str | None = None,
+    device: str = "auto",
+) -> Predictor:
+    """The Predictor for ``serve``, resolved as ``predict`` does.
+
+    ``source``: a run directory or resnetlab ``.safetensors`` file; or ``model`` (a zoo
+    name) with ``weights`` (a torchvision/timm state dict, resnetlab weights or a named
+    weight such as ``torchvision:resnet18.IMAGENET1K_V1``); ``model`` alone gives random
+    weights (with a warning on stderr).
+    """
+    if model is not None:
+        if source is not None and weights is None:
+            weights = source
+        elif source is not None:
+            raise ValueError(f"give either SOURCE ({source}) or --weights ({weights}), not both")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RandomWeightsWarning)
+            predictor = Predictor.from_name(model, weights, device=device)
+        if predictor.random_weights:
+            print(f"warning: {model} has random weights: predictions are meaningless",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        return predictor
+    if weights is not None:
+        if source is not None:
+            raise ValueError(f"give either SOURCE ({source}) or --weights ({weights}), not both")
+        source = weights
+    if source is None:
+        raise ValueError("give a run directory or .safetensors file (or --model NAME)")
+    return Predictor.from_source(source, device=device)
+
+
+def _import_fastapi() -> Any:
+    try:
+        import fastapi
+    except ImportError:
+        raise RuntimeError(INSTALL_HINT) from None
+    # python-multipart parses uploads; FastAPI only notices its absence at the first form.
+    # (Its module was `multipart` before 0.0.13, `python_multipart` since.)
+    if not any(importlib.util.find_spec(m) for m in ("python_multipart", "multipart")):
+        raise RuntimeError(INSTALL_HINT)
+    return fastapi
+
+
+def _decode(data: bytes, name: str, predictor: Predictor, spool: Path) -> torch.Tensor:
+    """Image file bytes -> model input, through the same decoder as training and predict.
+
+    The bytes pass through a file in ``spool`` (one directory for the server's life: a
+    directory per upload costs milliseconds, a file in a shared one microseconds).
+    """
+    if not data:
+        raise ImageDecodeError(name, "empty file (0 bytes)")
+    suffix = Path(name).suffix if len(Path(name).suffix) <= 8 else ""
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=spool)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+        image = load_image(tmp, channels=predictor.preprocessing.channels)
+    except ImageDecodeError as e:
+        raise ImageDecodeError(name, e.reason) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return predictor.prepare(image)
+
+
+def _topk(logits: torch.Tensor, class_names: Sequence[str], k: int) -> list[dict[str, Any]]:
+    probs, indices = logits.softmax(dim=0).topk(min(k, len(class_names)))
+    return [
+        {"class": class_names[i], "index": i, "prob": p}
+        for p, i in zip(probs.tolist(), indices.tolist(), strict=True)
+    ]
+
+
+def create_app(
+    predictor: Predictor, config: ServeConfig | None = None, *, name: str | None = None
+) -> Any:
+    """The FastAPI application serving ``predictor``; the batching worker lives with it.
+
+    ``name``: the model's name in the v2 paths and answers (default: its architecture).
+    """
+    fastapi = _import_fastapi()
+    from fastapi import Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+    from pydantic import BaseModel
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    config = config or ServeConfig()
+    model_name = name or getattr(predictor.model, "name", None) or "model"
+    prep = predictor.preprocessing
+    input_shape = [prep.in_chans, prep.image_size, prep.image_size]
+    num_classes = len(predictor.class_names)
+    metrics = Metrics()
+    state: dict[str, Any] = {"ready": False, "batcher": None}
+
+    class HttpError(Exception):
+        def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+            super().__init__(message)
+            self.status, self.message, self.headers = status, message, headers
+
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        batcher = Batcher(predictor, config, metrics)
+        await run_in_threadpool(batcher.warmup)
+        with tempfile.TemporaryDirectory(prefix="resnetlab-serve-") as spool:
+            state["spool"] = Path(spool)
+            state["batcher"] = batcher
+            state["ready"] = True
+            try:
+                yield
+            finally:
+                state["ready"] = False
+                await run_in_threadpool(batcher.stop)
+
+    app = fastapi.FastAPI(
+        title="resnetlab serve",
+        description=f"{model_name}: {num_classes} classes, input {input_shape}",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(HttpError)
+    async def _http_error(request: Request, exc: HttpError) -> JSONResponse:
+        return error(exc.status, exc.message, exc.headers)
+
+    def too_large() -> JSONResponse:
+        return error(
+            413, f"the request body is over the limit of {config.max_upload_mb:g} MiB "
+            "(--max-upload-mb)"
+        )  # fmt: skip
+
+    @app.exception_handler(_BodyTooLarge)
+    async def _too_large(request: Request, exc: _BodyTooLarge) -> JSONResponse:
+        return too_large()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if request.scope.get(TOO_LARGE_KEY):
+            return too_large()
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()))
+            parts.append(f"{where}: {e.get('msg')}")
+        return error(422, "invalid request: " + "; ".join(parts))
+
+    @app.middleware("http")
+    async def _limits_and_metrics(request: Request, call_next: Any) -> Any:
+        start = time.perf_counter()
+        path = request.url.path
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > config.max_upload_bytes:
+            # Read a moderately oversized body so that the client sees the answer rather
+            # than a reset connection; a huge one is refused without reading it.
+            if int(length) <= 8 * config.max_upload_bytes:
+                with contextlib.suppress(_BodyTooLarge):  # _BodyLimit reads it to the end
+                    async for _ in request.stream():
+                        pass
+            response = error(
+                413,
+                f"the request body is {int(length) / 2**20:.1f} MiB; the limit is "
+                f"{config.max_upload_mb:g} MiB (--max-upload-mb)",
+            )
+        else:
+            try:
+                response = await call_next(request)
+            except Exception as e:  # the server answers and keeps serving
+                if request.scope.get(TOO_LARGE_KEY):
+                    response = too_large()
+                else:
+                    response = error(500, f"internal error: {type(e).__name__}: {e}")
+        # Label by route template (never the raw path: unknown paths would grow the metrics).
+        route = request.scope.get("route")
+        label = getattr(route, "path", None) or (path if path in known_paths else "other")
+        metrics.record_request(label, response.status_code, time.perf_counter() - start)
+        return response
+
+    async def infer(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        batcher: Batcher | None = state["batcher"]
+        if batcher is None or not state["ready"]:
+            raise HttpError(503, "the model is not ready", {"Retry-After": "1"})
+        if len(tensors) > config.max_queue:  # would never fit: retrying cannot help
+            raise HttpError(
+                413, f"{len(tensors)} images in one request; this server takes at most "
+                f"{config.max_queue} (--max-queue)"
+            )  # fmt: skip
+        try:
+            futures = batcher.submit(tensors)
+        except QueueFullError as e:
+            raise HttpError(503, f"{e}: retry later", {"Retry-After": "1"}) from None
+        waiting = [asyncio.wrap_future(f) for f in futures]
+        try:
+            return await asyncio.wait_for(asyncio.gather(*waiting), config.timeout_s)
+        except asyncio.TimeoutError:
+            for f in futures:
+                f.cancel()
+            raise HttpError(504, f"no answer within {config.timeout_s:g} s (--timeout-s)") from None
+
+    async def decode_all(files: list[tuple[str, bytes]]) -> list[torch.Tensor]:
+        spool = state.get("spool")
+        if spool is None:
+            raise HttpError(503, "the server is not ready", {"Retry-After": "1"})
+
+        def work() -> list[torch.Tensor]:
+            return [_decode(data, filename, predictor, spool) for filename, data in files]
+
+        try:
+            return await run_in_threadpool(work)
+        except ImageDecodeError as e:
+            raise HttpError(400, str(e)) from None
+
+    def check_size(n: int, what: str) -> None:
+        if n > config.max_upload_bytes:
+            raise HttpError(
+                413,
+                f"{what} is {n / 2**20:.1f} MiB; the limit is {config.max_upload_mb:g} MiB "
+                "(--max-upload-mb)",
+            )
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        page = resources.files(__package__).joinpath("serve_assets/index.html").read_text()
+        return HTMLResponse(page)
+
+    @app.get("/info", summary="The served model: name, classes, input, device")
+    async def info() -> dict[str, Any]:
+        return {
+            "model": model_name,
+            "num_classes": num_classes,
+            "class_names": list(predictor.class_names),
+            "input_shape": input_shape,
+            "device": str(predictor.device),
+            "random_weights": predictor.random_weights,
+            "max_batch_size": config.max_batch_size,
+        }
+
+    @app.post(
+        "/predict",
+        summary="Top-k classes of image files",
+        description="Multipart field `files` (one or several), or the raw image as the body.",
+    )
+    async def predict(request: Request, topk: int = 5) -> dict[str, Any]:
+        if topk < 1:
+            raise HttpError(400, f"topk={topk}: expected an integer >= 1")
+        files: list[tuple[str, bytes]] = []
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form(max_part_size=config.max_upload_bytes)
+            try:
+                for upload in form.getlist("files"):
+                    if isinstance(upload, str):
+                        raise HttpError(400, "field 'files' must hold files, not text")
+                    data = await upload.read()
+                    check_size(len(data), f"file {upload.filename!r}")
+                    files.append((upload.filename or "upload", data))
+            finally:
+                await form.close()
+            if not files:
+                raise HttpError(400, "no files: send them in the multipart field 'files'")
+        else:
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                check_size(len(body), "the request body")
+            files.append((request.headers.get("x-filename", "body"), bytes(body)))
+        tensors = await decode_all(files)
+        logits = await infer(tensors)
+        return {
+            "predictions": [
+                {"filename": filename, "topk": _topk(row, predictor.class_names, topk)}
+                for (filename, _), row in zip(files, logits, strict=True)
+            ],
+            "model": model_name,
+        }
+
+    @app.get("/v2/health/live", summary="Open Inference Protocol: the server is up")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", summary="Open Inference Protocol: the model can answer")
+    async def ready() -> JSONResponse:
+        ok = bool(state["ready"])
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    def check_model(name: str) -> None:
+        if name != model_name:
+            raise HttpError(404, f"unknown model {name!r}: this server serves {model_name!r}")
+
+    @app.get("/v2/models/{name}", summary="Open Inference Protocol: model metadata")
+    async def model_metadata(name: str) -> dict[str, Any]:
+        check_model(name)
+        return {
+            "name": model_name,
+            "versions": ["1"],
+            "platform": "pytorch",
+            "inputs": [
+                {"name": "input", "datatype": "FP32", "shape": [-1, *input_shape]},
+                {"name": "input", "datatype": "BYTES", "shape": [-1]},
+            ],
+            "outputs": [
+                {"name": "logits", "datatype": "FP32", "shape": [-1, num_classes]},
+                {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            ],
+        }
+
+    @app.get("/v2/models/{name}/ready", summary="Open Inference Protocol: model readiness")
+    async def model_ready(name: str) -> JSONResponse:
+        check_model(name)
+        ok = bool(state["ready"])
+        return JSONResponse({"name": model_name, "ready": ok}, status_code=200 if ok else 503)
+
+    class InferInput(BaseModel):
+        name: str = "input"
+        datatype: str
+        shape: list[int]
+        data: list[Any]
+
+    class InferRequest(BaseModel):
+        id: str | None = None
+        inputs: list[InferInput]
+
+    @app.post("/v2/models/{name}/infer", summary="Open Inference Protocol: inference")
+    async def v2_infer(name: str, body: InferRequest) -> dict[str, Any]:
+        check_model(name)
+        if len(body.inputs) != 1:
+            raise HttpError(400, f"expected exactly one input, got {len(body.inputs)}")
+        inp = body.inputs[0]
+        expected = f"[N, {', '.join(str(s) for s in input_shape)}]"
+        if inp.datatype == "FP32":
+            if len(inp.shape) != 4 or inp.shape[1:] != input_shape or inp.shape[0] < 1:
+                raise HttpError(
+                    400, f"FP32 input has shape {inp.shape}; expected shape {expected} (N >= 1)"
+                )
+            try:
+                x = torch.tensor(inp.data, dtype=torch.float32)
+            except (TypeError, ValueError) as e:
+                raise HttpError(400, f"FP32 data is not a list of numbers: {e}") from None
+            if x.numel() != math.prod(inp.shape):
+                raise HttpError(
+                    400,
+                    f"FP32 data holds {x.numel()} numbers; shape {inp.shape} needs "
+                    f"{math.prod(inp.shape)} (expected shape {expected})",
+                )
+            tensors = list(x.reshape(inp.shape).unbind(0))
+        elif inp.datatype == "BYTES":
+            if len(inp.shape) != 1 or inp.shape[0] != len(inp.data) or not inp.data:
+                raise HttpError(
+                    400,
+                    f"BYTES input has shape {inp.shape} for {len(inp.data)} items; expected "
+                    "shape [N] with N base64-encoded image files",
+                )
+            files = []
+            for i, item in enumerate(inp.data):
+                if not isinstance(item, str):
+                    raise HttpError(400, f"BYTES data[{i}] is not a base64 string")
+                try:
+                    files.append((f"data[{i}]", base64.b64decode(item, validate=True)))
+                except (binascii.Error, ValueError):
+                    raise HttpError(400, f"BYTES data[{i}] is not valid base64") from None
+            tensors = await decode_all(files)
+        else:
+            raise HttpError(
+                400,
+                f"datatype {inp.datatype!r}: expected FP32 (shape {expected}, preprocessed) "
+                "or BYTES (shape [N], base64-encoded image files)",
+            )
+        logits = torch.stack(await infer(tensors))
+        outputs = [
+            {
+                "name": "logits",
+                "datatype": "FP32",
+                "shape": list(logits.shape),
+                "data": logits.flatten().tolist(),
+            }
+        ]
+        if inp.datatype == "BYTES":
+            labels = [predictor.class_names[i] for i in logits.argmax(dim=1).tolist()]
+            outputs.append(
+                {"name": "label", "datatype": "BYTES", "shape": [len(labels)], "data": labels}
+            )
+        answer: dict[str, Any] = {"model_name": model_name, "model_version": "1"}
+        if body.id is not None:
+            answer["id"] = body.id
+        answer["outputs"] = outputs
+        return answer
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(
+            metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    app.add_middleware(_BodyLimit, limit=config.max_upload_bytes)  # the outermost layer
+    known_paths = {getattr(r, "path", None) for r in app.routes}
+    app.state.metrics = metrics
+    app.state.model_name = model_name
+    return app
+
+
+def run_serve(
+    source: str | None = None,
+    *,
+    model: str | None = None,
+    weights: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    config: ServeConfig | None = None,
+) -> int:
+    """The ``serve`` command: load the model, serve it until SIGTERM or Ctrl-C; returns 0."""
+    _import_fastapi()
+    try:
+        import uvicorn
+    except ImportError:
+        raise RuntimeError(INSTALL_HINT) from None
+    config = config or ServeConfig()
+    predictor = load_predictor(source, model=model, weights=weights, device=device)
+    app = create_app(predictor, config)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    )
+    print(
+        f"serving {app.state.model_name} ({len(predictor.class_names)} classes, "
+        f"{predictor.device}) on http://{host}:{port}  (docs: /docs, page: /)",
+        flush=True,
+    )
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with
+    # the default handler that would kill the process (status 143) after a clean drain.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind; its log line says why
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started:
+        raise RuntimeError(
+            f"could not listen on {host}:{port} (in use? choose another with --port)"
+        )
+    print("stopped", flush=True)
+    return 0
