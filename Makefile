@@ -9,7 +9,12 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
+# The page test of `serve` drives Debian's chromium (Playwright uses it; no browser download).
 $(STAMP): pyproject.toml
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y chromium >/dev/null 2>&1 || \
+	  (apt-get update >/dev/null && apt-get install -y chromium >/dev/null) || \
+	  echo "Debian package chromium unavailable: the page test of serve will fail"; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e ".[dev]"
