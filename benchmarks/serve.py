@@ -188,8 +188,9 @@ def main() -> None:
             f"with one keep-alive connection each, on the same {os.cpu_count()} cores as the "
             f"server.\n\n{table}")  # fmt: skip
     if a.write:
-        write_section("serve", "HTTP serving: dynamic batching vs one call per request", body,
-                      "python benchmarks/serve.py " + " ".join(sys.argv[1:]))  # fmt: skip
+        key = a.model or Path(a.source).name
+        write_section(f"serve_{key}", f"HTTP serving ({key}): dynamic batching vs one call per "
+                      "request", body, "python benchmarks/serve.py " + " ".join(sys.argv[1:]))  # fmt: skip
 
 
 if __name__ == "__main__":
