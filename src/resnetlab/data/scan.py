@@ -134,12 +134,8 @@ def scan_folder_splits(
     ``split_roots`` are the folders holding the class folders (``root`` itself, or
     ``root/train`` and ``root/val``): their other files are counted as non-images.
     """
-    counts = {
-        name: dict(sorted(Counter(classes[label] for _, label in samples).items()))
-        for name, samples in splits.items()
-    }
-    for name in counts:
-        counts[name] = {c: counts[name].get(c, 0) for c in classes}
+    tallies = {name: Counter(label for _, label in samples) for name, samples in splits.items()}
+    counts = {name: {c: tally[i] for i, c in enumerate(classes)} for name, tally in tallies.items()}
     scan = FolderScan(root=str(root), classes=list(classes), counts=counts)
     rng = random.Random(seed)
     sizes: Counter[tuple[int, int]] = Counter()

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..config import FinetuneConfig
 from ..data import IMAGENET_MEAN, IMAGENET_STD
-from ..models import read_weights, resolve_pretrained
+from ..models import is_pretrained_name, read_weights, resolve_pretrained
 
 __all__ = ["FineTuning", "weights_card"]
 
@@ -35,7 +35,7 @@ def weights_card(source: str) -> dict[str, Any]:
     torchvision/timm state dict is taken to be ImageNet-trained with torchvision's
     preprocessing.
     """
-    if ":" in source and source.split(":", 1)[0] in ("torchvision", "timm"):
+    if is_pretrained_name(source):
         card = resolve_pretrained(source)
         return {"preprocessing": dict(card.preprocessing), "in_chans": 3, "meta": None}
     wf = read_weights(source)
