@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from .errors import ResnetlabError
+
 EPILOGS = {
     "models": """examples:
   resnetlab models                 # every model with params and MACs
@@ -113,7 +115,7 @@ with the table of MACs, params and errors""",
 }
 
 
-class CliError(Exception):
+class CliError(ResnetlabError):
     """A user error: printed as one line, exit status 2."""
 
 

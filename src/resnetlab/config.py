@@ -1,7 +1,7 @@
 """Frozen, validated configuration objects.
 
 Every object here is a frozen dataclass validated at construction: a bad value raises a
-``ValueError`` that names the field, echoes the value and says what is allowed.
+``ConfigError`` (a ``ValueError``) that names the field, echoes the value and says what is allowed.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigError
+
 BLOCKS = ("basic", "bottleneck", "preact_basic", "preact_bottleneck")
 STEMS = ("imagenet", "cifar", "cifar_pool")
 SHORTCUTS = ("A", "B", "C", "none")
@@ -19,7 +21,7 @@ STRIDE_ON = ("3x3", "1x1")
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"invalid {field}={value!r}: {allowed}")
+    raise ConfigError(f"invalid {field}={value!r}: {allowed}")
 
 
 def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -128,7 +130,7 @@ class ModelConfig:
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             allowed = ", ".join(f.name for f in dataclasses.fields(self))
-            raise ValueError(f"unknown model option(s) {unknown}: allowed are {allowed}")
+            raise ConfigError(f"unknown model option(s) {unknown}: allowed are {allowed}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,7 +143,7 @@ class ModelConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields)
         if unknown:
-            raise ValueError(f"unknown model option(s) {unknown}: allowed are {sorted(fields)}")
+            raise ConfigError(f"unknown model option(s) {unknown}: allowed are {sorted(fields)}")
         return cls(**data)
 
 
@@ -454,7 +456,7 @@ def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown config key(s) {', '.join(prefix + k for k in unknown)}: allowed "
             f"{'in ' + prefix.rstrip('.') if prefix else 'at the top level'} are "
             f"{', '.join(sorted(fields))}"
@@ -484,12 +486,12 @@ def parse_override(text: str) -> dict[str, Any]:
     import yaml
 
     if "=" not in text or text.startswith("="):
-        raise ValueError(f"invalid override {text!r}: expected KEY=VALUE, e.g. optim.lr=0.05")
+        raise ConfigError(f"invalid override {text!r}: expected KEY=VALUE, e.g. optim.lr=0.05")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ValueError(f"invalid value in override {text!r}: {e}") from None
+        raise ConfigError(f"invalid value in override {text!r}: {e}") from None
     out: dict[str, Any] = {}
     node = out
     parts = key.strip().split(".")
@@ -517,13 +519,13 @@ def load_train_config(
 
         path = Path(preset)
         if not path.exists():
-            raise ValueError(f"config file not found: {path}")
+            raise ConfigError(f"config file not found: {path}")
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ValueError(f"cannot parse {path}: {e}") from None
+            raise ConfigError(f"cannot parse {path}: {e}") from None
         if not isinstance(loaded, dict):
-            raise ValueError(
+            raise ConfigError(
                 f"{path} must hold a mapping of config keys, got {type(loaded).__name__}"
             )
         data = _merge(data, loaded)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ResnetlabError
+
 __all__ = [
     "ChecksumError",
     "DataError",
@@ -18,7 +20,7 @@ __all__ = [
 ]
 
 
-class DataError(RuntimeError):
+class DataError(ResnetlabError, RuntimeError):
     """Base class of all data-layer errors; the message says what to do about it."""
 
 

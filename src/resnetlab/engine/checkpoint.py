@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ResnetlabError
 from ..models.weights import WeightsError, atomic_write, safe_torch_load
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -31,7 +32,7 @@ BEST = "best.pt"
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "step", "epoch", "batch", "rng")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ResnetlabError, RuntimeError):
     """A checkpoint could not be written (disk full, read-only) or read."""
 
 

@@ -28,6 +28,7 @@ from ..config import TrainConfig, build_dataclass
 from ..data import build_loaders
 from ..data.build import DEFAULT_BATCH_SIZE, default_eval_split
 from ..device import cpu_bf16_is_fast, keep_freed_host_memory, resolve_device
+from ..errors import ResnetlabError
 from ..models import create_model, save_weights
 from ..models.weights import atomic_write, weights_meta
 from . import checkpoint as ckpt
@@ -44,7 +45,7 @@ RESUMABLE_CHANGES = {"epochs", "max_iters", "device", "output", "keep_last", "sa
                      "eval_every", "threads", "compile", "dist_timeout_s"}  # fmt: skip
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ResnetlabError, RuntimeError):
     """Training cannot go on (NaN loss, a refused resume, a run directory in the way)."""
 
 

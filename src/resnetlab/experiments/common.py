@@ -28,6 +28,7 @@ from ..device import keep_freed_host_memory, resolve_device
 from ..engine.metrics import evaluate
 from ..engine.optim import build_optimizer, build_scheduler
 from ..engine.trainer import seed_everything
+from ..errors import ResnetlabError
 from ..models import create_model, get_config, list_models
 
 # Names beyond the zoo: ``plainD``, ``resnetD`` and ``resnetD_v2`` at any CIFAR depth D = 6n+2,
@@ -36,7 +37,7 @@ _FAMILY_TEMPLATES = {"plain": "plain20", "resnet": "resnet20", "resnet_v2": "res
 _DEPTH_NAME = re.compile(r"^(plain|resnet)(\d+)(_v2)?$")
 
 
-class ExperimentError(RuntimeError):
+class ExperimentError(ResnetlabError, RuntimeError):
     """An experiment cannot run as asked (settings that clash with earlier results, ...)."""
 
 

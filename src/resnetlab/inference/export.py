@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ResnetlabError
 from ..models import ResNet, load_model, save_weights, to_torchvision_state_dict
 from .meta import describe_model
 
@@ -47,7 +48,7 @@ OPSET_RANGE = (9, 20)
 VERIFY_SEED = 0
 
 
-class ExportError(RuntimeError):
+class ExportError(ResnetlabError, RuntimeError):
     """An export that cannot be written, or that does not compute what the model does."""
 
 

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import ResnetlabError
 from .resnet import ResNet
 
 FORMATS = ("auto", "resnetlab", "torchvision", "timm")
@@ -34,7 +35,7 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 CHECKPOINT_MODEL_KEYS = ("model", "state_dict", "model_state_dict")
 
 
-class WeightsError(ValueError):
+class WeightsError(ResnetlabError, ValueError):
     """A weights file that cannot be read or does not fit the model."""
 
 
