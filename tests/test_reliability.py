@@ -326,13 +326,14 @@ def test_full_disk_stops_the_run_cleanly_and_resume_loses_nothing(
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(JOB))
     with monkeypatch.context() as patch:
-        # Saves 1-10: steps 1-8, epoch 1's end and best.pt; then steps 9, 10; step 11 fails.
+        # Saves 1-9: steps 1-7, epoch 1's end (step 8) and best.pt; then steps 9-11; step 12
+        # fails.
         patch.setattr(ckpt.torch, "save", failing_save(13, errno.ENOSPC))
         code = cli.main(["train", "--config", str(config), "--output", str(run), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert re.search(r"stopped at step 11.*No space left on device.*intact.*--resume", err)
-    assert [p.name for p in list_checkpoints(run / "checkpoints")][-1] == "ckpt-00000010.pt"
+    assert re.search(r"stopped at step 12.*No space left on device.*intact.*--resume", err)
+    assert [p.name for p in list_checkpoints(run / "checkpoints")][-1] == "ckpt-00000011.pt"
     assert not list((run / "checkpoints").glob(".*.tmp"))
     assert cli.main(["train", "--resume", str(run), "--quiet"]) == 0  # space freed
     assert_same_run(run, reference)

@@ -123,10 +123,15 @@ def test_all_the_options_run(tmp_path):
 
 def test_nan_loss_stops_with_clear_message(tmp_path):
     cfg = tiny(tmp_path, epochs=3, optim={"lr": 1e12, "momentum": 0.0}, save_every_steps=1)
-    with pytest.raises(TrainingError, match=r"loss became (nan|inf).*lower optim\.lr"):
+    with pytest.raises(TrainingError, match=r"(loss|BN statistics) became (nan|inf|non-fin).*"
+                       r"lower optim\.lr.*last good checkpoint is kept"):  # fmt: skip
         train(cfg, progress=False)
     kept = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert kept and all(load_checkpoint(p)["step"] >= 1 for p in kept)
+    # "kept" is true: every checkpoint left holds finite weights and BN running statistics
+    for path in kept:
+        tensors = load_checkpoint(path)["model"].values()
+        assert all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()), path.name
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from .errors import ConfigError
+
 
 def resolve_device(name: str | torch.device) -> torch.device:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
@@ -16,9 +18,9 @@ def resolve_device(name: str | torch.device) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"invalid device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"invalid device {name!r}: expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use cpu")
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; use cpu")
     return device
 
 
@@ -52,9 +54,9 @@ def cpu_share(
     single process keeps ``num_workers`` as given.
     """
     if local_world_size < 1:
-        raise ValueError(f"local_world_size={local_world_size!r}: expected an integer >= 1")
+        raise ConfigError(f"local_world_size={local_world_size!r}: expected an integer >= 1")
     if num_workers < 0:
-        raise ValueError(f"num_workers={num_workers!r}: expected an integer >= 0")
+        raise ConfigError(f"num_workers={num_workers!r}: expected an integer >= 0")
     if local_world_size == 1:
         return threads, num_workers
     share = max(1, (cores or usable_cores()) // local_world_size)

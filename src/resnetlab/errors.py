@@ -13,4 +13,16 @@ class ResnetlabError(Exception):
 
 
 class ConfigError(ResnetlabError, ValueError):
-    """A config file, preset or KEY=VALUE override is invalid (the message names the key)."""
+    """A config, option or argument is invalid (the message names it and what is allowed)."""
+
+
+class MissingDependencyError(ResnetlabError, RuntimeError):
+    """An optional extra a feature needs is not installed (the message says what to install)."""
+
+
+class TrainingError(ResnetlabError, RuntimeError):
+    """Training cannot go on (NaN loss, a refused resume, a run directory in the way)."""
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGINT or SIGTERM stopped the training; a checkpoint of the last step was saved."""

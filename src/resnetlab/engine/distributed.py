@@ -23,6 +23,7 @@ import torch.distributed._functional_collectives as funcol
 from torch import nn
 
 from ..device import cpu_share, usable_cores
+from ..errors import TrainingError
 from ..models.blocks import BatchNormAct2d
 
 
@@ -201,7 +202,7 @@ def agree_on_session(
         try:
             store.wait([answer], timeout)
         except RuntimeError as e:  # torch's DistStoreError, a RuntimeError, on a timeout
-            raise RuntimeError(
+            raise TrainingError(
                 f"rank {rank}: no word from rank 0 within {timeout} ({e}). Check that every "
                 "node's torchrun started; a slow start needs a larger dist_timeout_s"
             ) from e
@@ -222,7 +223,7 @@ def agree_on_session(
             if store.check([f"{_HANDSHAKE}/{token}/joined/{r}"]):
                 pending.discard(r)
         if pending and time.monotonic() > deadline:
-            raise RuntimeError(
+            raise TrainingError(
                 f"ranks {sorted(pending)} did not join within {timeout}. Check that every "
                 "node's torchrun started; a slow start needs a larger dist_timeout_s"
             )

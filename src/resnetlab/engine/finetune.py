@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import FinetuneConfig
 from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import ConfigError
 from ..models import is_pretrained_name, read_weights, resolve_pretrained
 
 __all__ = ["FineTuning", "weights_card"]
@@ -62,7 +63,7 @@ class FineTuning:
         stem = [(n, m) for n, m in parts if n not in (*stages, "norm")]
         match = re.fullmatch(r"stage(\d+)", cfg.freeze)
         if match and not 1 <= int(match[1]) <= len(stages):
-            raise ValueError(
+            raise ConfigError(
                 f"finetune.freeze={cfg.freeze!r}: {model.name} has {len(stages)} stages; use "
                 f"none, stem, stage1 ... stage{len(stages)} or backbone"
             )

@@ -3,23 +3,28 @@
 A run directory holds the resolved config (``config.yaml``), per-epoch metrics
 (``metrics.jsonl`` and TensorBoard events), checkpoints, the final weights
 (``model.safetensors`` + sidecar), ``curves.png``, ``confusion.png`` and ``report.md``.
+
+The pieces, each in one place: the run directory and its lock (``rundir.py``), the state of
+a run and its checkpoint form (``state.py``: :class:`TrainState`), one optimizer step
+(:func:`train_step`), one epoch (:func:`train_one_epoch`), and here the order of it all.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
-import random
-import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,179 +32,32 @@ from torch import nn
 from ..config import TrainConfig, build_dataclass
 from ..data import build_loaders
 from ..data.build import DEFAULT_BATCH_SIZE, default_eval_split
-from ..device import cpu_bf16_is_fast, keep_freed_host_memory, resolve_device
-from ..errors import ResnetlabError
+from ..device import keep_freed_host_memory, resolve_device
+from ..errors import TrainingError, TrainingInterrupted
 from ..models import create_model, save_weights
 from ..models.weights import atomic_write, weights_meta
 from . import checkpoint as ckpt
 from . import distributed as dist
+from . import rundir
 from .finetune import FineTuning, weights_card
 from .metrics import evaluate
 from .optim import build_optimizer, build_scheduler
 from .report import plot_confusion, plot_curves, read_metrics, write_report
+from .rundir import CONFIG_FILE, METRICS_FILE, RESUMABLE_CHANGES, SUMMARY_FILE
+from .state import (
+    Precision,
+    TrainState,
+    resolve_precision,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-# Settings that may change on --resume without changing the run's meaning.
-RESUMABLE_CHANGES = {"epochs", "max_iters", "device", "output", "keep_last", "save_every_steps",
-                     "eval_every", "threads", "compile", "dist_timeout_s"}  # fmt: skip
-
-
-class TrainingError(ResnetlabError, RuntimeError):
-    """Training cannot go on (NaN loss, a refused resume, a run directory in the way)."""
-
-
-@dataclass
-class Precision:
-    dtype: torch.dtype | None  # autocast dtype, None for fp32
-    scaler: torch.amp.GradScaler | None
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    if name == "auto":
-        if device.type == "cuda":
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            name = "bf16" if cpu_bf16_is_fast() else "fp32"
-    if name == "fp32":
-        return Precision(None, None)
-    if name == "fp16":
-        if device.type != "cuda":
-            raise TrainingError("precision=fp16 needs a CUDA device; use bf16 on CPU")
-        return Precision(torch.float16, torch.amp.GradScaler("cuda"))
-    return Precision(torch.bfloat16, None)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _write_config(path: Path, cfg: TrainConfig) -> None:
-    import yaml
-
-    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    try:
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-    except OSError as e:
-        raise TrainingError(f"could not write {path}: {e.strerror or e}") from None
-
-
-def _check_resumable(old: dict[str, Any], cfg: TrainConfig, where: str) -> None:
-    """Refuse a resume whose settings change the run (anything but RESUMABLE_CHANGES)."""
-    diffs = _config_diffs(old, cfg.to_dict())
-    refused = [d for d in diffs if d.split(":")[0].split(".")[0] not in RESUMABLE_CHANGES]
-    if refused:
-        raise TrainingError(
-            f"--resume with settings that differ from {where}: "
-            + "; ".join(refused)
-            + ". Resume with the original settings (only "
-            + ", ".join(sorted(RESUMABLE_CHANGES))
-            + " may change), or start a new run with another --output"
-        )
-
-
-def _prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> TrainConfig:
-    """Create the run directory, or check it on resume; returns the config to run."""
-    import yaml
-
-    run_dir = Path(cfg.output)
-    saved_path = run_dir / CONFIG_FILE
-    if resume:
-        if not saved_path.exists():
-            raise TrainingError(f"nothing to resume in {run_dir}: no {CONFIG_FILE} there")
-        try:
-            saved = yaml.safe_load(saved_path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise TrainingError(f"cannot read {saved_path}: {e}") from None
-        if not isinstance(saved, dict):
-            raise TrainingError(f"{saved_path} does not hold a run config (a mapping)")
-        _check_resumable(saved, cfg, f"the run in {run_dir}")
-        _write_config(saved_path, cfg)
-        return cfg
-    if run_dir.exists() and _never_started(run_dir):
-        # a start that failed (bad data, a missing file) or was killed before its first
-        # checkpoint left only set-up files: nothing to lose, start again in place
-        for entry in _SETUP_ENTRIES:
-            path = run_dir / entry
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise TrainingError(
-                f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to "
-                "replace it, or another --output"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_config(saved_path, cfg)
-    return cfg
-
-
-# What a run directory holds before its first checkpoint.
-_SETUP_ENTRIES = (CONFIG_FILE, "data_scan.json", "tensorboard", "checkpoints")
-
-
-def _never_started(run_dir: Path) -> bool:
-    """True if ``run_dir`` holds set-up files only (no checkpoint, metrics or weights)."""
-    names = {p.name for p in run_dir.iterdir()}
-    if not names or not names <= set(_SETUP_ENTRIES) or CONFIG_FILE not in names:
-        return False
-    return not any((run_dir / "checkpoints").glob("*.pt"))
-
-
-def _config_diffs(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict) and key != "model_args":
-            out += _config_diffs(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
-
-
-def _mixer(cfg: TrainConfig, num_classes: int):
-    """Mixup/CutMix on batches (torchvision transforms v2), or None."""
-    from torchvision.transforms import v2
-
-    ops = []
-    if cfg.mixup_alpha > 0:
-        ops.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes))
-    if cfg.cutmix_alpha > 0:
-        ops.append(v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes))
-    if not ops:
-        return None
-    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+__all__ = ["CONFIG_FILE", "METRICS_FILE", "RESUMABLE_CHANGES", "Precision", "TrainState",
+           "TrainingError", "TrainingInterrupted", "resolve_precision", "rng_state",
+           "seed_everything", "set_rng_state", "train", "train_one_epoch", "train_step"]  # fmt: skip
+# Off a terminal, progress is one line per this many seconds instead of a redrawn bar.
+LOG_EVERY_S = 30.0
 
 
 def train(
@@ -222,41 +80,130 @@ def train(
         device = torch.device("cuda", dinfo.local_rank)
     if dist.restarted(device) and (Path(cfg.output) / CONFIG_FILE).exists():
         resume = True  # a worker group restarted by torchrun continues the run
+    lock = None
     try:
-        return _train(cfg, dinfo, device, resume=resume, overwrite=overwrite, progress=progress)
+        # Rank 0 takes the run directory (lock, checks, config); the others learn the outcome.
+        error, resume_ok = None, resume
+        if dinfo.is_main:
+            try:
+                lock, resume_ok = rundir.open_run(cfg, resume=resume, overwrite=overwrite)
+                run_dir = Path(cfg.output)
+                if resume and not resume_ok:
+                    print(f"{run_dir} stopped before its first checkpoint: starting it again",
+                          file=sys.stderr)  # fmt: skip
+                if resume_ok:
+                    ckpt.remove_stale_temps(run_dir / "checkpoints")
+            except TrainingError as e:
+                error = str(e)
+        error, resume_ok = dist.broadcast_object((error, resume_ok))
+        if error:
+            raise TrainingError(error)
+        return _train(cfg, dinfo, device, resume=resume_ok, progress=progress)
     except TrainingError as e:
         if dinfo.enabled:
             raise TrainingError(f"rank {dinfo.rank}/{dinfo.world_size}: {e}") from None
         raise
     finally:
+        if lock is not None:
+            lock.release()
         dist.cleanup()
 
 
+def _mixer(cfg: TrainConfig, num_classes: int):
+    """Mixup/CutMix on batches (torchvision transforms v2), or None."""
+    from torchvision.transforms import v2
+
+    ops = []
+    if cfg.mixup_alpha > 0:
+        ops.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes))
+    if cfg.cutmix_alpha > 0:
+        ops.append(v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes))
+    if not ops:
+        return None
+    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+
+
+@dataclass
+class Job:
+    """What stays fixed while a run trains: the config, data, device and the step's parts."""
+
+    cfg: TrainConfig
+    dinfo: dist.DistInfo
+    device: torch.device
+    precision: Precision
+    train_loader: Any
+    eval_loader: Any
+    info: Any
+    forward: nn.Module  # the model as called (DDP-wrapped, compiled)
+    run_dir: Path
+    total_steps: int
+    epochs: int
+    finetune: FineTuning | None = None
+    mixer: Callable | None = None
+    progress: bool = True
+    wall_start: float = field(default_factory=time.perf_counter)
+    wall_offset: float = 0.0  # wall time of the run before this process (resumed runs)
+    loader_workers: int = 0
+    first_step: tuple[float, int] | None = None  # (seconds, images) of this process's first
+    epoch_stats: tuple[float, int] = (0.0, 0)  # (seconds, images) of the last epoch's training
+
+    @property
+    def main(self) -> bool:
+        return self.dinfo.is_main
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def wall(self) -> float:
+        return self.wall_offset + time.perf_counter() - self.wall_start
+
+
 def _train(
-    cfg: TrainConfig,
-    dinfo: dist.DistInfo,
-    device: torch.device,
-    *,
-    resume: bool,
-    overwrite: bool,
-    progress: bool,
+    cfg: TrainConfig, dinfo: dist.DistInfo, device: torch.device, *, resume: bool, progress: bool
 ) -> dict[str, Any]:
     wall_start = time.perf_counter()  # data loading and model set-up count as wall time
     keep_freed_host_memory()  # no page faults on every step's activations (device.py)
+    job, st = _build(cfg, dinfo, device, progress=progress and dinfo.is_main)
+    job.wall_start = wall_start
+    if resume:
+        _restore(job, st)
+    finished = st.step >= job.total_steps or st.epoch >= job.epochs
+    if finished and resume and (job.run_dir / SUMMARY_FILE).is_file():
+        raise TrainingError(_finished_message(job, st))
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(job.run_dir / "tensorboard")) if job.main else None
+    last_eval: dict[str, Any] = {}
+    try:
+        with _stop_on_signal(enabled=not dinfo.enabled) as stop:
+            while not finished:
+                complete = train_one_epoch(job, st, stop=stop)
+                finished = st.step >= job.total_steps or st.epoch >= job.epochs
+                if complete or finished:  # (max_iters may end a run inside an epoch)
+                    last_eval = _end_epoch(job, st, writer, final=finished)
+        if not last_eval and cfg.eval_every:
+            # the last epoch ended mid-way (max_iters), or a resumed run had only its
+            # final export left: the final figures come from a fresh evaluation
+            last_eval = _evaluate(job, st)
+    finally:
+        if writer is not None:
+            writer.close()
+    st.timing.wall_s = job.wall()
+    summary = _summary(job, st, last_eval)
+    if job.main:
+        _save(job, st)  # the final position and timing, for an extension later
+        _finish_run(job, st.eval_model, last_eval, summary)
+    return summary
+
+
+def _build(
+    cfg: TrainConfig, dinfo: dist.DistInfo, device: torch.device, *, progress: bool
+) -> tuple[Job, TrainState]:
+    """Loaders, model, optimizer and schedule of ``cfg``: the job and its starting state."""
+    from .evaluator import loader_kwargs
+
     main = dinfo.is_main
-    progress = progress and main
-    # Rank 0 prepares (or checks) the run directory; the others learn the outcome.
-    error = None
-    if main:
-        try:
-            cfg = _prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
-            if resume:
-                ckpt.remove_stale_temps(Path(cfg.output) / "checkpoints")
-        except TrainingError as e:
-            error = str(e)
-    error = dist.broadcast_object(error)
-    if error:
-        raise TrainingError(error)
     run_dir = Path(cfg.output)
     # Ranks training side by side on one CPU take their share of its cores (distributed.py).
     threads, loader_workers = dist.cpu_resources(
@@ -266,37 +213,18 @@ def _train(
         torch.set_num_threads(threads)
     precision = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)
-
-    d = cfg.data
     # Pretrained weights say how their images were prepared and how many channels they take.
     card = weights_card(cfg.weights) if cfg.weights else None
     in_chans = cfg.model_args.get("in_chans") or (card["in_chans"] if card else None)
+    kwargs = {**loader_kwargs(cfg.data), "num_workers": loader_workers}
     train_loader, eval_loader, info = build_loaders(
-        d.spec,
-        data_dir=d.data_dir,
-        batch_size=d.batch_size,
-        eval_batch_size=d.eval_batch_size,
-        eval_split=d.eval_split,
-        augment=d.augment,
-        random_erasing=d.random_erasing,
-        in_chans=in_chans,
-        seed=cfg.seed,
-        num_workers=loader_workers,
-        rank=dinfo.rank,
-        world_size=dinfo.world_size,
-        device=device,
-        channels_last=cfg.channels_last,
-        val_fraction=d.val_fraction,
-        skip_bad_images=d.skip_bad_images,
-        image_size=d.image_size,
-        pipeline=d.pipeline,
-        in_memory=d.in_memory,
-        memory_budget_mb=d.memory_budget_mb,
+        cfg.data.spec, **kwargs, in_chans=in_chans, seed=cfg.seed, rank=dinfo.rank,
+        world_size=dinfo.world_size, device=device, channels_last=cfg.channels_last,
         preprocessing=card["preprocessing"] if card else None,
-    )
+    )  # fmt: skip
     if main and info.plan:
         _record_data_scan(run_dir, info)
-    if main and d.batch_size is None and train_loader.batch_size != DEFAULT_BATCH_SIZE:
+    if main and cfg.data.batch_size is None and train_loader.batch_size != DEFAULT_BATCH_SIZE:
         print(f"batch size {train_loader.batch_size}: {train_loader.dataset_size} training images "
               f"give {len(train_loader)} steps per epoch (data.batch_size overrides)",
               file=sys.stderr)  # fmt: skip
@@ -313,7 +241,6 @@ def _train(
     )
     steps_per_epoch = len(train_loader)
     total_steps = cfg.max_iters or cfg.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = build_scheduler(
         optimizer, cfg.schedule, steps_per_epoch=steps_per_epoch, total_steps=total_steps
     )
@@ -338,244 +265,331 @@ def _train(
         )
     if cfg.compile:
         forward = torch.compile(forward)
-    mixer = _mixer(cfg, info.num_classes)
-    amp = torch.autocast(device.type, dtype=precision.dtype) if precision.dtype else nullcontext()
+    job = Job(cfg, dinfo, device, precision, train_loader, eval_loader, info, forward, run_dir,
+              total_steps, math.ceil(total_steps / steps_per_epoch), finetune,
+              _mixer(cfg, info.num_classes), progress, loader_workers=loader_workers)  # fmt: skip
+    return job, TrainState(model, optimizer, scheduler, ema, precision.scaler)
 
-    step, epoch, start_batch, best, partial = 0, 0, 0, None, None
-    if resume:
-        found = ckpt.load_latest(run_dir / "checkpoints")
-        if found is None:
-            raise TrainingError(f"no readable checkpoint in {run_dir / 'checkpoints'} to resume")
-        path, state = found
-        if isinstance(state.get("config"), dict):
-            _check_resumable(state["config"], cfg, f"the checkpoint {path}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        if precision.scaler is not None and state.get("scaler") is not None:
-            precision.scaler.load_state_dict(state["scaler"])
-        step, epoch, start_batch = state["step"], state["epoch"], state["batch"]
-        best = state.get("best")
-        # Saved sums are global (reduced over ranks): rank 0 alone carries them on.
-        partial = state.get("epoch_sums") if start_batch and main else None
-        set_rng_state(state["rng"])
-        if main:
-            _truncate_metrics(run_dir / METRICS_FILE, epoch)
-        if main:
-            print(
-                f"resuming from {path.name}: epoch {epoch + 1}, batch {start_batch}, step {step}",
-                file=sys.stderr,
-            )
 
-    def state_dict(next_epoch: int, next_batch: int) -> dict[str, Any]:
-        # Everything the rest of the run depends on. The data order and the augmentation
-        # draws need no generator state here: the loaders derive them from fresh
-        # generators seeded with (seed, epoch, batch), so the position (epoch, batch) *is*
-        # that state. The global RNGs (torch: mixup/cutmix, stochastic depth; numpy;
-        # python) are saved as they are after the last step. ``epoch_sums`` holds the
-        # running train loss/accuracy sums of an unfinished epoch, so that its logged train
-        # metrics are exact after a mid-epoch resume.
-        return {
-            "model": model.state_dict(),
-            "model_meta": weights_meta(
-                model, preprocessing=info.preprocessing(), class_names=info.class_names
-            ),  # fmt: skip
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": precision.scaler.state_dict() if precision.scaler else None,
-            "ema": ema.state_dict() if ema is not None else None,
-            "step": step,
-            "epoch": next_epoch,
-            "batch": next_batch,
-            "best": best,
-            "rng": rng_state(),
-            "epoch_sums": _global_sums(loss_sum, correct, seen) if next_batch else None,
-            "config": cfg.to_dict(),
-        }
+def _restore(job: Job, st: TrainState) -> None:
+    """Continue from the newest readable checkpoint of the run."""
+    found = ckpt.load_latest(job.run_dir / "checkpoints")
+    if found is None:
+        raise TrainingError(f"no readable checkpoint in {job.run_dir / 'checkpoints'} to resume")
+    path, state = found
+    if isinstance(state.get("config"), dict):
+        rundir.check_resumable(state["config"], job.cfg, f"the checkpoint {path}")
+    st.load_state_dict(state)
+    job.wall_offset = st.timing.wall_s
+    if job.main:
+        _truncate_metrics(job.run_dir / METRICS_FILE, st.epoch)
+        print(f"resuming from {path.name}: epoch {st.epoch + 1}, batch {st.batch}, "
+              f"step {st.step}", file=sys.stderr)  # fmt: skip
 
-    def save(state: dict[str, Any], *, best: bool = False) -> None:
-        if not main:
-            return
-        try:
-            if best:
-                ckpt.save_best(state, run_dir / "checkpoints")
-            else:
-                ckpt.save_checkpoint(state, run_dir / "checkpoints", step, keep_last=cfg.keep_last)
-        except ckpt.CheckpointError as e:
-            raise TrainingError(f"training stopped at step {step}: {e}") from None
 
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None
-    train_time, eval_time, train_images = 0.0, 0.0, 0
-    # The first step of a process pays for torch.compile's compilation (and allocator
-    # warm-up): timed apart, so that the steady-state throughput can be told from it.
-    first_step_s, first_step_images = None, 0
-    last_eval: dict[str, Any] = {}
+def _finished_message(job: Job, st: TrainState) -> str:
     try:
-        while epoch < epochs and step < total_steps:
-            train_loader.set_epoch(epoch)
-            model.train()
-            if finetune is not None:
-                finetune.apply(model, epoch)
-                if main and epoch == cfg.finetune.head_epochs > 0:
-                    print(f"fine-tuning from epoch {epoch + 1}: {finetune.describe(epoch)}",
-                          file=sys.stderr)  # fmt: skip
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen, t0 = 0, time.perf_counter()
-            if partial is not None:  # resuming mid-epoch: the sums of the batches before
-                loss_sum = partial["loss_sum"].to(device)
-                correct = partial["correct"].to(device)
-                seen, partial = int(partial["seen"]), None
-            batches = train_loader.iter_from(start_batch)
-            bar = tqdm(
-                batches,
-                total=steps_per_epoch - start_batch,
-                desc=f"epoch {epoch + 1}/{epochs}",
-                disable=not progress,
-                leave=False,
-            )
-            batch_idx = start_batch
-            for images, labels in bar:
-                targets = labels
-                if mixer is not None:
-                    images, targets = mixer(images, labels)
-                with amp:
-                    logits = forward(images)
-                    loss = F.cross_entropy(
-                        logits.float(), targets, label_smoothing=cfg.label_smoothing
-                    )
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"the loss became {loss.item()} at step {step} (epoch {epoch + 1}): "
-                        f"lower optim.lr (now {cfg.optim.lr}), add schedule.warmup_epochs or "
-                        "optim.grad_clip; the last good checkpoint is kept"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                if precision.scaler is not None:
-                    precision.scaler.scale(loss).backward()
-                    precision.scaler.unscale_(optimizer)
-                else:
-                    loss.backward()
-                if cfg.optim.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                if precision.scaler is not None:
-                    precision.scaler.step(optimizer)
-                    precision.scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                step += 1
-                batch_idx += 1
-                n = labels.shape[0]
-                if first_step_s is None:
-                    first_step_s = time.perf_counter() - t0
-                    first_step_images = n * dinfo.world_size  # train_images counts all ranks
-                seen += n
-                loss_sum += loss.detach() * n
-                correct += (logits.argmax(1) == labels).sum()
-                if progress and (batch_idx % 10 == 0 or batch_idx == steps_per_epoch):
-                    elapsed = time.perf_counter() - t0
-                    bar.set_postfix(
-                        loss=f"{loss_sum.item() / seen:.3f}",
-                        acc=f"{correct.item() / seen:.3f}",
-                        lr=f"{scheduler.get_last_lr()[0]:.3g}",
-                        img_s=f"{seen / elapsed:.0f}",
-                    )
-                if cfg.save_every_steps and step % cfg.save_every_steps == 0:
-                    save(state_dict(epoch, batch_idx))
-                if step >= total_steps:
-                    break
-            bar.close()
-            epoch_time = time.perf_counter() - t0
-            sums = _global_sums(loss_sum, correct, seen)
-            seen = int(sums["seen"])
-            train_time += epoch_time
-            train_images += seen
-            epoch += 1
-            start_batch = 0
-            row = {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": float(sums["loss_sum"]) / max(seen, 1),
-                "train_acc": float(sums["correct"]) / max(seen, 1),
-                "lr": scheduler.get_last_lr()[0],
-                "epoch_time": epoch_time,
-                "img_per_s": seen / epoch_time if epoch_time else None,
-                # Wall time since the run (or this resume) started, evaluations excluded:
-                # with test_top1, the time-to-accuracy curve.
-                "wall_s": time.perf_counter() - wall_start - eval_time,
-            }
-            final = epoch >= epochs or step >= total_steps
-            if cfg.eval_every and (epoch % cfg.eval_every == 0 or final):
-                eval_model = ema.module if ema is not None else model
-                eval_start = time.perf_counter()
-                tally = evaluate(
-                    eval_model, eval_loader, num_classes=info.num_classes, device=device,
-                    autocast_dtype=precision.dtype, tta_flip=cfg.tta_flip,
-                    reduce=dist.all_reduce_sum,
-                )  # fmt: skip
-                last_eval = tally.result(info.class_names)
-                eval_time += time.perf_counter() - eval_start
-                row.update(test_loss=last_eval["loss"], test_top1=last_eval["top1"],
-                           test_top5=last_eval["top5"])  # fmt: skip
-            if main:
-                _log_row(run_dir, writer, row)
-            if progress:
-                shown = {k: round(v, 4) for k, v in row.items() if isinstance(v, float)}
-                print(json.dumps({"epoch": epoch, "step": step, **shown}))
-            is_best = "test_top1" in row and (best is None or row["test_top1"] > best)
-            if is_best:
-                best = row["test_top1"]
-            state = state_dict(epoch, 0)
-            save(state)
-            if is_best:
-                save(state, best=True)
-    finally:
-        if writer is not None:
-            writer.close()
+        top1 = json.loads((job.run_dir / SUMMARY_FILE).read_text()).get("test_top1")
+    except (OSError, ValueError, AttributeError):
+        top1 = None
+    result = f", test top-1 {100 * top1:.2f}%" if isinstance(top1, (int, float)) else ""
+    longer = (
+        f"--max-iters {2 * st.step}"
+        if job.cfg.max_iters
+        else f"--epochs {2 * st.epoch} (or --max-iters {2 * st.step})"
+    )
+    return (
+        f"{job.run_dir} is a finished run ({st.step} steps{result}); its results are kept. "
+        f"To train it longer, resume with a longer schedule: resnetlab train --resume "
+        f"{job.run_dir} {longer}; to evaluate it: resnetlab eval {job.run_dir}"
+    )
 
-    summary = {
+
+@contextmanager
+def _stop_on_signal(*, enabled: bool) -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (a second SIGINT at once).
+
+    The loop saves a checkpoint of that step and raises :class:`TrainingInterrupted`, so an
+    interrupted run continues with ``--resume``. Under torchrun the launcher handles signals.
+    """
+    stop = threading.Event()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"\n{signal.Signals(signum).name}: stopping after this step "
+              "(press Ctrl-C again to stop at once)", file=sys.stderr)  # fmt: skip
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def train_step(job: Job, st: TrainState, images: torch.Tensor, labels: torch.Tensor):
+    """One optimizer step (mixup/cutmix, autocast, scaling, clipping, schedule, EMA).
+
+    Returns the (detached) loss and the logits.
+    """
+    cfg, precision = job.cfg, job.precision
+    targets = labels
+    if job.mixer is not None:
+        images, targets = job.mixer(images, labels)
+    amp = (
+        torch.autocast(job.device.type, dtype=precision.dtype) if precision.dtype else nullcontext()
+    )
+    with amp:
+        logits = job.forward(images)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"the loss became {loss.item()} at step {st.step} (epoch {st.epoch + 1}): "
+            f"lower optim.lr (now {cfg.optim.lr}), add schedule.warmup_epochs or "
+            "optim.grad_clip; the last good checkpoint is kept"
+        )
+    st.optimizer.zero_grad(set_to_none=True)
+    if st.scaler is not None:
+        st.scaler.scale(loss).backward()
+        st.scaler.unscale_(st.optimizer)
+    else:
+        loss.backward()
+    if cfg.optim.grad_clip > 0:
+        nn.utils.clip_grad_norm_(st.model.parameters(), cfg.optim.grad_clip)
+    if st.scaler is not None:
+        st.scaler.step(st.optimizer)
+        st.scaler.update()
+    else:
+        st.optimizer.step()
+    st.scheduler.step()
+    if st.ema is not None:
+        st.ema.update_parameters(st.model)
+    st.step += 1
+    return loss.detach(), logits
+
+
+def train_one_epoch(job: Job, st: TrainState, *, stop: threading.Event | None = None) -> bool:
+    """Train from ``st``'s position to the end of its epoch (or to ``total_steps``).
+
+    Returns True when the epoch was completed (then ``st.epoch`` has advanced); False when
+    ``total_steps`` was reached inside it. Checkpoints every ``save_every_steps`` steps.
+    """
+    cfg, spe = job.cfg, job.steps_per_epoch
+    job.train_loader.set_epoch(st.epoch)
+    st.model.train()
+    if job.finetune is not None:
+        job.finetune.apply(st.model, st.epoch)
+        if job.main and st.epoch == cfg.finetune.head_epochs > 0:
+            print(f"fine-tuning from epoch {st.epoch + 1}: {job.finetune.describe(st.epoch)}",
+                  file=sys.stderr)  # fmt: skip
+    loss_sum = torch.zeros((), device=job.device)
+    correct = torch.zeros((), device=job.device, dtype=torch.long)
+    seen, t0 = 0, time.perf_counter()
+    if st.sums is not None and st.batch:  # resuming mid-epoch: the sums of the batches before
+        if job.main:  # (reduced over all ranks: rank 0 alone carries them on)
+            loss_sum, correct = (
+                st.sums["loss_sum"].to(job.device),
+                st.sums["correct"].to(job.device),
+            )
+            seen = int(st.sums["seen"])
+        st.sums = None
+    images_before, train_s0, images0 = seen, st.timing.train_s, st.timing.images
+    with _Progress(job, st, total=spe - st.batch) as bar:
+        for images, labels in job.train_loader.iter_from(st.batch):
+            loss, logits = train_step(job, st, images, labels)
+            st.batch += 1
+            n = labels.shape[0]
+            if job.first_step is None:
+                job.first_step = (time.perf_counter() - t0, n * job.dinfo.world_size)
+            seen += n
+            loss_sum += loss * n
+            correct += (logits.argmax(1) == labels).sum()
+            bar.update(loss_sum, correct, seen - images_before, st)
+            interrupted = stop is not None and stop.is_set()
+            done = st.step >= job.total_steps
+            periodic = cfg.save_every_steps and st.step % cfg.save_every_steps == 0
+            # (a save at the epoch's last batch is the end-of-epoch one, after its metrics)
+            if interrupted or ((done or periodic) and st.batch < spe):
+                st.sums = _global_sums(loss_sum, correct, seen)
+                _timed(job, st, t0, seen - images_before)
+                _save(job, st)
+                t0, images_before = time.perf_counter(), seen
+            if interrupted:
+                raise TrainingInterrupted(
+                    f"interrupted at step {st.step}: a checkpoint of that step is saved; "
+                    f"continue with: resnetlab train --resume {job.run_dir}"
+                )
+            if done and st.batch < spe:
+                job.epoch_stats = (st.timing.train_s - train_s0, st.timing.images - images0)
+                return False
+    _timed(job, st, t0, seen - images_before)
+    job.epoch_stats = (st.timing.train_s - train_s0, st.timing.images - images0)
+    st.sums = _global_sums(loss_sum, correct, seen)
+    st.epoch, st.batch = st.epoch + 1, 0
+    return True
+
+
+def _timed(job: Job, st: TrainState, t0: float, images: int) -> None:
+    st.timing.train_s += time.perf_counter() - t0
+    st.timing.images += images * job.dinfo.world_size
+
+
+class _Progress:
+    """A progress bar on a terminal; off one, a line every LOG_EVERY_S seconds (stderr)."""
+
+    def __init__(self, job: Job, st: TrainState, total: int) -> None:
+        self.job, self.total, self.t0 = job, total, time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.last_line = self.t0
+        self.desc = f"epoch {st.epoch + 1}/{job.epochs}"
+        self.bar = None
+        if job.progress and self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, leave=False)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int,
+               st: TrainState) -> None:  # fmt: skip
+        if not self.job.progress:
+            return
+        now = time.perf_counter()
+        if self.bar is not None:
+            self.bar.update(1)
+            if st.batch % 10 and st.batch != self.job.steps_per_epoch:
+                return
+        elif now - self.last_line < LOG_EVERY_S:
+            return
+        n = max(int(st.batch), 1)
+        stats = {"loss": f"{loss_sum.item() / max(seen, 1):.3f}",
+                 "acc": f"{correct.item() / max(seen, 1):.3f}",
+                 "lr": f"{st.scheduler.get_last_lr()[0]:.3g}",
+                 "img_s": f"{seen / max(now - self.t0, 1e-9):.0f}"}  # fmt: skip
+        if self.bar is not None:
+            self.bar.set_postfix(stats)
+        else:
+            self.last_line = now
+            shown = " ".join(f"{k} {v}" for k, v in stats.items())
+            print(f"{self.desc} batch {n}/{self.job.steps_per_epoch}: {shown}", file=sys.stderr,
+                  flush=True)  # fmt: skip
+
+
+def _evaluate(job: Job, st: TrainState) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    tally = evaluate(
+        st.eval_model, job.eval_loader, num_classes=job.info.num_classes, device=job.device,
+        autocast_dtype=job.precision.dtype, tta_flip=job.cfg.tta_flip,
+        reduce=dist.all_reduce_sum,
+    )  # fmt: skip
+    st.timing.eval_s += time.perf_counter() - t0
+    return tally.result(job.info.class_names)
+
+
+def _end_epoch(job: Job, st: TrainState, writer: Any, *, final: bool) -> dict[str, Any]:
+    """Log the epoch's metrics (evaluating when due), checkpoint; returns the evaluation."""
+    sums, cfg = st.sums, job.cfg
+    seen = max(int(sums["seen"]), 1)
+    epoch_time, epoch_images = job.epoch_stats
+    row = {
+        "epoch": st.epoch + (1 if st.batch else 0),  # a run may end inside an epoch
+        "step": st.step,
+        "train_loss": float(sums["loss_sum"]) / seen,
+        "train_acc": float(sums["correct"]) / seen,
+        "lr": st.scheduler.get_last_lr()[0],
+    }
+    row.update(epoch_time=epoch_time, img_per_s=epoch_images / epoch_time if epoch_time else None)
+    last_eval: dict[str, Any] = {}
+    if cfg.eval_every and (st.epoch % cfg.eval_every == 0 or final):
+        last_eval = _evaluate(job, st)
+        row.update(test_loss=last_eval["loss"], test_top1=last_eval["top1"],
+                   test_top5=last_eval["top5"])  # fmt: skip
+    # Wall time of the run, evaluations excluded: with test_top1, the time-to-accuracy curve.
+    row["wall_s"] = job.wall() - st.timing.eval_s
+    if job.main:
+        _log_row(job.run_dir, writer, row)
+        shown = {k: round(v, 4) for k, v in row.items() if isinstance(v, float)}
+        print(json.dumps({"epoch": row["epoch"], "step": st.step, **shown}), flush=True)
+    is_best = "test_top1" in row and (st.best is None or row["test_top1"] > st.best)
+    if is_best:
+        st.best = row["test_top1"]
+    _save(job, st, best=is_best)
+    return last_eval
+
+
+def _save(job: Job, st: TrainState, *, best: bool = False) -> None:
+    """Checkpoint ``st`` (rank 0), refusing weights that are no longer finite."""
+    if not st.is_finite():
+        # BN running statistics can turn inf/NaN a step before the loss does: a checkpoint
+        # of them would only fail again at once on --resume
+        raise TrainingError(
+            f"the weights or BN statistics became non-finite at step {st.step} (epoch "
+            f"{st.epoch + 1}): lower optim.lr (now {job.cfg.optim.lr}), add "
+            "schedule.warmup_epochs or optim.grad_clip; the last good checkpoint is kept"
+        )
+    if not job.main:
+        return
+    st.timing.wall_s = job.wall()
+    state = {
+        **st.state_dict(),
+        "model_meta": weights_meta(
+            st.model, preprocessing=job.info.preprocessing(), class_names=job.info.class_names
+        ),  # fmt: skip
+        "config": job.cfg.to_dict(),
+    }
+    directory = job.run_dir / "checkpoints"
+    try:
+        ckpt.save_checkpoint(state, directory, st.step, keep_last=job.cfg.keep_last)
+        if best:
+            ckpt.save_best(state, directory)
+    except ckpt.CheckpointError as e:
+        raise TrainingError(f"training stopped at step {st.step}: {e}") from None
+
+
+def _summary(job: Job, st: TrainState, last_eval: dict[str, Any]) -> dict[str, Any]:
+    cfg, t = job.cfg, st.timing
+    steady = None
+    if job.first_step is not None:
+        first_s, first_images = job.first_step
+        if t.train_s > first_s and t.images > first_images:
+            steady = (t.images - first_images) / (t.train_s - first_s)
+    return {
         "model": cfg.model,
         "data": cfg.data.spec,
         # What test_top1 was measured on: the split, and whether flipped images were averaged.
         "eval_split": cfg.data.eval_split or default_eval_split(cfg.data.spec),
         "tta_flip": cfg.tta_flip,
-        "epochs": epoch,
-        "steps": step,
+        "epochs": st.epoch,
+        "steps": st.step,
         "test_top1": last_eval.get("top1"),
         "test_top5": last_eval.get("top5"),
         "test_loss": last_eval.get("loss"),
         "eval_n": last_eval.get("n"),
-        "train_time_s": train_time,
-        "wall_time_s": time.perf_counter() - wall_start,
-        "eval_time_s": eval_time,
-        "train_img_per_s": train_images / train_time if train_time else None,
-        "first_step_s": first_step_s,
-        "steady_img_per_s": (train_images - first_step_images) / (train_time - first_step_s)
-        if first_step_s is not None
-        and train_time > first_step_s
-        and train_images > first_step_images
-        else None,
-        "device": str(device),
-        "precision": precision.name,
+        "train_time_s": t.train_s,
+        "wall_time_s": t.wall_s,
+        "eval_time_s": t.eval_s,
+        "train_img_per_s": t.images / t.train_s if t.train_s else None,
+        "first_step_s": job.first_step[0] if job.first_step else None,
+        "steady_img_per_s": steady,
+        "device": str(job.device),
+        "precision": job.precision.name,
         "threads": torch.get_num_threads(),
-        "loader_workers": loader_workers,
-        "rank": dinfo.rank,
-        "world_size": dinfo.world_size,
-        "global_batch_size": train_loader.batch_size * dinfo.world_size,
-        "run_dir": str(run_dir),
+        "loader_workers": job.loader_workers,
+        "rank": job.dinfo.rank,
+        "world_size": job.dinfo.world_size,
+        "global_batch_size": job.train_loader.batch_size * job.dinfo.world_size,
+        "run_dir": str(job.run_dir),
     }
-    if main:
-        _finish_run(run_dir, cfg, ema.module if ema is not None else model, info, last_eval,
-                    summary)  # fmt: skip
-    return summary
 
 
 def _global_sums(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> dict[str, Any]:
@@ -587,31 +601,30 @@ def _global_sums(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> di
     return {"loss_sum": t[0].float(), "correct": t[1].long(), "seen": int(t[2])}
 
 
-def _finish_run(
-    run_dir: Path,
-    cfg: TrainConfig,
-    final_model: nn.Module,
-    info: Any,
-    last_eval: dict[str, Any],
-    summary: dict[str, Any],
-) -> None:
+def _finish_run(job: Job, final_model: nn.Module, last_eval: dict[str, Any],
+                summary: dict[str, Any]) -> None:  # fmt: skip
     """The run's final weights, plots, summary and report (rank 0)."""
+    cfg, info, run_dir = job.cfg, job.info, job.run_dir
     try:
         save_weights(final_model, run_dir / "model.safetensors",
                      preprocessing=info.preprocessing(), class_names=info.class_names)  # fmt: skip
+        rows = read_metrics(run_dir / METRICS_FILE)
+        plot_curves(rows, run_dir / "curves.png", title=f"{cfg.model} on {cfg.data.spec}")
+        if last_eval:
+            plot_confusion(last_eval["confusion"], list(info.class_names),
+                           run_dir / "confusion.png")  # fmt: skip
+        text = json.dumps(summary, indent=2)
+        atomic_write(run_dir / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(text))
+        report = getattr(final_model, "load_report", None)
+        write_report(run_dir, summary, cfg.to_dict(), data_plan=info.plan, data_scan=info.scan,
+                     weights_report=str(report) if cfg.weights and report else None)  # fmt: skip
     except OSError as e:
+        where = e.filename or run_dir
+        reason = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
         raise TrainingError(
-            f"could not write {run_dir / 'model.safetensors'}: {e.strerror or e}. The last "
-            "checkpoint is intact; free space or fix permissions, then run again with --resume"
+            f"{reason}: {where}. Training is complete and its last checkpoint is intact; free "
+            f"space or fix permissions, then finish the run with: resnetlab train --resume {run_dir}"
         ) from None
-    rows = read_metrics(run_dir / METRICS_FILE)
-    plot_curves(rows, run_dir / "curves.png", title=f"{cfg.model} on {cfg.data.spec}")
-    if last_eval:
-        plot_confusion(last_eval["confusion"], list(info.class_names), run_dir / "confusion.png")
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    report = getattr(final_model, "load_report", None)
-    write_report(run_dir, summary, cfg.to_dict(), data_plan=info.plan, data_scan=info.scan,
-                 weights_report=str(report) if cfg.weights and report else None)  # fmt: skip
 
 
 def _build_model(

@@ -31,6 +31,7 @@ from torch import fx, nn
 from torch.ao.nn import quantized as nnq
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..errors import ConfigError
 from ..models.blocks import BatchNormAct2d
 
 __all__ = [
@@ -83,7 +84,7 @@ def _trace(model: nn.Module) -> fx.Graph:
     try:
         return _BatchNormLeafTracer().trace(model)
     except Exception as e:  # fx raises many types for untraceable code; all mean the same
-        raise ValueError(
+        raise ConfigError(
             f"cannot trace {type(model).__name__} with torch.fx to find conv-BN pairs "
             f"({type(e).__name__}: {e})"
         ) from e
@@ -98,7 +99,7 @@ def fold_batchnorm(model: nn.Module) -> int:
     is called once. Returns the number of BNs folded.
     """
     if model.training:
-        raise ValueError("fold_batchnorm needs a model in eval mode: call model.eval() first")
+        raise ConfigError("fold_batchnorm needs a model in eval mode: call model.eval() first")
     graph = _trace(model)
     modules = dict(model.named_modules())
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
@@ -144,7 +145,7 @@ def _calibration_batches(calibration: Any) -> Iterator[torch.Tensor]:
         x = item[0] if isinstance(item, (tuple, list)) else item
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(
+            raise ConfigError(
                 f"calibration batch {i} is {got}: expected NxCxHxW image tensors (or "
                 "(images, labels) pairs), preprocessed as for the model"
             )
@@ -170,7 +171,7 @@ def _quantize_int8(
     elif "fbgemm" in torch.backends.quantized.supported_engines:
         backend = "fbgemm"
     else:
-        raise ValueError(
+        raise ConfigError(
             "int8 needs PyTorch's x86 (fbgemm) quantized kernels, which this build lacks "
             f"(engines: {', '.join(torch.backends.quantized.supported_engines)})"
         )
@@ -187,7 +188,7 @@ def _quantize_int8(
                 prepared(x)
                 seen += 1
         if not seen:
-            raise ValueError("int8 calibration got no batches: pass some of your own images")
+            raise ConfigError("int8 calibration got no batches: pass some of your own images")
         return convert_fx(prepared), seen
 
 
@@ -259,7 +260,7 @@ def optimize_for_inference(
     ``torch.compile`` (inductor); the first call then takes seconds to minutes.
     """
     if precision not in PRECISIONS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}"
         )
     if not isinstance(model, nn.Module):
@@ -268,12 +269,12 @@ def optimize_for_inference(
     device = param.device if param is not None else torch.device("cpu")
     if precision == "int8":
         if calibration is None:
-            raise ValueError(
+            raise ConfigError(
                 "int8 needs calibration data: pass calibration=<batches of your own "
                 "preprocessed images> (e.g. a few hundred from the training set)"
             )
         if device.type != "cpu":
-            raise ValueError(
+            raise ConfigError(
                 f"int8 runs on CPU only; the model is on {device}: move it with .cpu()"
             )
     if precision == "bf16" and not has_native_bf16(device):
@@ -290,7 +291,7 @@ def optimize_for_inference(
         calibration = list(_calibration_batches(calibration))
         if example_inputs is None:
             if not calibration:
-                raise ValueError("int8 calibration got no batches: pass some of your own images")
+                raise ConfigError("int8 calibration got no batches: pass some of your own images")
             example_inputs = calibration[0]
         example = example_inputs[0] if isinstance(example_inputs, tuple) else example_inputs
         # The quantization flow folds conv + BN (+ ReLU) itself, into one quantized op; BN

@@ -49,6 +49,7 @@ import torch
 
 from ..data.errors import ImageDecodeError
 from ..data.images import load_image
+from ..errors import ConfigError, MissingDependencyError
 from .predict import Predictor, RandomWeightsWarning
 
 __all__ = [
@@ -80,13 +81,13 @@ class ServeConfig:
         for name in ("max_batch_size", "max_queue"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}: expected an integer >= 1")
+                raise ConfigError(f"{name}={value!r}: expected an integer >= 1")
         for name in ("max_delay_ms",):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected a number >= 0")
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected a number >= 0")
         for name in ("max_upload_mb", "timeout_s"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected a number > 0")
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected a number > 0")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -354,7 +355,7 @@ def load_predictor(
         if source is not None and weights is None:
             weights = source
         elif source is not None:
-            raise ValueError(f"give either SOURCE ({source}) or --weights ({weights}), not both")
+            raise ConfigError(f"give either SOURCE ({source}) or --weights ({weights}), not both")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RandomWeightsWarning)
             predictor = Predictor.from_name(model, weights, device=device)
@@ -364,10 +365,10 @@ def load_predictor(
         return predictor
     if weights is not None:
         if source is not None:
-            raise ValueError(f"give either SOURCE ({source}) or --weights ({weights}), not both")
+            raise ConfigError(f"give either SOURCE ({source}) or --weights ({weights}), not both")
         source = weights
     if source is None:
-        raise ValueError("give a run directory or .safetensors file (or --model NAME)")
+        raise ConfigError("give a run directory or .safetensors file (or --model NAME)")
     return Predictor.from_source(source, device=device)
 
 
@@ -375,11 +376,11 @@ def _import_fastapi() -> Any:
     try:
         import fastapi
     except ImportError:
-        raise RuntimeError(INSTALL_HINT) from None
+        raise MissingDependencyError(INSTALL_HINT) from None
     # python-multipart parses uploads; FastAPI only notices its absence at the first form.
     # (Its module was `multipart` before 0.0.13, `python_multipart` since.)
     if not any(importlib.util.find_spec(m) for m in ("python_multipart", "multipart")):
-        raise RuntimeError(INSTALL_HINT)
+        raise MissingDependencyError(INSTALL_HINT)
     return fastapi
 
 
@@ -759,7 +760,7 @@ def run_serve(
     try:
         import uvicorn
     except ImportError:
-        raise RuntimeError(INSTALL_HINT) from None
+        raise MissingDependencyError(INSTALL_HINT) from None
     config = config or ServeConfig()
     predictor = load_predictor(source, model=model, weights=weights, device=device)
     app = create_app(predictor, config)
@@ -782,7 +783,7 @@ def run_serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if not server.started:
-        raise RuntimeError(
+        raise ConfigError(
             f"could not listen on {host}:{port} (in use? choose another with --port)"
         )
     print("stopped", flush=True)

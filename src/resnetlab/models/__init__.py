@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
+from ..errors import ConfigError
 from .complexity import count_params, measure
 from .pretrained import (
     PretrainedWeights,
@@ -138,7 +139,7 @@ def model_info(
     else:
         model = model_or_name
     if input_size is not None and input_size[0] != model.config.in_chans:
-        raise ValueError(
+        raise ConfigError(
             f"input_size={tuple(input_size)} has {input_size[0]} channels; the model takes "
             f"{model.config.in_chans}"
         )

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class ShortcutA(nn.Module):
     """Option A: subsample by ``stride`` and zero-pad the new channels (no parameters).
@@ -34,7 +36,7 @@ class ShortcutA(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
         super().__init__()
         if out_chs < in_chs:
-            raise ValueError(
+            raise ConfigError(
                 f"shortcut 'A' cannot reduce channels ({in_chs} -> {out_chs}); use shortcut 'B'"
             )
         self.stride = stride

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
 
 from ..config import ModelConfig
+from ..errors import ConfigError
 from .blocks import BLOCK_TYPES, BatchNormAct2d
 
 
@@ -105,7 +106,7 @@ class ResNet(nn.Module):
             indices = tuple(range(1, len(cfg.layers) + 1)) if out_indices is None else out_indices
             bad = [i for i in indices if not 0 <= i <= len(cfg.layers)]
             if bad or not indices:
-                raise ValueError(
+                raise ConfigError(
                     f"invalid out_indices={tuple(indices)}: expected indices in "
                     f"0..{len(cfg.layers)} (0 = stem, i = stage i)"
                 )
@@ -113,7 +114,7 @@ class ResNet(nn.Module):
             self.feature_info = [self.feature_info[i] for i in self.out_indices]
         else:
             if out_indices is not None:
-                raise ValueError("out_indices is only valid with features_only=True")
+                raise ConfigError("out_indices is only valid with features_only=True")
             self.avgpool = nn.AdaptiveAvgPool2d(1)
             self.fc = self._new_head(cfg.num_classes)
         self._init_weights()
@@ -188,7 +189,7 @@ class ResNet(nn.Module):
         if self.features_only:
             raise RuntimeError("a features_only model has no classifier to reset")
         if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"invalid num_classes={num_classes!r}: expected an integer >= 0")
+            raise ConfigError(f"invalid num_classes={num_classes!r}: expected an integer >= 0")
         device = next(self.parameters()).device
         self.fc = self._new_head(num_classes).to(device)
         self.num_classes = num_classes

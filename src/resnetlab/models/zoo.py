@@ -12,6 +12,7 @@ import fnmatch
 from typing import Any
 
 from ..config import ModelConfig, layers_for_depth
+from ..errors import ConfigError
 
 # Shared settings of the two scales. ImageNet nets: 7x7 stem, widths 64..512, projection
 # shortcuts where the shape changes (option B, the 2015 paper's default for ImageNet).
@@ -113,7 +114,7 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
     if name not in MODEL_CONFIGS:
         close = difflib.get_close_matches(name, list(MODEL_CONFIGS), n=4, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
+        raise ConfigError(
             f"unknown model {name!r}{hint} (`resnetlab models` lists all "
             f"{len(MODEL_CONFIGS)}; build anything else from a ModelConfig)"
         )
