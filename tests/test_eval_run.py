@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -161,7 +162,8 @@ def test_bad_input_is_one_line_error(synthetic_run, tmp_path, capsys):
     shutil.copytree(run, broken)
     (broken / "config.yaml").write_text("epochs: [not, a, number\n")
     rc, _, err = run_cli(capsys, broken)
-    assert rc == 2 and "cannot read the run config" in err and err.count("\n") == 1
+    assert rc == 2 and re.search(r"cannot read .*broken/config\.yaml", err)
+    assert err.count("\n") == 1
     with pytest.raises(SystemExit):
         cli.main(["eval", str(run), "--split", "dev"])
 

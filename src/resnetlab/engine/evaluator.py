@@ -23,10 +23,13 @@ from ..config import DataConfig, TrainConfig, build_dataclass
 from ..data import build_loaders
 from ..data.build import SPLITS, default_eval_split, parse_data_spec
 from ..device import resolve_device
+from ..errors import ConfigError
+from ..formatting import dumps_json, round_floats
 from ..models import load_model
 from .metrics import evaluate
 from .report import plot_confusion
-from .trainer import CONFIG_FILE, resolve_precision
+from .rundir import CONFIG_FILE, read_run_config
+from .state import resolve_precision
 
 __all__ = ["RunRecord", "evaluate_source", "format_result", "loader_kwargs", "read_run"]
 
@@ -52,24 +55,31 @@ class RunRecord:
 
 
 def read_run(source: str | Path) -> RunRecord | None:
-    """The run that ``source`` (a run directory or a weights file in one) belongs to.
+    """The run that ``source`` belongs to: a run directory, its ``model.safetensors`` or one
+    of its checkpoints.
 
-    None when there is no ``config.yaml`` there; ValueError when there is one that cannot be
-    read as a training config.
+    None for any other file (a ``config.yaml`` that happens to sit beside a copied weights
+    file is not trusted), or where there is no run config; ConfigError when there is a run
+    config that cannot be read as a training config.
     """
-    import yaml
-
     src = Path(source)
-    run_dir = src if src.is_dir() else src.parent
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
+    if src.is_dir():
+        run_dir = src
+    elif src.name == "model.safetensors":
+        run_dir = src.parent
+    elif src.parent.name == "checkpoints":
+        run_dir = src.parent.parent
+    else:
         return None
+    raw = read_run_config(run_dir)
+    if raw is None:
+        return None
+    path = run_dir / CONFIG_FILE
     try:
-        raw = yaml.safe_load(path.read_text())
         config = build_dataclass(TrainConfig, raw)
-    except (yaml.YAMLError, UnicodeDecodeError, ValueError, TypeError) as e:
+    except (ValueError, TypeError) as e:
         message = " ".join(str(e).split())
-        raise ValueError(
+        raise ConfigError(
             f"cannot read the run config {path}: {message}; fix or remove it"
         ) from None
     summary: dict[str, Any] = {}
@@ -134,14 +144,14 @@ def evaluate_source(
     """
     src = Path(source)
     if not src.exists():
-        raise ValueError(
+        raise ConfigError(
             f"{src}: no such run directory or weights file; pass a run directory "
             "(e.g. runs/r20) or a .safetensors file"
         )
     run = read_run(src)
     if data is None:
         if run is None:
-            raise ValueError(
+            raise ConfigError(
                 f"{src} has no {CONFIG_FILE} beside it to say what data it was trained on: "
                 "pass the dataset, e.g. --data fashion-mnist"
             )
@@ -151,9 +161,9 @@ def evaluate_source(
     if split is None:
         split = run.eval_split if own and run is not None else default_eval_split(data)
     if split not in SPLITS:
-        raise ValueError(f"split={split!r}: must be one of {', '.join(SPLITS)}")
+        raise ConfigError(f"split={split!r}: must be one of {', '.join(SPLITS)}")
     if kind == "imagefolder" and split == "test" and default_eval_split(data) != "test":
-        raise ValueError(
+        raise ConfigError(
             f"{data} has no test/ folder beside train/ and val/: evaluate on split='val' "
             "(--split val)"
         )
@@ -208,13 +218,13 @@ def evaluate_source(
     _, loader, info = build_loaders(data, **kwargs)
 
     if info.num_classes != model.num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"{data} has {info.num_classes} classes but the model predicts {model.num_classes}: "
             "evaluate on the dataset the model was trained for"
         )
     model_names = model.meta.get("class_names")
     if model_names and tuple(model_names) != tuple(info.class_names):
-        raise ValueError(
+        raise ConfigError(
             f"{data} has the classes {_short(info.class_names)} but the model was trained on "
             f"{_short(model_names)}: evaluate on the dataset the model was trained for"
         )
@@ -226,7 +236,7 @@ def evaluate_source(
         tta_flip=flip, progress=progress,
     )  # fmt: skip
     names = list(model_names or info.class_names)
-    result = tally.result(names)
+    result = round_floats(tally.result(names), None)  # as summary.json and the files have it
     result.update(
         data=data,
         split=split,
@@ -274,11 +284,11 @@ def _write_outputs(
         png = plot_confusion(result["confusion"], names, out_dir / f"confusion-{split}.png")
         json_path = out_dir / f"eval-{split}.json"
         result.update(confusion_png=str(png), eval_json=str(json_path))
-        json_path.write_text(json.dumps(result, indent=2))
+        json_path.write_text(dumps_json(result, digits=None, indent=2))
     except OSError as e:
         result.update(confusion_png=None, eval_json=None)
         if output is not None:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot write the evaluation to {out_dir}: {e.strerror or e}; pass another "
                 "--output"
             ) from None

@@ -34,6 +34,7 @@ from ..data import build_loaders
 from ..data.build import DEFAULT_BATCH_SIZE, default_eval_split
 from ..device import keep_freed_host_memory, resolve_device
 from ..errors import TrainingError, TrainingInterrupted
+from ..formatting import dumps_json, round_floats
 from ..models import create_model, save_weights
 from ..models.weights import atomic_write, weights_meta
 from . import checkpoint as ckpt
@@ -66,8 +67,12 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    epoch_lines: bool | None = None,
 ) -> dict[str, Any]:
     """Train a model as ``config`` says; returns the final metrics (also in ``report.md``).
+
+    ``progress``: a bar on a terminal, else a line every 30 s (stderr); ``epoch_lines``
+    (default: as ``progress``): each epoch's metrics as one JSON line on stdout.
 
     Under ``torchrun`` every process runs this same function: each trains on its shard of
     the data with DistributedDataParallel, rank 0 alone writes the run directory, and a
@@ -98,7 +103,8 @@ def train(
         error, resume_ok = dist.broadcast_object((error, resume_ok))
         if error:
             raise TrainingError(error)
-        return _train(cfg, dinfo, device, resume=resume_ok, progress=progress)
+        lines = progress if epoch_lines is None else epoch_lines
+        return _train(cfg, dinfo, device, resume=resume_ok, progress=progress, epoch_lines=lines)
     except TrainingError as e:
         if dinfo.enabled:
             raise TrainingError(f"rank {dinfo.rank}/{dinfo.world_size}: {e}") from None
@@ -141,6 +147,7 @@ class Job:
     finetune: FineTuning | None = None
     mixer: Callable | None = None
     progress: bool = True
+    epoch_lines: bool = True
     wall_start: float = field(default_factory=time.perf_counter)
     wall_offset: float = 0.0  # wall time of the run before this process (resumed runs)
     loader_workers: int = 0
@@ -160,12 +167,18 @@ class Job:
 
 
 def _train(
-    cfg: TrainConfig, dinfo: dist.DistInfo, device: torch.device, *, resume: bool, progress: bool
+    cfg: TrainConfig,
+    dinfo: dist.DistInfo,
+    device: torch.device,
+    *,
+    resume: bool,
+    progress: bool,
+    epoch_lines: bool,
 ) -> dict[str, Any]:
     wall_start = time.perf_counter()  # data loading and model set-up count as wall time
     keep_freed_host_memory()  # no page faults on every step's activations (device.py)
     job, st = _build(cfg, dinfo, device, progress=progress and dinfo.is_main)
-    job.wall_start = wall_start
+    job.wall_start, job.epoch_lines = wall_start, epoch_lines and dinfo.is_main
     if resume:
         _restore(job, st)
     finished = st.step >= job.total_steps or st.epoch >= job.epochs
@@ -190,7 +203,7 @@ def _train(
         if writer is not None:
             writer.close()
     st.timing.wall_s = job.wall()
-    summary = _summary(job, st, last_eval)
+    summary = round_floats(_summary(job, st, last_eval), None)  # as summary.json has it
     if job.main:
         _save(job, st)  # the final position and timing, for an extension later
         _finish_run(job, st.eval_model, last_eval, summary)
@@ -518,6 +531,7 @@ def _end_epoch(job: Job, st: TrainState, writer: Any, *, final: bool) -> dict[st
     row["wall_s"] = job.wall() - st.timing.eval_s
     if job.main:
         _log_row(job.run_dir, writer, row)
+    if job.epoch_lines:
         shown = {k: round(v, 4) for k, v in row.items() if isinstance(v, float)}
         print(json.dumps({"epoch": row["epoch"], "step": st.step, **shown}), flush=True)
     is_best = "test_top1" in row and (st.best is None or row["test_top1"] > st.best)
@@ -613,7 +627,7 @@ def _finish_run(job: Job, final_model: nn.Module, last_eval: dict[str, Any],
         if last_eval:
             plot_confusion(last_eval["confusion"], list(info.class_names),
                            run_dir / "confusion.png")  # fmt: skip
-        text = json.dumps(summary, indent=2)
+        text = dumps_json(summary, digits=None, indent=2)
         atomic_write(run_dir / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(text))
         report = getattr(final_model, "load_report", None)
         write_report(run_dir, summary, cfg.to_dict(), data_plan=info.plan, data_scan=info.scan,
@@ -667,7 +681,7 @@ def _record_data_scan(run_dir: Path, info: Any) -> None:
 def _log_row(run_dir: Path, writer: Any, row: dict[str, Any]) -> None:
     try:
         with open(run_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(dumps_json(row, digits=None) + "\n")
     except OSError as e:
         raise TrainingError(
             f"could not write {run_dir / METRICS_FILE}: {e.strerror or e}. The last checkpoint "
