@@ -1,11 +1,18 @@
-"""Shared helpers of the benchmark scripts: machine description and BENCHMARKS.md sections."""
+"""Shared helpers of the benchmark scripts: their command line, the machine, BENCHMARKS.md.
+
+Every script only prints unless given ``--write``: the committed BENCHMARKS.md sections and
+the figures under docs/ change only when asked to (a trial run with a few iterations must
+not replace a measured table). ``KEY=VALUE`` overrides may stand anywhere on the line.
+"""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +24,37 @@ HEADER = (
     "given with each table. The machines are shared: compare ratios within a table, not "
     "absolute figures across tables.\n"
 )
+
+
+def benchmark_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The parser every script starts from: its docstring as the help, and ``--write``."""
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="record the result in BENCHMARKS.md (and figures in docs/figures/); "
+        "without it the script only prints",
+    )
+    return p
+
+
+def parse_args(p: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` (default: the command line); ``KEY=VALUE`` words anywhere on it join
+    ``overrides`` when the script takes them (argparse alone stops at the first option)."""
+    a, extra = p.parse_known_args(argv)
+    if extra:
+        if hasattr(a, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            a.overrides = [*a.overrides, *extra]
+        else:
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+    return a
+
+
+def command(script: str, argv: list[str] | None) -> str:
+    """The command line that produced a section, as it is recorded with it."""
+    return f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
 
 
 def machine() -> str:

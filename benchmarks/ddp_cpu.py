@@ -24,7 +24,6 @@ seed (0, 1, ...), so the spread of top-1 over rounds shows the run-to-run noise.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, write_section  # noqa: E402
+from common import benchmark_parser, command, markdown_table, parse_args, write_section  # noqa: E402
 
 KINDS = ("folder", "streamed", "builtin")
 LABELS = {
@@ -98,10 +97,8 @@ def cpu_name() -> str:
     return f"{name} ({', '.join(has) or 'none of ' + ', '.join(CPU_FLAGS)})"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> None:
+    p = benchmark_parser(__doc__)
     p.add_argument("--model", default="resnet20", help="model name (resnet20)")
     p.add_argument("--model-args", default="{depth: 8}", help="model_args ({depth: 8})")
     p.add_argument("--batch", type=int, default=64, help="global batch B: B/ranks per rank (64)")
@@ -111,8 +108,7 @@ def main() -> None:
     p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds, seeds 0.. (2)")
     p.add_argument("--ranks", type=int, default=2, help="torchrun processes (2)")
-    p.add_argument("--write", action="store_true", help="record the table in BENCHMARKS.md")
-    a = p.parse_args()
+    a = parse_args(p, argv)
     if a.batch % a.ranks:
         p.error(f"--batch {a.batch} does not split over {a.ranks} ranks; use a multiple")
     steps = a.epochs * (a.train_images // a.batch)
@@ -179,7 +175,7 @@ def main() -> None:
     )
     if a.write:
         write_section("ddp_cpu", "Distributed training on CPU: one process vs torchrun ranks",
-                      body, "python benchmarks/ddp_cpu.py " + " ".join(sys.argv[1:]))  # fmt: skip
+                      body, command("ddp_cpu.py", argv))  # fmt: skip
 
 
 if __name__ == "__main__":

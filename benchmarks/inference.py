@@ -12,12 +12,11 @@ is evaluated on the Fashion-MNIST test set as trained and after ``optimize_for_i
 in fp32, int8 (calibrated on training images) and bf16 (on the first ``--bf16-images`` test
 images where bf16 is emulated: it is slow there).
 
-    python benchmarks/inference.py --run /tmp/fm_fast [--rounds 2] [--quick] [--no-write]
+    python benchmarks/inference.py --run /tmp/fm_fast [--rounds 2] [--quick] [--write]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, write_section  # noqa: E402
+from common import benchmark_parser, command, markdown_table, parse_args, write_section  # noqa: E402
 
 import resnetlab  # noqa: E402
 from resnetlab.data import load_split  # noqa: E402
@@ -142,18 +141,15 @@ def accuracy_rows(run: str, calib_images: int, bf16_images: int) -> list[list]:
     return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> None:
+    p = benchmark_parser(__doc__)
     p.add_argument("--run", help="a resnet20 run directory trained on Fashion-MNIST")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per config (2)")
     p.add_argument("--threads", type=int, help="torch/onnxruntime threads (default: torch's)")
     p.add_argument("--calib-images", type=int, default=512)
     p.add_argument("--bf16-images", type=int, default=2000)
     p.add_argument("--quick", action="store_true", help="small configs, to try the script")
-    p.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md")
-    a = p.parse_args()
+    a = parse_args(p, argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     start = time.perf_counter()
@@ -196,10 +192,10 @@ def main() -> None:
             acc_table,
         ]
     print(f"total {time.perf_counter() - start:.0f} s")
-    if not a.no_write:
+    if a.write:
         write_section("inference", "Inference: optimized resnetlab vs torchvision and "
                       "onnxruntime", "\n\n".join(body),
-                      "python benchmarks/inference.py " + " ".join(sys.argv[1:]))  # fmt: skip
+                      command("inference.py", argv))  # fmt: skip
 
 
 if __name__ == "__main__":

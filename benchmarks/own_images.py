@@ -17,7 +17,6 @@ its own), for its img/s only.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, write_section  # noqa: E402
+from common import benchmark_parser, command, markdown_table, parse_args, write_section  # noqa: E402
 
 
 def write_folder(root: Path, n_train: int, n_val: int) -> Path:
@@ -58,18 +57,15 @@ def train(output: Path, *args: str) -> dict:
     return {**summary, "process_s": time.perf_counter() - start, "plan": plan}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> None:
+    p = benchmark_parser(__doc__)
     p.add_argument("--train", type=int, default=2000, help="training images (2000)")
     p.add_argument("--val", type=int, default=500, help="held-out images (500)")
     p.add_argument("--epochs", type=int, default=30, help="(30)")
     p.add_argument("--model", default="resnet20", help="(resnet20)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one pair of runs each")
     p.add_argument("--workdir", type=Path, help="where the folder and runs go (a temp dir)")
-    p.add_argument("--write", action="store_true", help="record the table in BENCHMARKS.md")
-    a = p.parse_args()
+    a = parse_args(p, argv)
     work = a.workdir or Path(tempfile.mkdtemp(prefix="own-images-"))
     folder = write_folder(work / "images", a.train, a.val)
     builtin = f"fashion-mnist:train={a.train},test={a.val}"
@@ -119,7 +115,7 @@ def main() -> None:
             f"the same {a.val} held-out images (Fashion-MNIST's first test images).\n\n"
             f"{table}\n\n{verdict}"
         )
-        cmd = f"python benchmarks/own_images.py {' '.join(sys.argv[1:])}"
+        cmd = command("own_images.py", argv)
         write_section("own_images", "Your own images: a folder against the built-in loader",
                       body, cmd)  # fmt: skip
 

@@ -11,7 +11,6 @@ at 224, alternating fp32 and bf16 for ``--rounds`` rounds (median img/s).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, write_section  # noqa: E402
+from common import benchmark_parser, command, markdown_table, parse_args, write_section  # noqa: E402
 
 from resnetlab import create_model  # noqa: E402
 from resnetlab.device import cpu_bf16_is_fast, keep_freed_host_memory  # noqa: E402
@@ -61,13 +60,10 @@ def img_per_s(model_name: str, chans: int, size: int, batch: int, train: bool, s
     return batch * steps / (time.perf_counter() - start)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> None:
+    p = benchmark_parser(__doc__)
     p.add_argument("--rounds", type=int, default=2, help="alternations of fp32 and bf16 (2)")
-    p.add_argument("--write", action="store_true", help="record the table in BENCHMARKS.md")
-    a = p.parse_args()
+    a = parse_args(p, argv)
     keep_freed_host_memory()
     rows = []
     for label, name, chans, size, batch, train, steps in CASES:
@@ -89,7 +85,7 @@ def main() -> None:
     print(table)
     print(verdict)
     if a.write:
-        cmd = f"python benchmarks/precision.py {' '.join(sys.argv[1:])}"
+        cmd = command("precision.py", argv)
         body = (
             f"Median of {a.rounds} alternating rounds, channels_last, all threads.\n\n"
             f"{table}\n\n{verdict}"

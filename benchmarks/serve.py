@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, write_section  # noqa: E402
+from common import benchmark_parser, command, markdown_table, parse_args, write_section  # noqa: E402
 
 
 def free_port() -> int:
@@ -138,19 +138,16 @@ def load(url: str, clients: int, seconds: float, image: bytes) -> tuple[float, f
     return len(latencies) / elapsed, q[49] * 1000, q[98] * 1000
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> None:
+    p = benchmark_parser(__doc__)
     p.add_argument("--model", default="resnet20", help="a zoo model, random weights (resnet20)")
     p.add_argument("--source", help="a run directory or .safetensors file instead of --model")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--seconds", type=float, default=4.0, help="measured time per cell (4)")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="for the batching server")
-    p.add_argument("--write", action="store_true", help="record the table in BENCHMARKS.md")
     p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    a = p.parse_args()
+    a = parse_args(p, argv)
     if a.plain_server:
         plain_server(a)
         return
@@ -190,7 +187,7 @@ def main() -> None:
     if a.write:
         key = a.model or Path(a.source).name
         write_section(f"serve_{key}", f"HTTP serving ({key}): dynamic batching vs one call per "
-                      "request", body, "python benchmarks/serve.py " + " ".join(sys.argv[1:]))  # fmt: skip
+                      "request", body, command("serve.py", argv))  # fmt: skip
 
 
 if __name__ == "__main__":

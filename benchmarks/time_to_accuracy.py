@@ -4,7 +4,9 @@ Runs ``python -m resnetlab train --config PRESET`` in a fresh process and report
 top-1, the wall time with evaluation excluded (process start, data loading and model set-up
 included: the process's wall clock minus the trainer's own evaluation time), when the run
 first reached the target accuracy, and the training throughput. Writes a table to
-BENCHMARKS.md and a time-to-accuracy plot next to it (docs/figures/).
+BENCHMARKS.md and a time-to-accuracy plot next to it (docs/figures/) with ``--write``; without
+it, only prints (the plot goes into the run directory). KEY=VALUE overrides, anywhere on the
+line, are passed to train.
 
     python benchmarks/time_to_accuracy.py configs/fashion_mnist_fast.yaml --target 93 --budget 300
     python benchmarks/time_to_accuracy.py configs/fashion_mnist_quality.yaml --target 95 --budget 1800
@@ -12,7 +14,6 @@ BENCHMARKS.md and a time-to-accuracy plot next to it (docs/figures/).
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, write_section  # noqa: E402
+from common import benchmark_parser, command, markdown_table, parse_args, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +55,7 @@ def plot(result: dict, target: float, budget: float, path: Path, title: str) -> 
     ax.axvline(budget, color="tab:red", ls=":", label=f"budget {budget:g} s")
     ax.set_xlabel("wall time, evaluation excluded (s)")
     ax.set_ylabel("test top-1 (%)")
-    ax.set_ylim(max(min(ys) - 1, 0), 100)
+    ax.set_ylim(max(min(ys) - 1, 0) if ys else 0, 100)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title(title)
@@ -64,17 +65,14 @@ def plot(result: dict, target: float, budget: float, path: Path, title: str) -> 
     plt.close(fig)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> None:
+    p = benchmark_parser(__doc__)
     p.add_argument("preset", type=Path, help="a YAML preset under configs/")
     p.add_argument("--target", type=float, required=True, help="test top-1 goal, in percent")
     p.add_argument("--budget", type=float, required=True, help="wall-time goal, in seconds")
     p.add_argument("--output", type=Path, help="the run directory (default runs/<preset>)")
-    p.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="passed to train")
-    a = p.parse_args()
+    a = parse_args(p, argv)
     if not a.preset.exists():
         p.error(f"no preset at {a.preset}; see configs/ for the presets")
     name = a.preset.stem
@@ -93,18 +91,22 @@ def main() -> None:
           f"{'yes' if met else 'no'} (>= {a.target:g}% in <= {a.budget:g} s)"]],
     )  # fmt: skip
     curve = ", ".join(f"{100 * r['test_top1']:.2f}" for r in result["rows"] if "test_top1" in r)
-    figure = ROOT / "docs" / "figures" / f"time_to_accuracy_{name}.png"
+    # The committed figure is replaced only with the table, on --write; else it goes beside
+    # the run.
+    figures = ROOT / "docs" / "figures" if a.write else output
+    figure = figures / f"time_to_accuracy_{name}.png"
     plot(result, a.target, a.budget, figure, f"{name}: {s['model']} on {s['data']}")
     print(table)
     print(f"test top-1 after each epoch: {curve}")
+    print(f"plot: {figure}" + ("" if a.write else " (--write records the table and the plot)"))
     body = (
         f"`{a.preset}` run end to end (`python -m resnetlab train --config {a.preset}`, a fresh "
         f"process: start-up {result['startup']:.1f} s, data loading and model set-up "
         f"included; the {s['eval_time_s']:.1f} s of evaluation excluded). Test top-1 after "
         f"each epoch: {curve}. Plot: docs/figures/{figure.name}.\n\n{table}"
     )
-    if not a.no_write:
-        cmd = f"python benchmarks/time_to_accuracy.py {' '.join(sys.argv[1:])}"
+    if a.write:
+        cmd = command("time_to_accuracy.py", argv)
         write_section(f"time_to_accuracy_{name}", f"Time to accuracy: {name}", body, cmd)
 
 

@@ -10,12 +10,11 @@ one run, alternating rounds. Both are timed in steady state: the reference after
 warm-up steps, the trainer after its first step (which holds torch.compile's compilation;
 its time is reported beside).
 
-    python benchmarks/train_throughput.py [--config configs/fashion_mnist_fast.yaml] [--steps 100]
+    python benchmarks/train_throughput.py [--config configs/fashion_mnist_fast.yaml] [--steps 100] [--write]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
@@ -30,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, write_section  # noqa: E402
+from common import benchmark_parser, command, markdown_table, parse_args, write_section  # noqa: E402
 
 import resnetlab  # noqa: E402
 from resnetlab.config import TrainConfig, load_train_config  # noqa: E402
@@ -92,17 +91,14 @@ def trainer_setting(cfg: TrainConfig, precision: str) -> str:
     return ", ".join([*parts, precision])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> None:
+    p = benchmark_parser(__doc__)
     p.add_argument("--config", default="configs/fashion_mnist_fast.yaml",
                    help="the preset whose model, data, batch and settings are measured")  # fmt: skip
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md")
-    a = p.parse_args()
+    a = parse_args(p, argv)
     cfg = load_train_config(a.config)
     ref0, ref, ours, first, precision = [], [], [], [], "?"
     for r in range(a.rounds):
@@ -129,9 +125,9 @@ def main() -> None:
             f"{', '.join(f'{v:.0f}' for v in ref)}; resnetlab {', '.join(f'{v:.0f}' for v in ours)} img/s; "
             f"the trainer's first step (torch.compile's compilation when on): {', '.join(f'{v:.1f}' for v in first)} s)."
             f"\n\n{table}")  # fmt: skip
-    if not a.no_write:
+    if a.write:
         write_section("train_throughput", "Training throughput: trainer vs reference loop", body,
-                      "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]))  # fmt: skip
+                      command("train_throughput.py", argv))  # fmt: skip
 
 
 if __name__ == "__main__":

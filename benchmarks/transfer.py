@@ -16,7 +16,6 @@ backbone frozen (``--freeze backbone``, a linear probe). Each run is a fresh
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, write_section  # noqa: E402
+from common import benchmark_parser, command, markdown_table, parse_args, write_section  # noqa: E402
 
 SOURCE, TARGET = range(5), range(5, 10)
 
@@ -60,10 +59,8 @@ def train(output: Path, *args: str) -> dict:
     return json.loads((output / "summary.json").read_text())
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> None:
+    p = benchmark_parser(__doc__)
     p.add_argument("--model", default="resnet20", help="(resnet20)")
     p.add_argument("--pretrain-epochs", type=int, default=3, help="on the 30,000 images (3)")
     p.add_argument("--shots", type=int, default=50, help="labelled images per new class (50)")
@@ -72,8 +69,7 @@ def main() -> None:
     p.add_argument("--finetune-lr", type=float, default=0.02, help="(0.02; scratch: 0.1)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--workdir", type=Path, help="where folders and runs go (a temp dir)")
-    p.add_argument("--write", action="store_true", help="record the table in BENCHMARKS.md")
-    a = p.parse_args()
+    a = parse_args(p, argv)
     work = a.workdir or Path(tempfile.mkdtemp(prefix="transfer-"))
     source, target = write_folders(work, a.shots)
     pre = train(work / "pretrain", "--model", a.model, "--data", f"imagefolder:{source}",
@@ -112,7 +108,7 @@ def main() -> None:
     )
     print(body.split("\n")[0])
     if a.write:
-        cmd = f"python benchmarks/transfer.py {' '.join(sys.argv[1:])}"
+        cmd = command("transfer.py", argv)
         write_section("transfer", "Transfer: fine-tuning on a few images of new classes", body,
                       cmd)  # fmt: skip
 

@@ -1,5 +1,7 @@
-"""The inference bench: rows with every field, skipped systems explained, the CLI table."""
+"""The inference bench: rows with every field, skipped systems explained, the CLI table;
+and the benchmark scripts, which record their results only when asked to."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,7 +13,7 @@ import pytest
 from conftest import randomize
 from resnetlab import create_model
 from resnetlab.cli import main
-from resnetlab.inference import bench_model, format_bench
+from resnetlab.inference import bench, bench_model, format_bench
 from resnetlab.models import get_config
 
 FIELDS = ("img_per_s", "p50_ms", "p95_ms", "gflops", "probe_gflops", "peak_fraction",
@@ -114,3 +116,103 @@ def test_cli_prints_a_table():
     for system in ("resnetlab int8", "onnxruntime int8", "resnetlab optimized bf16"):
         assert system in out
     assert "torchvision eager (NCHW) (fp32): skipped" in out
+
+
+# --------------------------------------------------------------------------------------
+# Fraction of peak: each precision against a peak of its own kind
+
+
+def test_int8_rows_are_compared_with_an_int8_peak(rows):
+    by_precision = {}
+    for r in rows:
+        if not r.skipped:
+            by_precision.setdefault(r.precision, set()).add(r.probe_gflops)
+    (fp32_peak,) = by_precision["fp32"]
+    (int8_peak,) = by_precision["int8"]
+    assert int8_peak != fp32_peak  # the int8 GEMM probe, not the fp32 one
+    for r in rows:
+        if not r.skipped:
+            assert r.peak_fraction == pytest.approx(r.gflops / r.probe_gflops)
+    text = format_bench(rows)
+    assert "int8 rows use the fp32 peak" not in text
+    assert f"int8 {int8_peak:.0f} GOP/s" in text and f"fp32 {fp32_peak:.0f} GFLOP/s" in text
+
+
+def test_no_int8_probe_no_fraction(monkeypatch):
+    def missing(a, b):
+        raise RuntimeError("_int_mm is not implemented for CPU")
+
+    monkeypatch.setattr(bench, "_int8_matmul", missing)
+    model = randomize(create_model("resnet20", depth=8, num_classes=10))
+    rows = bench_model(model, batch_size=2, input_size=(3, 16, 16), iters=1, warmup=0,
+                       precisions=("fp32", "int8"), compare=(), threads=1)  # fmt: skip
+    int8 = next(r for r in rows if r.precision == "int8")
+    fp32 = next(r for r in rows if r.precision == "fp32")
+    assert int8.peak_fraction is None and int8.probe_gflops is None and int8.gflops > 0
+    assert fp32.peak_fraction is not None and "no int8 GEMM probe" in int8.note
+    line = next(x for x in format_bench(rows).splitlines() if x.startswith("resnetlab int8"))
+    assert line.split()[-2] == "-"  # the "of peak" column
+
+
+def test_bad_arguments_are_one_line_errors(capsys):
+    assert main(["bench", "resnet20", "--precision", "fp16", "--compare", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown precision" in err and err.strip().count("\n") == 0
+
+
+# --------------------------------------------------------------------------------------
+# The benchmark scripts write the committed record only when asked to
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name: str):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in BENCHMARKS.glob("*.py") if p.stem != "common")
+)
+def test_every_benchmark_script_writes_only_with_write(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _script(name).main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--write" in out and "--no-write" not in out
+
+
+def test_time_to_accuracy_leaves_the_record_alone_without_write(tmp_path, monkeypatch):
+    tta = _script("time_to_accuracy")
+    common = sys.modules["common"]
+    monkeypatch.setattr(common, "BENCHMARKS_MD", tmp_path / "BENCHMARKS.md")
+    monkeypatch.setattr(tta, "ROOT", tmp_path)
+    calls = []
+
+    def fake_run(preset, output, overrides):
+        calls.append(overrides)
+        output.mkdir(parents=True, exist_ok=True)
+        summary = dict(test_top1=0.5, model="resnet8_pool", data="synthetic", epochs=1,
+                       eval_time_s=0.5, train_img_per_s=100.0, precision="fp32")  # fmt: skip
+        rows = [dict(epoch=1, wall_s=1.0, test_top1=0.5)]
+        return dict(summary=summary, rows=rows, wall=3.0, startup=1.0, wall_no_eval=2.5)
+
+    monkeypatch.setattr(tta, "run_preset", fake_run)
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("epochs: 1\n")
+    run = tmp_path / "run"
+    # KEY=VALUE between options, where argparse alone refuses it.
+    tta.main([str(preset), "--target", "40", "max_iters=40", "--budget", "100",
+              "--output", str(run), "optim.lr=1e-3"])  # fmt: skip
+    assert calls == [["max_iters=40", "optim.lr=1e-3"]]
+    assert not (tmp_path / "BENCHMARKS.md").exists() and not (tmp_path / "docs").exists()
+    assert (run / "time_to_accuracy_tiny.png").read_bytes().startswith(b"\x89PNG")
+
+    tta.main([str(preset), "--target", "40", "--budget", "100", "--output", str(run), "--write"])
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "<!-- begin time_to_accuracy_tiny -->" in text and "--write" in text
+    assert (tmp_path / "docs" / "figures" / "time_to_accuracy_tiny.png").exists()

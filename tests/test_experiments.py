@@ -25,6 +25,7 @@ from resnetlab.models import create_model
 from resnetlab.models.summary import figure_matches, paper_table
 
 TINY = "synthetic:n=256,test=64,size=16,classes=4,channels=1"
+TINY10 = "synthetic:n=512,test=64,size=16,classes=10,channels=1"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -38,9 +39,12 @@ def fake(errors: dict[str, float]) -> dict[str, dict]:
 
 def test_claim_check_held():
     claim = check_degradation(
-        fake({"plain20": 0.05, "plain56": 0.09, "resnet20": 0.05, "resnet56": 0.03})
+        fake({"plain20": 0.05, "plain56": 0.09, "resnet20": 0.05, "resnet56": 0.03}),
+        num_classes=10,
+        sample_size=10000,
     )
     assert claim["held"] and claim["plain_degrades"] and claim["residual_no_degradation"]
+    assert claim["verdict"] == "held" and not claim["reasons"]
     assert (claim["shallow"], claim["deep"]) == (20, 56)
     assert all(line.startswith("✓") for line in claim["lines"])
 
@@ -58,6 +62,48 @@ def test_claim_check_not_held_both_ways():
     assert claim["lines"][1].startswith("✗")
     # ... but within a looser tolerance it holds.
     assert check_degradation(results, tolerance=0.03)["held"]
+
+
+def test_claim_check_inconclusive_at_chance():
+    # 20 iterations on 10 classes: every net still guesses (~90% error). The deeper plain
+    # net's error is higher and the deeper ResNet's lower, as the paper says, but by chance.
+    errors = {"plain20": 0.88, "plain56": 0.91, "resnet20": 0.89, "resnet56": 0.885}
+    claim = check_degradation(fake(errors), num_classes=10, sample_size=10000)
+    assert claim["plain_degrades"] and claim["residual_no_degradation"]  # the raw comparison
+    assert not claim["held"] and claim["verdict"] == "inconclusive"
+    assert claim["plain_status"] == claim["residual_status"] == "inconclusive"
+    assert len(claim["reasons"]) == 2 and all("at chance" in r for r in claim["reasons"])
+    assert all(line.startswith("? ") for line in claim["lines"])
+    # Without the class count the check cannot tell: the old verdict.
+    assert check_degradation(fake(errors))["verdict"] == "held"
+
+
+def test_claim_check_inconclusive_within_noise():
+    errors = {"plain20": 0.200, "plain56": 0.205, "resnet20": 0.15, "resnet56": 0.14}
+    claim = check_degradation(fake(errors), num_classes=10, sample_size=2000)
+    assert claim["plain_status"] == "inconclusive" and claim["residual_status"] == "held"
+    assert claim["verdict"] == "inconclusive" and not claim["held"]
+    assert "two standard errors of the 2000-image sample" in claim["reasons"][0]
+    assert check_degradation(fake(errors), sample_size=200_000)["verdict"] == "held"
+    # The deeper ResNet 2 points worse: 1 point beyond the tolerance, within the noise of
+    # 2000 images (inconclusive), beyond that of 200,000 (did not hold).
+    errors = {"plain20": 0.05, "plain56": 0.09, "resnet20": 0.05, "resnet56": 0.07}
+    claim = check_degradation(fake(errors), sample_size=2000)
+    assert claim["residual_status"] == "inconclusive" and claim["plain_status"] == "held"
+    claim = check_degradation(fake(errors), sample_size=200_000)
+    assert claim["residual_status"] == "did not hold" and claim["verdict"] == "held only in part"
+
+
+def test_degradation_report_says_inconclusive_at_chance(tmp_path):
+    # A learning rate too small to learn anything: every net stays at chance.
+    result = run_degradation(tmp_path, dataset=TINY10, depths=(8, 14), iters=2, lr=1e-9,
+                             batch_size=32, train_eval_size=256, progress=False)  # fmt: skip
+    assert result["claim"]["verdict"] == "inconclusive" and not result["claim"]["held"]
+    report = (tmp_path / "report.md").read_text()
+    assert "**Inconclusive** on this run: " in report and "at chance" in report
+    assert "claim held" not in report and "Inconclusive on this run" in result["summary"]
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert settings["claim"]["verdict"] == "inconclusive"
 
 
 def test_claim_check_needs_both_depths():
@@ -241,7 +287,29 @@ def test_cardinality_check_both_ways():
     claim = check_cardinality(results)
     assert not claim["held"] and claim["best_resnet"] == "s"
     assert claim["equal_depth"]["held"] and claim["equal_depth"]["significant"]
-    assert claim["lines"][0].startswith("✗") and claim["lines"][1].startswith("✓ at equal depth")
+    # 0.1 points apart on 10,000 images: neither held nor refuted.
+    assert claim["verdict"] == "inconclusive" and "two standard errors" in claim["reasons"][0]
+    assert claim["lines"][0].startswith("? ") and "(inconclusive;" in claim["lines"][0]
+    assert claim["lines"][1].startswith("✓ at equal depth")
+    # A C=1 net better by far more than the noise: the claim did not hold.
+    results["s"]["test_error"] = 0.05
+    claim = check_cardinality(results)
+    assert claim["verdict"] == "did not hold" and claim["lines"][0].startswith("✗")
+
+
+def test_cardinality_check_inconclusive_at_chance():
+    def entry(groups, err, role="cardinality"):
+        return dict(groups=groups, test_error=err, label=f"C={groups}", role=role,
+                    test_n=10000, complete=True, config={"num_classes": 4})  # fmt: skip
+
+    # 3 points apart, well beyond the noise of 10,000 images, but both guess (chance: 75%).
+    results = {"a": entry(1, 0.74, "baseline"), "b": entry(2, 0.71)}
+    claim = check_cardinality(results)
+    assert claim["significant"] and not claim["held"] and claim["verdict"] == "inconclusive"
+    assert "at chance" in claim["reasons"][0] and "25.0% on 4 classes" in claim["reasons"][0]
+    # The same margin once the nets have learned something holds.
+    results["a"]["test_error"], results["b"]["test_error"] = 0.30, 0.27
+    assert check_cardinality(results)["verdict"] == "held"
 
 
 def test_cardinality_experiment_files(tmp_path):
@@ -316,4 +384,4 @@ def test_cli_models_paper(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 2 and all(r["match"] for r in rows)
     assert main(["models", "resnet20"]) == 0  # without --paper: the usual table
-    assert "269,722" in capsys.readouterr().out
+    assert "| 270K " in capsys.readouterr().out

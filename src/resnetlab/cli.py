@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import ResnetlabError
+from .errors import ResnetlabError, TrainingInterrupted
+from .formatting import dumps_json
 
 EPILOGS = {
     "models": """examples:
@@ -32,15 +32,23 @@ then: create_model("resnet50", weights="torchvision:resnet50.IMAGENET1K_V2"), or
   resnetlab train --config configs/fashion_mnist_fast.yaml --output runs/fast
   resnetlab train --config configs/cifar_resnet_paper.yaml --model resnet56 optim.lr=0.05
   resnetlab train --resume runs/r20 --epochs 6      # continue, here with more epochs
-  resnetlab train --model resnet50 --weights torchvision:resnet50.IMAGENET1K_V2 \
+  resnetlab train --model resnet50 --weights torchvision:resnet50.IMAGENET1K_V2 \\
       --data imagefolder:photos --epochs 5 --freeze stage2 --backbone-lr-scale 0.1
-  resnetlab train --model resnet8_pool --weights runs/pre --data imagefolder:few \
+  resnetlab train --model resnet8_pool --weights runs/pre --data imagefolder:few \\
       --head-epochs 2 --freeze-bn          # fine-tune a run of your own
 image folders: small images (<= 64 px) train at their own size in memory with pad + crop +
   flip, larger ones with the ImageNet pipeline at 224 (the line printed at the start says
   which and why; data.pipeline, data.image_size, data.in_memory override)
-overrides: KEY=VALUE with dotted keys, e.g. optim.lr=0.05 schedule.name=onecycle
-  data.batch_size=256 model_args.drop_path_rate=0.1 label_smoothing=0.1""",
+overrides: KEY=VALUE with dotted keys, e.g. optim.lr=1e-3 schedule.name=onecycle
+  data.batch_size=256 model_args.drop_path_rate=0.1 label_smoothing=0.1
+every key, its type, default and allowed values: `resnetlab config`""",
+    "config": """examples:
+  resnetlab config                  # every key of a training config
+  resnetlab config 'optim.*'        # a shell-style pattern on the key
+  resnetlab config 'model_args.*'   # the model's own options
+  resnetlab config --json
+set keys in a YAML file (`resnetlab train --config FILE`) or as KEY=VALUE on the train
+command line, e.g. resnetlab train --data mnist optim.lr=1e-3 max_iters=2e3""",
     "eval": """examples:
   resnetlab eval runs/r20                  # the run's own data, split, test-time flip, precision
   resnetlab eval runs/r20 --split val --no-tta-flip
@@ -86,7 +94,8 @@ same settings continues an interrupted run. docs/reproduction.md shows what they
   resnetlab bench resnet20 --input-size 3 32 32 --compare onnxruntime --json
   resnetlab bench runs/r20 --precision int8 --compile      # a trained run; adds torch.compile rows
 img/s and p50/p95 latency per batch; mem: peak RSS growth while the system ran; of peak:
-2 x MACs x img/s over a torch.matmul GEMM probe of the same run (bf16 rows: the bf16 probe).
+2 x MACs x img/s over a matrix-product probe of the same kind in the same run (fp32, bf16,
+int8; "-" where torch has no probe of that kind).
 int8 is calibrated on random inputs here (speed only): use optimize_for_inference with
 your own images for accuracy""",
     "experiment degradation": """examples:
@@ -97,12 +106,13 @@ your own images for accuracy""",
   resnetlab experiment degradation --quick --no-zero-init --output runs/deg-paper-init
 writes DIR/results.json ({model: {"train_error", "test_error", "curve": [...]}}, errors as
 fractions), DIR/degradation.png (plain left, residual right; dashed: training error, bold:
-test error) and DIR/report.md saying whether the claim held""",
+test error) and DIR/report.md saying whether the claim held, did not, or is inconclusive
+(nets still at chance, or differences within the noise of the images measuring them)""",
     "experiment gradients": """examples:
   resnetlab experiment gradients --quick --output runs/gradients
   resnetlab experiment gradients --models plain110 resnet110 resnet110_v2 --steps 100
   resnetlab experiment gradients --deep-models --output runs/flow   # skip the 1000-layer nets
-  resnetlab experiment gradients --models --deep-models resnet1202 --deep-steps 300 \
+  resnetlab experiment gradients --models --deep-models resnet1202 --deep-steps 300 \\
       --output runs/1202                                    # only the 1202-layer net
 writes DIR/results.json, DIR/gradients.png (per-layer gradient norms, log scale),
 DIR/deep.png (loss of the 1000+-layer nets, memory with/without checkpointing), report.md""",
@@ -121,16 +131,16 @@ class CliError(ResnetlabError):
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
-    from .models.summary import MODELS_COLUMNS, models_table, render_table
+    from .models.summary import models_table, render_models_table
 
     names = list_models(args.pattern)
     if not names:
         raise CliError(f"no model matches {args.pattern!r}; try `resnetlab models` for all")
     rows = models_table(names, progress=not args.json and sys.stderr.isatty())
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows, indent=2))
     else:
-        print(render_table(rows, MODELS_COLUMNS))
+        print(render_models_table(rows))
     return 0
 
 
@@ -140,7 +150,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     info = model_info(args.model, tuple(args.input_size) if args.input_size else None)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(dumps_json(info, indent=2))
     else:
         c, h, w = info["input_size"]
         print(f"{info['name']} ({info['family']}, depth {info['depth']}), input {c}x{h}x{w}")
@@ -158,7 +168,19 @@ def cmd_weights(args: argparse.Namespace) -> int:
     rows = pretrained_rows(list_pretrained(args.pattern))
     if not rows:
         raise CliError(f"no named weights match {args.pattern!r}; `resnetlab weights` lists all")
-    print(json.dumps(rows, indent=2) if args.json else render_pretrained_table(rows))
+    print(dumps_json(rows, indent=2) if args.json else render_pretrained_table(rows))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import config_keys
+    from .formatting import render_table
+
+    rows = config_keys(args.pattern)
+    if not rows:
+        raise CliError(f"no config key matches {args.pattern!r}; `resnetlab config` lists all")
+    columns = [("key", "key"), ("type", "type"), ("default", "default"), ("allowed", "allowed")]
+    print(dumps_json(rows, indent=2) if args.json else render_table(rows, columns))
     return 0
 
 
@@ -193,14 +215,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         finetune={k: v for k, v in finetune.items() if v is not None},
     )
     summary = train(
-        cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet
+        cfg,
+        resume=bool(args.resume),
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        epoch_lines=True,  # --quiet drops the progress, not the per-epoch metric lines
     )
     if summary["rank"] != 0:
         return 0
-    top1 = summary["test_top1"]
+    top1, speed = summary["test_top1"], summary["train_img_per_s"]
     print(
         f"done: {summary['model']} on {summary['data']}, {summary['epochs']} epochs in "
-        f"{summary['train_time_s']:.0f} s ({summary['train_img_per_s']:.0f} img/s), "
+        f"{summary['train_time_s']:.0f} s"
+        + (f" ({speed:.0f} img/s), " if speed else ", ")
         + (f"test top-1 {100 * top1:.2f}%" if top1 is not None else "no evaluation")
         + f"\nreport: {summary['run_dir']}/report.md  plot: {summary['run_dir']}/curves.png"
     )
@@ -223,7 +250,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
+        # the measured values exactly as summary.json has them (float32 noise only removed)
+        print(dumps_json({k: v for k, v in result.items() if k != "confusion"}, digits=None))
     else:
         print(format_result(result))
     return 0
@@ -284,7 +312,7 @@ def cmd_models_paper(args: argparse.Namespace) -> int:
             f"no published figure for a model matching {args.pattern!r}; "
             "`resnetlab models --paper` lists them all"
         )
-    print(json.dumps(rows, indent=2) if args.json else render_paper_table(rows))
+    print(dumps_json(rows, indent=2) if args.json else render_paper_table(rows))
     return 0
 
 
@@ -314,7 +342,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=None if args.quiet or args.json else lambda m: print(m, file=sys.stderr),
     )
-    print(json.dumps([r.to_dict() for r in rows], indent=2) if args.json else format_bench(rows))
+    print(dumps_json([r.to_dict() for r in rows], indent=2) if args.json else format_bench(rows))
     return 0
 
 
@@ -346,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("info", cmd_info, "Per-stage params and MACs of one model.")
     p.add_argument("model", help="a model name (see `resnetlab models`)")
-    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="input shape (default: the model's native one)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = add("weights", cmd_weights, "List the named pretrained weights, or download one.")
@@ -356,16 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", metavar="NAME", help="fetch NAME into the cache; print its path")
 
     p = add("train", cmd_train, "Train a model on a dataset; writes a self-describing run dir.")
-    p.add_argument("--config", help="a YAML preset (see configs/)")
+    p.add_argument("--config", help="a YAML preset (see configs/; its keys: `resnetlab config`)")
     p.add_argument("--model", help="model name (default: the preset's, else resnet20)")
     p.add_argument("--data", help="fashion-mnist | mnist | cifar10 | cifar100 | "
                    "imagefolder:PATH | synthetic")  # fmt: skip
     p.add_argument("--data-dir", help="where datasets live (default $RESNETLAB_DATA or "
                    "~/.cache/resnetlab)")  # fmt: skip
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=int, help="passes over the training set (10)")
+    p.add_argument("--batch-size", type=int,
+                   help="images per step (default: 128, less on a small training set)")  # fmt: skip
+    p.add_argument("--lr", type=float, help="peak learning rate, optim.lr (0.1)")
+    p.add_argument("--seed", type=int, help="seed of the weights and the data order (0)")
     p.add_argument("--max-iters", type=int, help="stop after this many iterations")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", help="auto | fp32 | bf16 | fp16")
@@ -389,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-bn", action="store_true",
                    help="with --weights: keep BatchNorm statistics as pretrained (tiny data)")  # fmt: skip
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+    p = add("config", cmd_config, "List every training config key (for --config files and "
+            "KEY=VALUE overrides): type, default, allowed values.")  # fmt: skip
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern on the key")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = add("eval", cmd_eval, "Evaluate a run directory or weights file on a dataset.")
     p.add_argument("source", help="a run directory or a .safetensors file")
@@ -493,8 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--train-size", type=int, metavar="N",
                    help="training images, a seeded subset (full: all, quick: 10000)")  # fmt: skip
     e.add_argument("--eval-every", type=int, metavar="K", help="iterations between points")
-    e.add_argument("--batch-size", type=int, help="(128)")
-    e.add_argument("--lr", type=float, help="(0.1, /10 at 50%% and 75%% of the iterations)")
+    e.add_argument("--batch-size", type=int, help="images per step (128)")
+    e.add_argument("--lr", type=float,
+                   help="learning rate (0.1, /10 at 50%% and 75%% of the iterations)")  # fmt: skip
     e.add_argument("--warmup-iters", type=int, metavar="N",
                    help="lr / 10 for the first N iterations, as the paper did for 110+ layers "
                    "(0)")  # fmt: skip
@@ -513,16 +549,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "1000+-layer nets)")  # fmt: skip
     e.add_argument("--steps", type=int, metavar="K",
                    help="training steps between the two measurements (full 200, quick 50)")  # fmt: skip
-    e.add_argument("--batch-size", type=int, help="(full 128, quick 64)")
-    e.add_argument("--lr", type=float, help="(0.1)")
+    e.add_argument("--batch-size", type=int, help="images per step (full 128, quick 64)")
+    e.add_argument("--lr", type=float, help="learning rate (0.1)")
     e.add_argument("--deep-models", nargs="*", metavar="NAME",
                    help="very deep nets to train (resnet1001_v2 resnet1202; none: skip)")  # fmt: skip
     e.add_argument("--deep-steps", type=int, help="their steps (full 300, quick 50)")
-    e.add_argument("--deep-batch-size", type=int, help="(16)")
+    e.add_argument("--deep-batch-size", type=int, help="their images per step (16)")
     e.add_argument("--deep-image-size", type=int, help="resize to this (full: 28, quick: 16)")
     e.add_argument("--deep-train-size", type=int, help="their training images (1024 / 512)")
     e.add_argument(
-        "--deep-lr", type=float, help="(0.01; a tenth of it for the first 10%% of steps)"
+        "--deep-lr",
+        type=float,
+        help="their learning rate (0.01; a tenth of it for the first 10%% of steps)",
     )
     e.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip measuring memory with and without checkpointing")  # fmt: skip
@@ -536,10 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cardinalities", type=int, nargs="+", metavar="C",
                    help="ResNeXt-29 cardinalities (2 4 8)")  # fmt: skip
     e.add_argument("--iters", type=int, help="iterations per net (full 20000, quick 60)")
-    e.add_argument("--train-size", type=int, metavar="N", help="(full: all, quick: 10000)")
+    e.add_argument("--train-size", type=int, metavar="N",
+                   help="training images, a seeded subset (full: all, quick: 10000)")  # fmt: skip
     e.add_argument("--eval-every", type=int, metavar="K", help="iterations between points")
-    e.add_argument("--batch-size", type=int, help="(128)")
-    e.add_argument("--lr", type=float, help="(0.1, Nesterov, x0.1 at 50%% and 75%%)")
+    e.add_argument("--batch-size", type=int, help="images per step (128)")
+    e.add_argument("--lr", type=float,
+                   help="learning rate (0.1, Nesterov, x0.1 at 50%% and 75%%)")  # fmt: skip
 
     p = add("bench", cmd_bench, "Inference speed of a model: resnetlab fp32/bf16/int8 vs "
             "torchvision and onnxruntime, side by side.")  # fmt: skip
@@ -576,7 +616,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (CliError, ValueError, FileNotFoundError, RuntimeError) as e:
+    except TrainingInterrupted as e:
+        print(f"resnetlab {args.command}: {e}", file=sys.stderr)
+        return 130
+    except ResnetlabError as e:
+        # a problem with the input or the machine, said on one line; anything else is a bug
+        # and keeps its traceback
         print(f"resnetlab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,6 +2,16 @@
 
 Every object here is a frozen dataclass validated at construction: a bad value raises a
 ``ConfigError`` (a ``ValueError``) that names the field, echoes the value and says what is allowed.
+What a field allows is declared beside it (``_opt(..., choices=...)`` or ``check=`` with its
+``allowed`` phrase), so the checks and the listing of every key (:func:`config_keys`,
+``resnetlab config``) come from one place.
+
+Numbers may be written as people write them, in YAML files, ``key=value`` overrides or
+Python: ``1e-3``, ``1E3``, ``1_000``, ``.5``, ``5.``, even as text (``"1e-3"``). YAML 1.1
+(PyYAML) reads the first two as strings: a number field reads the text itself
+(:func:`parse_number`); and files and overrides are read with YAML 1.2's integers
+(:func:`read_yaml`: ``010`` is ten, not octal 8). An integer field takes a number only when
+it is whole (``max_iters=1e3`` is 1000; ``epochs=2.5`` is an error).
 """
 
 from __future__ import annotations
@@ -9,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .errors import ConfigError
@@ -29,6 +41,61 @@ def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
         _fail(field, value, f"expected one of {', '.join(repr(c) for c in choices)}")
 
 
+def _opt(
+    default: Any,
+    *,
+    choices: tuple[str, ...] | None = None,
+    check: Callable[[Any], bool] | None = None,
+    allowed: str = "",
+) -> Any:
+    """A dataclass field with what it allows: ``choices``, or a ``check`` (on non-null
+    values) whose failure says "expected ``allowed``"."""
+    meta: dict[str, Any] = {}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if check is not None:
+        meta["check"], meta["allowed"] = check, allowed
+    elif allowed:
+        meta["allowed"] = allowed
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _validate(obj: Any, prefix: str) -> None:
+    """Coerce every field of ``obj`` to its annotation and check what the field declares;
+    nested sections given as mappings are built (and so checked) too."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        section = f.default_factory if callable(f.default_factory) else None
+        if dataclasses.is_dataclass(section):
+            if isinstance(value, dict):
+                object.__setattr__(obj, f.name, build_dataclass(section, value, f"{f.name}."))
+            elif not isinstance(value, section):
+                _fail(prefix + f.name, value, "expected a mapping")
+            continue
+        object.__setattr__(obj, f.name, _check_field(prefix + f.name, value, f))
+
+
+def _check_field(path: str, value: Any, f: dataclasses.Field) -> Any:
+    value = _coerce(path, value, str(f.type))
+    if value is None:
+        return value
+    meta = f.metadata
+    if "choices" in meta:
+        _check_choice(path, value, meta["choices"])
+    check = meta.get("check")
+    if check is not None and not check(value):
+        _fail(path, value, f"expected {meta['allowed']}")
+    return value
+
+
+def _at_least(low: int | float) -> Callable[[Any], bool]:
+    return lambda v: v >= low
+
+
+def _in(low: float, high: float, *, closed: bool = False) -> Callable[[Any], bool]:
+    return (lambda v: low <= v <= high) if closed else (lambda v: low <= v < high)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The architecture of one network of the ResNet family.
@@ -39,33 +106,30 @@ class ModelConfig:
     later stage halves it.
     """
 
-    block: str = "basic"
-    layers: tuple[int, ...] = (2, 2, 2, 2)
-    widths: tuple[int, ...] = (64, 128, 256, 512)
-    stem: str = "imagenet"
-    stem_width: int = 64
-    shortcut: str = "B"
-    stride_on: str = "3x3"
-    groups: int = 1
-    base_width: int = 64
-    num_classes: int = 1000
-    in_chans: int = 3
+    block: str = _opt("basic", choices=BLOCKS)
+    layers: tuple[int, ...] = _opt(
+        (2, 2, 2, 2),
+        check=lambda v: bool(v) and all(isinstance(n, int) and n >= 1 for n in v),
+        allowed="a non-empty tuple of block counts >= 1",
+    )
+    widths: tuple[int, ...] = _opt(
+        (64, 128, 256, 512), allowed="one positive int per stage of layers"
+    )
+    stem: str = _opt("imagenet", choices=STEMS)
+    stem_width: int = _opt(64, check=_at_least(1), allowed="an integer >= 1")
+    shortcut: str = _opt("B", choices=SHORTCUTS)
+    stride_on: str = _opt("3x3", choices=STRIDE_ON)
+    groups: int = _opt(1, check=_at_least(1), allowed="an integer >= 1")
+    base_width: int = _opt(64, check=_at_least(1), allowed="an integer >= 1")
+    num_classes: int = _opt(1000, check=_at_least(0), allowed="an integer >= 0 (0: no classifier)")
+    in_chans: int = _opt(3, check=_at_least(1), allowed="an integer >= 1")
     zero_init_last: bool = True
-    drop_path_rate: float = 0.0
+    drop_path_rate: float = _opt(0.0, check=_in(0.0, 1.0), allowed="a probability in [0, 1)")
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        # Normalise list inputs (YAML, JSON) to tuples so the config stays hashable.
-        for name in ("layers", "widths"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        _check_choice("block", self.block, BLOCKS)
-        _check_choice("stem", self.stem, STEMS)
-        _check_choice("shortcut", self.shortcut, SHORTCUTS)
-        _check_choice("stride_on", self.stride_on, STRIDE_ON)
-        if not self.layers or not all(isinstance(n, int) and n >= 1 for n in self.layers):
-            _fail("layers", self.layers, "expected a non-empty tuple of block counts >= 1")
+        # Lists (YAML, JSON) become tuples, so the config stays hashable.
+        _validate(self, "")
         if len(self.widths) != len(self.layers) or not all(
             isinstance(w, int) and w >= 1 for w in self.widths
         ):
@@ -74,14 +138,6 @@ class ModelConfig:
                 self.widths,
                 f"expected {len(self.layers)} positive ints, one per stage of layers={self.layers}",
             )
-        for name in ("stem_width", "in_chans", "groups", "base_width"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                _fail(name, value, "expected an integer >= 1")
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
-            _fail("num_classes", self.num_classes, "expected an integer >= 0 (0: no classifier)")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            _fail("drop_path_rate", self.drop_path_rate, "expected a probability in [0, 1)")
         if not self.is_bottleneck and (self.groups != 1 or self.base_width != 64):
             _fail(
                 "groups" if self.groups != 1 else "base_width",
@@ -194,108 +250,85 @@ MILESTONE_UNITS = ("epoch", "iter")
 
 @dataclass(frozen=True)
 class DataConfig:
-    spec: str = "fashion-mnist"
+    spec: str = _opt("fashion-mnist", allowed="a dataset spec: fashion-mnist, mnist, cifar10, "
+                     "cifar100, imagefolder:PATH, synthetic[:OPTIONS]")  # fmt: skip
     data_dir: str | None = None
     # None: 128, or less on a small training set (at least 8 steps per epoch)
-    batch_size: int | None = None
-    eval_batch_size: int | None = None
+    batch_size: int | None = _opt(
+        None, check=_at_least(1), allowed="an integer >= 1 or null (chosen)"
+    )
+    eval_batch_size: int | None = _opt(None, check=_at_least(1), allowed="an integer >= 1")
     augment: str = "standard"
-    random_erasing: float = 0.0
-    num_workers: int = 2
-    val_fraction: float = 0.0
+    random_erasing: float = _opt(0.0, check=_in(0, 1, closed=True),
+                                 allowed="a probability in [0, 1]")  # fmt: skip
+    num_workers: int = _opt(2, check=_at_least(0), allowed="an integer >= 0")
+    val_fraction: float = _opt(0.0, check=_in(0, 1), allowed="a fraction in [0, 1)")
     eval_split: str | None = None
     skip_bad_images: bool = False
     # None: chosen from the data (image folders: the images' own size when small, else 224)
-    image_size: int | None = None
+    image_size: int | None = _opt(None, check=_at_least(1), allowed="an integer >= 1 or null")
     # Image folders: "auto" (small images: own size, pad + crop + flip; else the ImageNet
     # pipeline), "small" or "imagenet"; in_memory None decodes small images once into memory
     # when train + eval fit memory_budget_mb.
     pipeline: str = "auto"
     in_memory: bool | None = None
-    memory_budget_mb: float = 2048.0
+    memory_budget_mb: float = _opt(2048.0, check=_at_least(0), allowed="a size in MB >= 0")
 
     def __post_init__(self) -> None:
-        if not self.memory_budget_mb >= 0:
-            _fail("data.memory_budget_mb", self.memory_budget_mb, "expected a size in MB >= 0")
-        if self.batch_size is not None and self.batch_size < 1:
-            _fail("data.batch_size", self.batch_size, "expected an integer >= 1 or null (chosen)")
-        if self.eval_batch_size is not None and self.eval_batch_size < 1:
-            _fail("data.eval_batch_size", self.eval_batch_size, "expected an integer >= 1")
-        if not 0.0 <= self.random_erasing <= 1.0:
-            _fail("data.random_erasing", self.random_erasing, "expected a probability in [0, 1]")
-        if not 0.0 <= self.val_fraction < 1.0:
-            _fail("data.val_fraction", self.val_fraction, "expected a fraction in [0, 1)")
-        if self.num_workers < 0:
-            _fail("data.num_workers", self.num_workers, "expected an integer >= 0")
-        if self.image_size is not None and self.image_size < 1:
-            _fail("data.image_size", self.image_size, "expected an integer >= 1 or null")
+        _validate(self, "data.")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
+    name: str = _opt("sgd", choices=OPTIMIZERS)
+    lr: float = _opt(0.1, check=lambda v: v > 0, allowed="a learning rate > 0")
+    momentum: float = _opt(0.9, check=_in(0, 1), allowed="a value in [0, 1)")
     nesterov: bool = False
-    weight_decay: float = 1e-4
+    weight_decay: float = _opt(1e-4, check=_at_least(0), allowed="a value >= 0")
     # Exclude BN parameters and biases from weight decay (the usual "no-decay groups").
     no_decay_norm_bias: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 0.0
+    betas: tuple[float, float] = _opt(
+        (0.9, 0.999),
+        check=lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v),
+        allowed="two values in [0, 1), e.g. [0.9, 0.999]",
+    )
+    grad_clip: float = _opt(0.0, check=_at_least(0), allowed="a max norm >= 0 (0: off)")
 
     def __post_init__(self) -> None:
-        _check_choice("optim.name", self.name, OPTIMIZERS)
-        if not self.lr > 0:
-            _fail("optim.lr", self.lr, "expected a learning rate > 0")
-        if not 0.0 <= self.momentum < 1.0:
-            _fail("optim.momentum", self.momentum, "expected a value in [0, 1)")
-        if self.weight_decay < 0:
-            _fail("optim.weight_decay", self.weight_decay, "expected a value >= 0")
-        if self.grad_clip < 0:
-            _fail("optim.grad_clip", self.grad_clip, "expected a max norm >= 0 (0: off)")
+        _validate(self, "optim.")
         if self.nesterov and self.momentum == 0:
             _fail("optim.nesterov", self.nesterov, "Nesterov momentum needs optim.momentum > 0")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            _fail("optim.betas", self.betas, "expected two values in [0, 1), e.g. [0.9, 0.999]")
+
+
+_FACTOR = dict(check=_in(0, 1, closed=True), allowed="a factor in [0, 1]")
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: str = "cosine"
+    name: str = _opt("cosine", choices=SCHEDULES)
     # multistep: lr x gamma at each milestone, counted in epochs or iterations
     # (the ResNet paper: 32k and 48k of 64k iterations).
-    milestones: tuple[float, ...] = ()
-    milestone_unit: str = "epoch"
-    gamma: float = 0.1
+    milestones: tuple[float, ...] = _opt(
+        (),
+        check=lambda v: list(v) == sorted(v) and all(m > 0 for m in v),
+        allowed="increasing positive values",
+    )
+    milestone_unit: str = _opt("epoch", choices=MILESTONE_UNITS)
+    gamma: float = _opt(0.1, check=lambda v: 0 < v <= 1, allowed="a factor in (0, 1]")
     # Linear warm-up from warmup_factor * lr over warmup_epochs (fractions allowed).
-    warmup_epochs: float = 0.0
-    warmup_factor: float = 0.1
+    warmup_epochs: float = _opt(0.0, check=_at_least(0), allowed="a length >= 0 in epochs")
+    warmup_factor: float = _opt(0.1, **_FACTOR)
     # Constant low-lr warm-up (the ResNet paper's lr 0.01 for ResNet-110 until ~400 iters).
-    constant_warmup_iters: int = 0
-    constant_warmup_factor: float = 0.1
+    constant_warmup_iters: int = _opt(0, check=_at_least(0), allowed="an integer >= 0")
+    constant_warmup_factor: float = _opt(0.1, **_FACTOR)
     # one-cycle: peak at pct_start of training, start at lr/div_factor, end at lr/final_div
-    pct_start: float = 0.25
-    div_factor: float = 25.0
-    final_div_factor: float = 1e4
-    min_lr_factor: float = 0.0
+    pct_start: float = _opt(0.25, check=lambda v: 0 < v < 1, allowed="a fraction in (0, 1)")
+    div_factor: float = _opt(25.0, check=lambda v: v > 0, allowed="a factor > 0")
+    final_div_factor: float = _opt(1e4, check=lambda v: v > 0, allowed="a factor > 0")
+    min_lr_factor: float = _opt(0.0, **_FACTOR)
 
     def __post_init__(self) -> None:
-        _check_choice("schedule.name", self.name, SCHEDULES)
-        _check_choice("schedule.milestone_unit", self.milestone_unit, MILESTONE_UNITS)
-        if list(self.milestones) != sorted(self.milestones) or any(m <= 0 for m in self.milestones):
-            _fail("schedule.milestones", self.milestones, "expected increasing positive values")
-        if not 0 < self.gamma <= 1:
-            _fail("schedule.gamma", self.gamma, "expected a factor in (0, 1]")
-        if self.warmup_epochs < 0 or self.constant_warmup_iters < 0:
-            _fail("schedule.warmup", self.warmup_epochs, "expected warm-up lengths >= 0")
-        if not 0 < self.pct_start < 1:
-            _fail("schedule.pct_start", self.pct_start, "expected a fraction in (0, 1)")
-        for name in ("warmup_factor", "constant_warmup_factor", "min_lr_factor"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                _fail(f"schedule.{name}", getattr(self, name), "expected a factor in [0, 1]")
-        for name in ("div_factor", "final_div_factor"):
-            if not getattr(self, name) > 0:
-                _fail(f"schedule.{name}", getattr(self, name), "expected a factor > 0")
+        _validate(self, "schedule.")
 
 
 @dataclass(frozen=True)
@@ -308,84 +341,97 @@ class FinetuneConfig:
     BatchNorm's running statistics as pretrained (tiny datasets).
     """
 
-    freeze: str = "none"
-    backbone_lr_scale: float = 1.0
-    head_epochs: int = 0
+    freeze: str = _opt(
+        "none",
+        check=lambda v: re.fullmatch(r"none|stem|backbone|stage[1-9]\d*", v) is not None,
+        allowed="none, stem, stage1, stage2, ... or backbone",
+    )
+    backbone_lr_scale: float = _opt(1.0, check=_at_least(0), allowed="a factor >= 0")
+    head_epochs: int = _opt(0, check=_at_least(0), allowed="an integer >= 0")
     freeze_bn: bool = False
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"none|stem|backbone|stage[1-9]\d*", self.freeze):
-            _fail(
-                "finetune.freeze",
-                self.freeze,
-                "expected none, stem, stage1, stage2, ... or backbone",
+        _validate(self, "finetune.")
+
+
+# The model options a training config may set (``model_args``): the architecture's fields
+# and the papers' ``depth``; the classifier's size always comes from the data.
+MODEL_ARG_DEPTH = "an integer >= 1 (the papers' depth rules set the layers)"
+
+
+def _check_model_args(args: dict[str, Any]) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    allowed = ", ".join(sorted([*(k for k in fields if k != "num_classes"), "depth"]))
+    out = {}
+    for key, value in args.items():
+        path = f"model_args.{key}"
+        if key == "num_classes":
+            raise ConfigError(
+                f"invalid {path}={value!r}: the classifier's size comes from the data (the "
+                "classes of data.spec); remove model_args.num_classes"
             )
-        if not self.backbone_lr_scale >= 0:
-            _fail("finetune.backbone_lr_scale", self.backbone_lr_scale, "expected a factor >= 0")
-        if self.head_epochs < 0:
-            _fail("finetune.head_epochs", self.head_epochs, "expected an integer >= 0")
+        if key == "weights":
+            raise ConfigError(
+                f"invalid {path}={value!r}: give pretrained weights as weights=SOURCE "
+                "(--weights SOURCE)"
+            )
+        if key == "depth":
+            depth = _coerce(path, value, "int")
+            if depth < 1:
+                _fail(path, depth, f"expected {MODEL_ARG_DEPTH}")
+            out[key] = depth
+        elif key in fields:
+            out[key] = _check_field(path, value, fields[key])
+        else:
+            raise ConfigError(f"unknown model option model_args.{key}: allowed are {allowed}")
+    return out
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "resnet20"
+    model: str = _opt("resnet20", allowed="a name from `resnetlab models`")
     model_args: dict = dataclasses.field(default_factory=dict)
     # Pretrained weights to start from: a file, a run directory, or a named weight such as
     # torchvision:resnet50.IMAGENET1K_V2 (see `resnetlab weights`).
-    weights: str | None = None
+    weights: str | None = _opt(
+        None, allowed="a file, a run directory or a name from `resnetlab weights`"
+    )
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
-    epochs: int = 10
+    epochs: int = _opt(10, check=_at_least(1), allowed="an integer >= 1")
     # Stop after this many iterations in all (the ResNet paper's 64k); None: epochs decide.
-    max_iters: int | None = None
-    seed: int = 0
-    label_smoothing: float = 0.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    ema_decay: float = 0.0
-    precision: str = "auto"
+    max_iters: int | None = _opt(
+        None, check=_at_least(1), allowed="an integer >= 1 or null (epochs decide)"
+    )
+    seed: int = _opt(0, check=lambda v: 0 <= v < 2**63, allowed="an integer in [0, 2**63)")
+    label_smoothing: float = _opt(0.0, check=_in(0, 1), allowed="a value in [0, 1)")
+    mixup_alpha: float = _opt(0.0, check=_at_least(0), allowed="a Beta parameter >= 0 (0: off)")
+    cutmix_alpha: float = _opt(0.0, check=_at_least(0), allowed="a Beta parameter >= 0 (0: off)")
+    ema_decay: float = _opt(0.0, check=_in(0, 1), allowed="a decay in [0, 1) (0: no EMA)")
+    precision: str = _opt("auto", choices=PRECISIONS)
     channels_last: bool = True
     compile: bool = False
-    device: str = "auto"
-    output: str = "runs/default"
-    save_every_steps: int = 0
-    keep_last: int = 3
-    eval_every: int = 1
+    device: str = _opt("auto", allowed="auto, cpu, cuda or cuda:N")
+    output: str = _opt("runs/default", allowed="the run directory")
+    save_every_steps: int = _opt(0, check=_at_least(0), allowed="an integer >= 0")
+    keep_last: int = _opt(3, check=_at_least(1), allowed="an integer >= 1")
+    eval_every: int = _opt(1, check=_at_least(0), allowed="an integer >= 0")
     tta_flip: bool = False
-    threads: int | None = None
+    threads: int | None = _opt(
+        None, check=_at_least(1), allowed="an integer >= 1 or null (all cores)"
+    )
     # Distributed (torchrun): batch statistics over all ranks, and how long a collective
     # may wait for a missing rank before the job fails.
     sync_bn: bool = False
-    dist_timeout_s: float = 300.0
+    dist_timeout_s: float = _opt(300.0, check=lambda v: v > 0, allowed="seconds > 0")
 
     def __post_init__(self) -> None:
-        _check_choice("precision", self.precision, PRECISIONS)
-        if self.epochs < 1:
-            _fail("epochs", self.epochs, "expected an integer >= 1")
-        if self.max_iters is not None and self.max_iters < 1:
-            _fail("max_iters", self.max_iters, "expected an integer >= 1 or null")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            _fail("label_smoothing", self.label_smoothing, "expected a value in [0, 1)")
-        for name in ("mixup_alpha", "cutmix_alpha"):
-            if getattr(self, name) < 0:
-                _fail(name, getattr(self, name), "expected a Beta parameter >= 0 (0: off)")
-        if not 0.0 <= self.ema_decay < 1.0:
-            _fail("ema_decay", self.ema_decay, "expected a decay in [0, 1) (0: no EMA)")
-        for name in ("save_every_steps", "eval_every"):
-            if getattr(self, name) < 0:
-                _fail(name, getattr(self, name), "expected an integer >= 0")
-        if self.keep_last < 1:
-            _fail("keep_last", self.keep_last, "expected an integer >= 1")
-        if not 0 <= self.seed < 2**63:
-            _fail("seed", self.seed, "expected an integer in [0, 2**63)")
-        if self.threads is not None and self.threads < 1:
-            _fail("threads", self.threads, "expected an integer >= 1 or null (all cores)")
-        if not isinstance(self.model_args, dict) or not all(
-            isinstance(k, str) for k in self.model_args
-        ):
+        _validate(self, "")
+        if not all(isinstance(k, str) for k in self.model_args):
             _fail("model_args", self.model_args, "expected a mapping of model option names")
+        object.__setattr__(self, "model_args", _check_model_args(self.model_args))
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -406,8 +452,72 @@ def _finite(value: int | float) -> bool:
         return False
 
 
+# --------------------------------------------------------------------------------------
+# Numbers as people write them.
+
+_DIGITS = r"[0-9]+(?:_[0-9]+)*"
+_NUMBER = re.compile(rf"[-+]?(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:[eE][-+]?{_DIGITS})?")
+_INTEGER = re.compile(rf"[-+]?{_DIGITS}")
+_NON_FINITE = re.compile(r"[-+]?\.?(?:inf|infinity|nan)", re.IGNORECASE)
+
+
+def parse_number(text: str) -> int | float | None:
+    """The number ``text`` spells (``1e-3``, ``1E3``, ``1_000``, ``.5``, ``5.``, ``-2e-4``,
+    ``inf``, ``nan``): an int for an integer literal, else a float; None for anything else."""
+    s = text.strip()
+    if _INTEGER.fullmatch(s):
+        return int(s.replace("_", ""))
+    if _NUMBER.fullmatch(s):
+        return float(s.replace("_", ""))
+    if _NON_FINITE.fullmatch(s):
+        return float(s.replace(".", ""))
+    return None
+
+
+def _as_int(path: str, value: Any) -> int:
+    if isinstance(value, bool):
+        _fail(path, value, "expected an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        if parse_number(value) is None:
+            _fail(path, value, "expected an integer")
+        try:  # exact: "1e20" is 10**20, not the float nearest to it
+            number = Decimal(value.strip().replace("_", ""))
+        except InvalidOperation:  # pragma: no cover - parse_number accepted it
+            _fail(path, value, "expected an integer")
+        if not number.is_finite() or number != number.to_integral_value():
+            _fail(path, value, "expected an integer (a whole number, e.g. 1000 or 1e3)")
+        if number.adjusted() > 30:
+            _fail(path, value, "expected an integer of at most 31 digits")
+        return int(number)
+    if isinstance(value, float):
+        if _finite(value) and value.is_integer():
+            if abs(value) >= 1e31:
+                _fail(path, value, "expected an integer of at most 31 digits")
+            return int(value)
+        _fail(path, value, "expected an integer (a whole number, e.g. 1000 or 1e3)")
+    _fail(path, value, "expected an integer")
+
+
+def _as_float(path: str, value: Any) -> float:
+    if isinstance(value, str):
+        number = parse_number(value)
+        if number is None:
+            _fail(path, value, "expected a number, e.g. 0.1, 1e-3 or 5e4")
+        if not _finite(number):
+            _fail(path, value, "expected a finite number")
+        return float(number)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not _finite(value):
+            _fail(path, value, "expected a finite number")
+        return float(value)
+    _fail(path, value, "expected a number, e.g. 0.1, 1e-3 or 5e4")
+
+
 def _coerce(path: str, value: Any, annotation: str) -> Any:
-    """Check one YAML/override value against its field's annotation, converting gently."""
+    """Check one YAML/override value against its field's annotation, converting gently:
+    numbers written as text are read, ints widen to floats, whole floats narrow to ints."""
     ann = annotation.replace(" ", "")
     if value is None:
         if "None" in ann:
@@ -419,34 +529,38 @@ def _coerce(path: str, value: Any, annotation: str) -> Any:
             return value
         _fail(path, value, "expected true or false")
     if base == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        _fail(path, value, "expected an integer")
+        return _as_int(path, value)
     if base == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not _finite(value):
-                _fail(path, value, "expected a finite number")
-            return float(value)
-        _fail(path, value, "expected a number")
+        return _as_float(path, value)
     if base == "str":
         if isinstance(value, str):
             return value
         _fail(path, value, "expected a string")
     if base.startswith("tuple"):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) for v in value
-        ):
-            _fail(path, value, "expected a list of finite numbers")
-        return tuple(value)
+        return _as_tuple(path, value, integers=base.startswith("tuple[int"))
     if base == "dict":
         if isinstance(value, dict):
             return value
         _fail(path, value, "expected a mapping")
     return value
+
+
+def _as_tuple(path: str, value: Any, *, integers: bool) -> tuple:
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        _fail(path, value, "expected a list of finite numbers")
+    out = []
+    for v in value:
+        if isinstance(v, str):
+            number = parse_number(v)
+            v = v if number is None else number
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
+            _fail(path, value, "expected a list of finite numbers")
+        # Integer fields (layers, widths): a whole float is the integer; others stay as
+        # written, for the field's own check to name.
+        out.append(int(v) if integers and isinstance(v, float) and v.is_integer() else v)
+    return tuple(out)
 
 
 def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -481,6 +595,49 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------------------
+# YAML as the configs are read. Numbers YAML 1.1 leaves as text (1e-3, 1E3) are read by the
+# fields' coercion above, so a string field keeps its text ("1e3" stays "1e3", as
+# yaml.safe_dump writes it back); its integers are YAML 1.2's: 010 is ten, not octal 8, and
+# 1:30 is text, not the sexagesimal 90.
+
+
+def _yaml_loader() -> type:
+    import yaml
+
+    int_tag = "tag:yaml.org,2002:int"
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != int_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    integer = rf"^(?:[-+]?{_DIGITS}|0x[0-9a-fA-F]+(?:_[0-9a-fA-F]+)*|0b[01]+)$"
+    Loader.add_implicit_resolver(int_tag, re.compile(integer), list("-+0123456789"))
+
+    def construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+        text = loader.construct_scalar(node).replace("_", "")
+        return int(text, 0) if text[:2].lower() in ("0x", "0b") else int(text, 10)
+
+    Loader.add_constructor(int_tag, construct_int)
+    return Loader
+
+
+_LOADER: type | None = None
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML text as the configs are read: safe, with YAML 1.2's integers."""
+    import yaml
+
+    global _LOADER
+    if _LOADER is None:
+        _LOADER = _yaml_loader()
+    return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> dict[str, Any]:
     """``a.b=VALUE`` -> ``{"a": {"b": VALUE}}``, VALUE read as YAML (numbers, lists, null)."""
     import yaml
@@ -489,7 +646,7 @@ def parse_override(text: str) -> dict[str, Any]:
         raise ConfigError(f"invalid override {text!r}: expected KEY=VALUE, e.g. optim.lr=0.05")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"invalid value in override {text!r}: {e}") from None
     out: dict[str, Any] = {}
@@ -520,10 +677,17 @@ def load_train_config(
         path = Path(preset)
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
+        if path.is_dir():
+            raise ConfigError(
+                f"config {path} is a directory: expected a YAML file, e.g. "
+                "configs/fashion_mnist_fast.yaml (to continue a run, use --resume RUN_DIR)"
+            )
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = read_yaml(path.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot parse {path}: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(
                 f"{path} must hold a mapping of config keys, got {type(loaded).__name__}"
@@ -533,3 +697,68 @@ def load_train_config(
     for text in overrides:
         data = _merge(data, parse_override(text))
     return build_dataclass(TrainConfig, data)
+
+
+# --------------------------------------------------------------------------------------
+# Every key, for `resnetlab config`.
+
+
+def _type_name(annotation: str) -> str:
+    ann = annotation.replace(" ", "")
+    nullable = ann.endswith("|None")
+    base = ann.replace("|None", "")
+    name = {"tuple[float,float]": "list of 2 floats", "tuple[float,...]": "list of floats",
+            "tuple[int,...]": "list of ints", "dict": "mapping"}.get(base, base)  # fmt: skip
+    return f"{name} or null" if nullable else name
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _allowed(f: dataclasses.Field) -> str:
+    if "choices" in f.metadata:
+        return ", ".join(f.metadata["choices"])
+    if str(f.type).replace(" ", "").startswith("bool"):
+        return "true, false" + (", null" if "None" in str(f.type) else "")
+    return f.metadata.get("allowed", "")
+
+
+def config_keys(pattern: str = "*") -> list[dict[str, str]]:
+    """Every key of a training config (dotted, as overrides and YAML files write them), with
+    its type, default and what it allows; ``model_args.*`` are the model's own options.
+    ``pattern``: a shell-style filter on the key."""
+    import fnmatch
+
+    rows: list[dict[str, str]] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            section = f.default_factory if callable(f.default_factory) else None
+            if dataclasses.is_dataclass(section):
+                walk(section, f"{prefix}{f.name}.")
+                continue
+            if f.name == "model_args":
+                rows.append(dict(key="model_args", type="mapping", default="{}",
+                                 allowed="the model options below"))  # fmt: skip
+                for m in dataclasses.fields(ModelConfig):
+                    if m.name != "num_classes":
+                        rows.append(dict(key=f"model_args.{m.name}", type=_type_name(str(m.type)),
+                                         default="the model's", allowed=_allowed(m)))  # fmt: skip
+                rows.append(dict(key="model_args.depth", type="int", default="the model's",
+                                 allowed=MODEL_ARG_DEPTH))  # fmt: skip
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append(dict(key=prefix + f.name, type=_type_name(str(f.type)),
+                             default=_shown(default), allowed=_allowed(f)))  # fmt: skip
+
+    walk(TrainConfig, "")
+    return [r for r in rows if fnmatch.fnmatchcase(r["key"], pattern)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .cardinality import cardinality_variants, check_cardinality, run_cardinality
-from .common import ExperimentError, resolve_model
+from .common import ExperimentError, ExperimentSettingsError, resolve_model
 from .degradation import check_degradation, run_degradation
 from .gradients import conv_gradient_norms, run_gradients, spread
 
@@ -26,6 +26,7 @@ EXPERIMENTS = {
 __all__ = [
     "EXPERIMENTS",
     "ExperimentError",
+    "ExperimentSettingsError",
     "cardinality_variants",
     "check_cardinality",
     "check_degradation",
@@ -42,5 +43,7 @@ __all__ = [
 def run_experiment(name: str, **options: Any) -> dict[str, Any]:
     """Run the experiment ``name`` (a key of :data:`EXPERIMENTS`) with its keyword options."""
     if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}: choose one of {', '.join(EXPERIMENTS)}")
+        raise ExperimentSettingsError(
+            f"unknown experiment {name!r}: choose one of {', '.join(EXPERIMENTS)}"
+        )
     return EXPERIMENTS[name](**options)

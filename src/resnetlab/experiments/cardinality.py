@@ -32,9 +32,16 @@ from ..engine.trainer import seed_everything
 from ..models import count_params, create_model, get_config, model_info
 from ..models.blocks import Bottleneck
 from .common import (
+    CHANCE_MARGIN,
+    MARKS,
+    ExperimentSettingsError,
     Recipe,
+    at_chance,
     build,
+    chance_reason,
     md_table,
+    noise_band,
+    noise_reason,
     pct,
     prepare_output,
     pyplot,
@@ -43,6 +50,7 @@ from .common import (
     setup,
     subset_data,
     train_tracked,
+    verdict_sentence,
     write_json,
 )
 
@@ -101,7 +109,9 @@ def match_macs(
     while measure_macs(cfg.replace(base_width=hi), input_size) < target:
         hi *= 2
         if hi > 1 << 16:
-            raise ValueError(f"no width of {variant_key(cfg)} reaches {target:.3g} MACs")
+            raise ExperimentSettingsError(
+                f"no width of {variant_key(cfg)} reaches {target:.3g} MACs"
+            )
     while lo < hi:  # the smallest width with MACs >= target
         mid = (lo + hi) // 2
         if measure_macs(cfg.replace(base_width=mid), input_size) >= target:
@@ -127,7 +137,9 @@ def cardinality_variants(
     """The variants compared: each a dict with key, label, role, config, macs, params and
     the relative MAC difference to the budget (the baseline's MACs times ``budget``)."""
     if budget <= 0:
-        raise ValueError(f"budget={budget}: expected a positive multiple of the baseline's MACs")
+        raise ExperimentSettingsError(
+            f"budget={budget}: expected a positive multiple of the baseline's MACs"
+        )
     base = BASE.replace(num_classes=num_classes, in_chans=input_size[0])
     base_macs = measure_macs(base, input_size)
     target = budget * base_macs
@@ -141,7 +153,9 @@ def cardinality_variants(
         plan.append((role, base.replace(layers=layers)))
     for c in sorted(set(cardinalities)):
         if c < 2:
-            raise ValueError(f"cardinalities={list(cardinalities)}: expected values >= 2")
+            raise ExperimentSettingsError(
+                f"cardinalities={list(cardinalities)}: expected values >= 2"
+            )
         plan.append(("cardinality", base.replace(groups=c)))
     variants = []
     if budget != 1:
@@ -185,29 +199,56 @@ def block_complexity() -> list[dict[str, Any]]:
     return rows
 
 
-def _versus(x: dict[str, Any], r: dict[str, Any], what: str) -> dict[str, Any]:
+def _versus(
+    x: dict[str, Any], r: dict[str, Any], what: str, num_classes: int | None, margin: float
+) -> dict[str, Any]:
     """Is C>1 net ``x`` better than C=1 net ``r`` (test error), and by more than twice the
-    standard error of the difference (binomial, from the size of the test sample)?"""
+    standard error of the difference (binomial, from the size of the test sample)? Neither
+    when both are at chance or the difference is within that noise: inconclusive."""
     ex, er = x["test_error"], r["test_error"]
     n = x["test_n"]
-    se = math.sqrt(max(ex * (1 - ex), 1e-12) / n + max(er * (1 - er), 1e-12) / n)
-    held, significant = ex < er, abs(er - ex) > 2 * se
+    band = noise_band(ex, er, n) or 0.0
+    se = band / 2
+    held, significant = ex < er, abs(er - ex) > band
+    if at_chance(ex, num_classes, margin) and at_chance(er, num_classes, margin):
+        status = "inconclusive"
+        reason = chance_reason([x["label"], r["label"]], [ex, er], num_classes)
+    elif not significant:
+        status = "inconclusive"
+        reason = noise_reason(f"{what}: the difference", er - ex, band, n)
+    else:
+        status, reason = ("held" if held else "did not hold"), None
     line = (
-        f"{'✓' if held else '✗'} {what}: {x['label']} {pct(ex)} vs {r['label']} {pct(er)} "
-        f"test error ({'held' if held else 'did not hold'}; the difference "
+        f"{MARKS[status]} {what}: {x['label']} {pct(ex)} vs {r['label']} {pct(er)} "
+        f"test error ({status}; the difference "
         f"{'exceeds' if significant else 'is within'} two standard errors of the test sample, "
         f"{200 * se:.2f} points; the spread between seeds is not measured)"
     )
-    return dict(held=held, significant=significant, standard_error=se, line=line)
+    return dict(
+        held=status == "held",
+        status=status,
+        reason=reason,
+        significant=significant,
+        standard_error=se,
+        line=line,
+    )
 
 
-def check_cardinality(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def check_cardinality(
+    results: dict[str, dict[str, Any]],
+    *,
+    num_classes: int | None = None,
+    chance_margin: float = CHANCE_MARGIN,
+) -> dict[str, Any]:
     """Did the best higher-cardinality net beat the best C=1 net (test error) at equal MACs?
 
-    Also says whether the margin exceeds twice the standard error of the difference, the
+    Held only when the margin exceeds twice the standard error of the difference, the
     least a difference must exceed to mean anything (differences between seeds and
-    schedules can be larger still), and, in ``equal_depth``, how the best C>1 net did
-    against the C=1 net of its own depth (the ResNeXt paper's Table 3 comparison).
+    schedules can be larger still); within it, or with both nets at chance (accuracy
+    within ``chance_margin`` of 1/``num_classes``, by default the classes of the results'
+    configs), the check is inconclusive and ``reasons`` say why. ``equal_depth``: how the
+    best C>1 net did against the C=1 net of its own depth (the ResNeXt paper's Table 3
+    comparison).
     """
     compared = {
         k: r
@@ -217,19 +258,39 @@ def check_cardinality(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     resnext = {k: r for k, r in compared.items() if r["groups"] > 1}
     resnet = {k: r for k, r in compared.items() if r["groups"] == 1}
     if not resnext or not resnet:
-        raise ValueError("the check needs finished results of both C=1 and C>1 variants")
+        raise ExperimentSettingsError(
+            "the check needs finished results of both C=1 and C>1 variants"
+        )
+    if num_classes is None:
+        num_classes = next(
+            (r["config"]["num_classes"] for r in compared.values() if "config" in r), None
+        )
     best_x = min(resnext, key=lambda k: resnext[k]["test_error"])
     best_r = min(resnet, key=lambda k: resnet[k]["test_error"])
-    overall = _versus(resnext[best_x], resnet[best_r], "best higher-cardinality vs best C=1 net")
+    overall = _versus(
+        resnext[best_x],
+        resnet[best_r],
+        "best higher-cardinality vs best C=1 net",
+        num_classes,
+        chance_margin,
+    )
     lines = [overall["line"]]
     baseline = next((r for r in resnet.values() if r["role"] == "baseline"), None)
     equal_depth = None
     if baseline is not None and baseline is not resnet[best_r]:
-        equal_depth = _versus(resnext[best_x], baseline, "at equal depth, vs the C=1 baseline")
+        equal_depth = _versus(
+            resnext[best_x],
+            baseline,
+            "at equal depth, vs the C=1 baseline",
+            num_classes,
+            chance_margin,
+        )
         lines.append(equal_depth["line"])
     ranking = sorted(compared, key=lambda k: compared[k]["test_error"])
     return dict(
         held=overall["held"],
+        verdict=overall["status"],
+        reasons=[overall["reason"]] if overall["reason"] else [],
         significant=overall["significant"],
         best_resnext=best_x,
         best_resnet=best_r,
@@ -344,6 +405,7 @@ def _report(out: Path, results: dict, settings: dict, claim: dict | None, meta: 
     if claim is None:
         lines.append("Not checked: some variants have no results yet.")
     else:
+        lines += [verdict_sentence(claim["verdict"], claim["reasons"]), ""]
         lines += [f"- {line}" for line in claim["lines"]]
         ranked = ", ".join(results[k]["label"] for k in claim["ranking"])
         lines.append(f"- ranking by test error (best first): {ranked}")
@@ -495,7 +557,7 @@ def run_cardinality(
         entry.update(run, complete=True)
         results[key] = entry
         write_json(out / "results.json", results)
-    claim = check_cardinality(results)
+    claim = check_cardinality(results, num_classes=info.num_classes)
     settings["block_table"] = block_complexity()
     meta = record_run(out, dev, time.perf_counter() - start, claim=claim)
     figure = plot_cardinality(results, out / "cardinality.png", title)
@@ -507,6 +569,7 @@ def run_cardinality(
             for r in results.values()
         ]
         + claim["lines"]
+        + [verdict_sentence(claim["verdict"], claim["reasons"]).replace("**", "")]
         + [f"report: {report}  figure: {figure}"]
     )
     return dict(

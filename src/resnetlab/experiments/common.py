@@ -9,6 +9,7 @@ the ResNet paper's Figures 1 and 6).
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -29,6 +30,7 @@ from ..engine.metrics import evaluate
 from ..engine.optim import build_optimizer, build_scheduler
 from ..engine.trainer import seed_everything
 from ..errors import ResnetlabError
+from ..formatting import dumps_json
 from ..models import create_model, get_config, list_models
 
 # Names beyond the zoo: ``plainD``, ``resnetD`` and ``resnetD_v2`` at any CIFAR depth D = 6n+2,
@@ -39,6 +41,10 @@ _DEPTH_NAME = re.compile(r"^(plain|resnet)(\d+)(_v2)?$")
 
 class ExperimentError(ResnetlabError, RuntimeError):
     """An experiment cannot run as asked (settings that clash with earlier results, ...)."""
+
+
+class ExperimentSettingsError(ExperimentError, ValueError):
+    """An experiment's setting is invalid (a size, a count, a depth): the message says which."""
 
 
 def resolve_model(name: str) -> ModelConfig:
@@ -103,7 +109,9 @@ def _take(images: torch.Tensor, labels: torch.Tensor, n: int | None, seed: int, 
     if n is None or n >= total:
         return images, labels
     if n < 1:
-        raise ValueError(f"{what}={n}: expected a positive number of images (or none: all)")
+        raise ExperimentSettingsError(
+            f"{what}={n}: expected a positive number of images (or none: all)"
+        )
     idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
     return images[idx], labels[idx]
 
@@ -134,7 +142,7 @@ def subset_data(
         info = replace(info, image_size=image_size)
     images, labels = _take(images, labels, train_size, seed, "train_size")
     if batch_size > labels.shape[0]:
-        raise ValueError(
+        raise ExperimentSettingsError(
             f"batch_size={batch_size} is larger than the training subset ({labels.shape[0]} "
             "images): lower the batch size or use more images"
         )
@@ -190,9 +198,13 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if not isinstance(self.iters, int) or self.iters < 1:
-            raise ValueError(f"iters={self.iters!r}: expected a positive number of iterations")
+            raise ExperimentSettingsError(
+                f"iters={self.iters!r}: expected a positive number of iterations"
+            )
         if self.eval_every < 0:
-            raise ValueError(f"eval_every={self.eval_every!r}: expected an integer >= 0")
+            raise ExperimentSettingsError(
+                f"eval_every={self.eval_every!r}: expected an integer >= 0"
+            )
 
     def optim(self) -> OptimConfig:
         return OptimConfig(
@@ -333,7 +345,9 @@ def train_tracked(
 def setup(device: str = "auto", threads: int | None = None, seed: int = 0) -> torch.device:
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"threads={threads}: expected a positive number of threads")
+            raise ExperimentSettingsError(
+                f"threads={threads}: expected a positive number of threads"
+            )
         torch.set_num_threads(threads)
     keep_freed_host_memory()  # no page faults on every step's activations (device.py)
     seed_everything(seed)
@@ -368,14 +382,18 @@ def record_run(out: Path, device: torch.device, elapsed: float, **extra: Any) ->
     one adds its time to the earlier parts'. Returns the machine and the total time."""
     saved = read_json(out / "settings.json") or {}
     meta = dict(machine=machine_info(device), time_s=saved.get("time_s", 0.0) + elapsed)
-    write_json(out / "settings.json", {**saved, **meta, **extra})
+    write_json(out / "settings.json", {**saved, **meta, **extra}, exact=True)
     return meta
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON atomically: a crash leaves the previous file intact."""
+def write_json(path: Path, data: Any, *, exact: bool = False) -> None:
+    """Write ``data`` as JSON atomically: a crash leaves the previous file intact.
+
+    Measurements are rounded to six significant digits (float32 noise is not data);
+    ``exact`` keeps every digit, for settings that a later run compares with its own.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    tmp.write_text(json.dumps(data, indent=2) if exact else dumps_json(data, indent=2))
     os.replace(tmp, path)
 
 
@@ -408,7 +426,7 @@ def prepare_output(
         )
     if overwrite or saved is None:
         results_path.unlink(missing_ok=True)
-        write_json(settings_path, {"settings": settings})
+        write_json(settings_path, {"settings": settings}, exact=True)
         return {}
     return read_json(results_path) or {}
 
@@ -436,6 +454,65 @@ def pyplot():
 
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
+
+
+# --------------------------------------------------------------------------------------
+# When a comparison says nothing: nets that have learned nothing yet, or a difference that
+# the finite number of images measuring it could produce by itself.
+
+# "At chance": accuracy within this of 1/num_classes (5 points; 10% is chance on 10 classes).
+CHANCE_MARGIN = 0.05
+
+
+def at_chance(error: float, num_classes: int | None, margin: float = CHANCE_MARGIN) -> bool:
+    """Whether a net with top-1 ``error`` is no better than guessing, give or take ``margin``."""
+    if num_classes is None or num_classes < 2:
+        return False
+    return 1.0 - error <= 1.0 / num_classes + margin + 1e-9  # 30% is within 5 of 25
+
+
+def noise_band(e1: float, e2: float, n: int | None) -> float | None:
+    """Two standard errors of the difference of two error rates, each measured on ``n``
+    images (binomial): the least a difference must exceed to mean anything. Differences
+    between seeds can be larger still; None when ``n`` is unknown."""
+    if not n:
+        return None
+    var = max(e1 * (1 - e1), 1e-12) / n + max(e2 * (1 - e2), 1e-12) / n
+    return 2.0 * math.sqrt(var)
+
+
+def chance_reason(names: list[str], errors: list[float], num_classes: int) -> str:
+    accs = ", ".join(f"{n} {100 * (1 - e):.1f}%" for n, e in zip(names, errors, strict=True))
+    return (
+        f"{' and '.join(names)} are at chance (accuracy {accs}; guessing gives "
+        f"{100 / num_classes:.1f}% on {num_classes} classes): nothing learned yet to compare"
+    )
+
+
+def noise_reason(what: str, diff: float, band: float, n: int) -> str:
+    return (
+        f"{what}, {100 * abs(diff):.2f} points, is within two standard errors of the "
+        f"{n}-image sample ({100 * band:.2f} points): train longer or measure on more images"
+    )
+
+
+MARKS = {"held": "✓", "did not hold": "✗", "inconclusive": "?"}
+
+
+def overall_verdict(statuses: list[str]) -> str:
+    """One verdict from the parts': inconclusive if any part is, else held, did not hold,
+    or held only in part."""
+    if "inconclusive" in statuses:
+        return "inconclusive"
+    if all(s == "held" for s in statuses):
+        return "held"
+    return "did not hold" if all(s == "did not hold" for s in statuses) else "held only in part"
+
+
+def verdict_sentence(verdict: str, reasons: list[str]) -> str:
+    if verdict == "inconclusive":
+        return "**Inconclusive** on this run: " + "; ".join(reasons) + "."
+    return f"**The paper's claim {verdict}** on this run."
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:

@@ -24,10 +24,18 @@ from typing import Any
 from ..engine.trainer import seed_everything
 from ..models import count_params
 from .common import (
+    CHANCE_MARGIN,
+    MARKS,
+    ExperimentSettingsError,
     Recipe,
+    at_chance,
     build,
+    chance_reason,
     cifar_config,
     md_table,
+    noise_band,
+    noise_reason,
+    overall_verdict,
     pct,
     prepare_output,
     pyplot,
@@ -36,6 +44,7 @@ from .common import (
     setup,
     subset_data,
     train_tracked,
+    verdict_sentence,
     write_json,
 )
 
@@ -71,42 +80,94 @@ def check_degradation(
     depths: Sequence[int] | None = None,
     *,
     tolerance: float = 0.01,
+    num_classes: int | None = None,
+    sample_size: int | None = None,
+    chance_margin: float = CHANCE_MARGIN,
 ) -> dict[str, Any]:
     """Did the paper's claim hold? Compares the final training errors of the shallowest and
     the deepest net of each family.
 
-    Two parts: the deeper plain net trains worse (strictly higher training error) and the
-    deeper residual net does not (its training error at most ``tolerance`` above the
-    shallower one's). ``held`` is true when both do.
+    Two parts: the deeper plain net trains worse (higher training error) and the deeper
+    residual net does not (its training error at most ``tolerance`` above the shallower
+    one's). Each part is "held", "did not hold" or "inconclusive": inconclusive when both of
+    its nets are at chance (accuracy within ``chance_margin`` of 1/``num_classes``), or when
+    the difference that decides it is within two standard errors of the ``sample_size``
+    images the training errors were measured on. ``verdict`` is "held" (both held),
+    "inconclusive" (a part is, ``reasons`` say why), "did not hold" or "held only in
+    part"; ``held`` is true for "held" alone.
     """
     if depths is None:
         depths = sorted(int(m.group(1)) for k in results if (m := re.fullmatch(r"plain(\d+)", k)))
     if len(set(depths)) < 2:
-        raise ValueError(f"depths={list(depths)}: the claim compares at least two depths")
+        raise ExperimentSettingsError(
+            f"depths={list(depths)}: the claim compares at least two depths"
+        )
     lo, hi = min(depths), max(depths)
     missing = [n for n in (f"{f}{d}" for f in FAMILIES for d in (lo, hi)) if n not in results]
     if missing:
-        raise ValueError(f"no results for {', '.join(missing)}: run them first")
+        raise ExperimentSettingsError(f"no results for {', '.join(missing)}: run them first")
     err = {k: results[k]["train_error"] for k in (f"{f}{d}" for f in FAMILIES for d in (lo, hi))}
     plain_lo, plain_hi = err[f"plain{lo}"], err[f"plain{hi}"]
     res_lo, res_hi = err[f"resnet{lo}"], err[f"resnet{hi}"]
     plain_degrades = plain_hi > plain_lo
     residual_ok = res_hi <= res_lo + tolerance
+    reasons: list[str] = []
+
+    def chance(a: str, b: str) -> bool:
+        if at_chance(err[a], num_classes, chance_margin) and at_chance(
+            err[b], num_classes, chance_margin
+        ):
+            reasons.append(chance_reason([a, b], [err[a], err[b]], num_classes))
+            return True
+        return False
+
+    # The deeper plain net trains worse: decided by the difference of the two errors.
+    plain_noise = noise_band(plain_hi, plain_lo, sample_size)
+    if chance(f"plain{lo}", f"plain{hi}"):
+        plain_status = "inconclusive"
+    elif plain_noise is not None and abs(plain_hi - plain_lo) <= plain_noise:
+        plain_status = "inconclusive"
+        what = f"the difference between plain-{hi} and plain-{lo}"
+        reasons.append(noise_reason(what, plain_hi - plain_lo, plain_noise, sample_size))
+    else:
+        plain_status = "held" if plain_degrades else "did not hold"
+    # The deeper residual net does not: refuted only by an excess over the tolerance that
+    # the sample could not produce by itself.
+    res_noise = noise_band(res_hi, res_lo, sample_size)
+    excess = res_hi - res_lo - tolerance
+    if chance(f"resnet{lo}", f"resnet{hi}"):
+        residual_status = "inconclusive"
+    elif residual_ok:
+        residual_status = "held"
+    elif res_noise is not None and excess <= res_noise:
+        residual_status = "inconclusive"
+        what = f"how far ResNet-{hi} exceeds ResNet-{lo} beyond the tolerance"
+        reasons.append(noise_reason(what, excess, res_noise, sample_size))
+    else:
+        residual_status = "did not hold"
+    verdict = overall_verdict([plain_status, residual_status])
     lines = [
-        f"{'✓' if plain_degrades else '✗'} the deeper plain net trains worse: plain-{hi} "
+        f"{MARKS[plain_status]} the deeper plain net trains worse: plain-{hi} "
         f"{pct(plain_hi)} vs plain-{lo} {pct(plain_lo)} final training error "
-        f"({'held' if plain_degrades else 'did not hold'})",
-        f"{'✓' if residual_ok else '✗'} the deeper residual net does not: ResNet-{hi} "
+        f"({plain_status})",
+        f"{MARKS[residual_status]} the deeper residual net does not: ResNet-{hi} "
         f"{pct(res_hi)} vs ResNet-{lo} {pct(res_lo)} (allowed: up to "
-        f"{100 * tolerance:.1f} points above; {'held' if residual_ok else 'did not hold'})",
+        f"{100 * tolerance:.1f} points above; {residual_status})",
     ]
     return {
-        "held": plain_degrades and residual_ok,
+        "held": verdict == "held",
+        "verdict": verdict,
+        "reasons": reasons,
         "plain_degrades": plain_degrades,
         "residual_no_degradation": residual_ok,
+        "plain_status": plain_status,
+        "residual_status": residual_status,
         "shallow": lo,
         "deep": hi,
         "tolerance": tolerance,
+        "num_classes": num_classes,
+        "sample_size": sample_size,
+        "noise": {"plain": plain_noise, "residual": res_noise},
         "train_errors": err,
         "lines": lines,
     }
@@ -205,13 +266,7 @@ def _report(
     if claim is None:
         lines.append("Not checked: some nets have no results yet.")
     else:
-        if claim["held"]:
-            verdict = "held"
-        elif claim["plain_degrades"] or claim["residual_no_degradation"]:
-            verdict = "held only in part"
-        else:
-            verdict = "did not hold"
-        lines += [f"**The paper's claim {verdict}** on this run.", ""]
+        lines += [verdict_sentence(claim["verdict"], claim["reasons"]), ""]
         lines += [f"- {line}" for line in claim["lines"]]
         gains = []
         for d in settings["depths"]:
@@ -265,7 +320,9 @@ def run_degradation(
     """
     depths = sorted({int(d) for d in depths})
     if len(depths) < 2:
-        raise ValueError(f"depths={depths}: give at least two depths to compare (e.g. 20 56)")
+        raise ExperimentSettingsError(
+            f"depths={depths}: give at least two depths to compare (e.g. 20 56)"
+        )
     configs = {f"{f}{d}": cifar_config(f, d) for f in FAMILIES for d in depths}  # checks depths
     chosen = dict(
         iters=iters,
@@ -338,7 +395,13 @@ def run_degradation(
         entry.update(run, complete=True)
         results[name] = entry
         write_json(out / "results.json", results)
-    claim = check_degradation(results, depths, tolerance=tolerance)
+    claim = check_degradation(
+        results,
+        depths,
+        tolerance=tolerance,
+        num_classes=data.info.num_classes,
+        sample_size=data.train_eval.dataset_size,
+    )
     meta = record_run(out, dev, time.perf_counter() - start, claim=claim)
     figure = plot_degradation(results, out / "degradation.png", title)
     report = _report(out, results, settings, claim, meta)
@@ -348,6 +411,7 @@ def run_degradation(
             for n, r in results.items()
         ]
         + claim["lines"]
+        + [verdict_sentence(claim["verdict"], claim["reasons"]).replace("**", "")]
         + [f"report: {report}  figure: {figure}"]
     )
     return dict(

@@ -34,6 +34,7 @@ from ..engine.trainer import seed_everything
 from ..models import count_params
 from .common import (
     ExperimentError,
+    ExperimentSettingsError,
     Recipe,
     build,
     md_table,
@@ -587,12 +588,12 @@ def run_gradients(
     )
     plan, setting = resolve_plan(quick, FULL, QUICK, chosen)
     if plan["steps"] < 0 or plan["deep_steps"] < 1:
-        raise ValueError(
+        raise ExperimentSettingsError(
             f"steps={plan['steps']}, deep_steps={plan['deep_steps']}: expected "
             "steps >= 0 and deep_steps >= 1"
         )
     if not models and not deep_models:
-        raise ValueError("models and deep_models are both empty: nothing to run")
+        raise ExperimentSettingsError("models and deep_models are both empty: nothing to run")
     configs = {name: resolve_model(name) for name in models}
     deep_configs = {name: resolve_model(name) for name in deep_models}
     dev = setup(device, threads, seed)

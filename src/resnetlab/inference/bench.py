@@ -12,8 +12,10 @@ returns one :class:`BenchRow` each:
   weights). Linux ``/proc``: the peak is reset before each run; freed heap is trimmed
   between systems;
 * ``peak_fraction``: the compute rate reached, ``2 x MACs x img/s``, over the rate of a
-  large ``torch.matmul`` measured in the same run (the GEMM probe, :func:`gemm_gflops`):
-  fp32 for fp32 and int8 systems, bf16 for bf16 ones. An int8 system may exceed 1;
+  large matrix product of the same kind measured in the same run (the GEMM probe,
+  :func:`gemm_gflops`): fp32 ``torch.matmul`` for fp32 systems, bf16 for bf16 ones, and
+  int8 x int8 -> int32 (``torch._int_mm``) for int8 ones. Where this torch has no int8 GEMM
+  on the CPU, int8 rows have no ``peak_fraction`` (an fp32 peak would put them at 1000%+);
 * ``max_rel_error`` of its logits against the model's own fp32 eager output.
 
 A system that cannot run here is still a row, with ``skipped=True`` and a note saying why.
@@ -38,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ResnetlabError
 from ..models import ResNet, create_model, load_model, model_info, to_torchvision_state_dict
 from .export import ExportError, _torchvision_builder, export_model, rel_error
 from .meta import describe_model
@@ -45,6 +48,7 @@ from .optimize import PRECISIONS, has_native_bf16, optimize_for_inference
 
 __all__ = [
     "COMPARE",
+    "BenchError",
     "BenchRow",
     "bench_model",
     "format_bench",
@@ -54,6 +58,10 @@ __all__ = [
 COMPARE = ("eager", "torchvision", "onnxruntime")
 BENCH_SEED = 0
 Runner = Callable[[torch.Tensor], Any]
+
+
+class BenchError(ResnetlabError, ValueError):
+    """The bench was asked for something it cannot do (a precision, a size, a model)."""
 
 
 @dataclass
@@ -88,30 +96,49 @@ class BenchRow:
 # --- the GEMM probe -----------------------------------------------------------------------
 
 
+def _int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch._int_mm(a, b)
+
+
 def gemm_gflops(
     dtype: torch.dtype = torch.float32, max_n: int = 2048, min_time_s: float = 0.3
 ) -> float:
-    """GFLOP/s of a square ``torch.matmul`` in ``dtype`` on CPU: the best of repeated runs.
+    """GFLOP/s (GOP/s for int8) of a square matrix product in ``dtype`` on CPU: the best of
+    repeated runs.
 
-    The size doubles from 256 up to ``max_n`` while one product takes under 50 ms (an
-    emulated dtype stops early), then products are timed for ``min_time_s``. The reference
-    peak for :class:`BenchRow`'s ``peak_fraction``: what this machine's BLAS reaches, with
-    the threads torch uses, at the time of the measurement.
+    ``torch.matmul`` for floating dtypes; for ``torch.int8``, int8 x int8 -> int32
+    (``torch._int_mm``, the integer kernels quantized layers use), or a ``LookupError``
+    where this torch has none on the CPU. The size doubles from 256 up to ``max_n`` while
+    one product takes under 50 ms (an emulated dtype stops early), then products are timed
+    for ``min_time_s``. The reference peak for :class:`BenchRow`'s ``peak_fraction``: what
+    this machine reaches, with the threads torch uses, at the time of the measurement.
     """
     g = torch.Generator().manual_seed(BENCH_SEED)
+    matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.matmul
+    if dtype == torch.int8:
+        matmul = _int8_matmul
+        small = torch.ones(32, 32, dtype=torch.int8)
+        try:
+            matmul(small, small)
+        except (AttributeError, RuntimeError, NotImplementedError) as e:
+            raise LookupError(f"no int8 matrix product on this CPU's torch: {e}") from None
     n = 256
     while True:
-        a = torch.randn(n, n, generator=g).to(dtype)
-        b = torch.randn(n, n, generator=g).to(dtype)
+        if dtype == torch.int8:
+            a = torch.randint(-128, 128, (n, n), generator=g, dtype=torch.int8)
+            b = torch.randint(-128, 128, (n, n), generator=g, dtype=torch.int8)
+        else:
+            a = torch.randn(n, n, generator=g).to(dtype)
+            b = torch.randn(n, n, generator=g).to(dtype)
         t = time.perf_counter()
-        torch.matmul(a, b)
+        matmul(a, b)
         if n >= max_n or time.perf_counter() - t > 0.05:
             break
         n *= 2
     best, spent, runs = float("inf"), 0.0, 0
     while runs < 3 or spent < min_time_s:
         t = time.perf_counter()
-        torch.matmul(a, b)
+        matmul(a, b)
         dt = time.perf_counter() - t
         best, spent, runs = min(best, dt), spent + dt, runs + 1
         if spent > 10 * min_time_s:
@@ -181,7 +208,7 @@ def _build(s: _System, batch_size: int) -> bool:
 def _resolve_model(model: str | os.PathLike | nn.Module, in_chans: int | None) -> ResNet:
     if isinstance(model, nn.Module):
         if not isinstance(model, ResNet) or model.features_only:
-            raise ValueError("bench takes a resnetlab classification model (not features_only)")
+            raise BenchError("bench takes a resnetlab classification model (not features_only)")
         return model
     path = Path(model)
     if path.exists():
@@ -422,18 +449,18 @@ def bench_model(
     """
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
-        raise ValueError(f"unknown precision(s) {bad}: expected some of {', '.join(PRECISIONS)}")
+        raise BenchError(f"unknown precision(s) {bad}: expected some of {', '.join(PRECISIONS)}")
     bad = [c for c in compare if c not in COMPARE]
     if bad:
-        raise ValueError(f"unknown comparison(s) {bad}: expected some of {', '.join(COMPARE)}")
+        raise BenchError(f"unknown comparison(s) {bad}: expected some of {', '.join(COMPARE)}")
     compiled = tuple(precisions) if compile is True else tuple(compile or ())
     bad = [p for p in compiled if p not in precisions]
     if bad:
-        raise ValueError(f"compile={list(compiled)}: {bad} not among the precisions")
+        raise BenchError(f"compile={list(compiled)}: {bad} not among the precisions")
     if threads is not None and threads < 1:
-        raise ValueError(f"threads={threads}: expected an integer >= 1")
+        raise BenchError(f"threads={threads}: expected an integer >= 1")
     if batch_size < 1 or iters < 1 or warmup < 0 or rounds < 1:
-        raise ValueError(
+        raise BenchError(
             f"batch_size={batch_size}, iters={iters}, warmup={warmup}, rounds={rounds}: "
             "expected batch_size, iters, rounds >= 1 and warmup >= 0"
         )
@@ -468,7 +495,7 @@ def _bench(
     net = _resolve_model(model, input_size[0] if input_size else None).cpu().eval()
     size = tuple(input_size) if input_size else tuple(net.config.input_size)
     if len(size) != 3 or size[0] != net.config.in_chans:
-        raise ValueError(
+        raise BenchError(
             f"input_size={size}: expected (C, H, W) with C = {net.config.in_chans}, the "
             "model's input channels"
         )
@@ -480,13 +507,17 @@ def _bench(
     else:
         calib = [b[0] if isinstance(b, (tuple, list)) else b for b in calibration]
         calib_note = f"calibrated on {sum(len(b) for b in calib)} images"
+    # One peak per kind of arithmetic: fp32 systems against an fp32 GEMM, bf16 against bf16,
+    # int8 against an int8 one (none where torch has no int8 GEMM: no fraction then).
     probes: dict[str, float] = {}
     if probe:
         say("GEMM probe (fp32)")
         probes["fp32"] = gemm_gflops(torch.float32)
-        if "bf16" in precisions:
-            say("GEMM probe (bf16)")
-            probes["bf16"] = gemm_gflops(torch.bfloat16)
+        for precision, dtype in (("bf16", torch.bfloat16), ("int8", torch.int8)):
+            if precision in precisions:
+                say(f"GEMM probe ({precision})")
+                with contextlib.suppress(LookupError):
+                    probes[precision] = gemm_gflops(dtype)
     with torch.inference_mode():
         reference = net(x)
 
@@ -519,9 +550,11 @@ def _bench(
             row.p50_ms = statistics.median(lat)
             row.p95_ms = float(np.percentile(lat, 95))
             row.gflops = 2 * macs * row.img_per_s / 1e9
-            row.probe_gflops = probes.get("bf16" if row.precision == "bf16" else "fp32")
+            row.probe_gflops = probes.get(row.precision)
             if row.probe_gflops:
                 row.peak_fraction = row.gflops / row.probe_gflops
+            elif probes and row.precision == "int8":
+                notes.append("no int8 GEMM probe on this torch: no fraction of peak")
             if row.precision == "int8":
                 notes.append(calib_note)
             if row.precision == "bf16" and not has_native_bf16():
@@ -559,10 +592,12 @@ def format_bench(rows: Sequence[BenchRow], title: str | None = None) -> str:
         lines.append("  ".join(cells).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
-    probes = sorted({(r.precision == "bf16", r.probe_gflops) for r in rows if r.probe_gflops})
+    order = {"fp32": 0, "bf16": 1, "int8": 2}
+    probes = sorted({(r.precision, r.probe_gflops) for r in rows if r.probe_gflops},
+                    key=lambda p: order.get(p[0], 3))  # fmt: skip
     if probes:
-        text = ", ".join(f"{'bf16' if b else 'fp32'} {g:.0f} GFLOP/s" for b, g in probes)
-        lines.append(f"GEMM peak (torch.matmul probe): {text}; int8 rows use the fp32 peak")
+        text = ", ".join(f"{p} {g:.0f} {'GOP/s' if p == 'int8' else 'GFLOP/s'}" for p, g in probes)
+        lines.append(f"GEMM peak (matrix-product probe, each precision its own): {text}")
     for r in rows:
         if r.note:
             lines.append(f"{r.system} ({r.precision}): {r.note}")

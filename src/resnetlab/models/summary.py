@@ -7,7 +7,19 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..formatting import format_count, render_table
 from .reference import PUBLISHED
+
+__all__ = [
+    "MODELS_COLUMNS",
+    "figure_matches",
+    "info_table",
+    "models_table",
+    "paper_table",
+    "render_models_table",
+    "render_paper_table",
+    "render_table",
+]
 
 
 def _diff(measured: float, published: float | None) -> float | None:
@@ -31,6 +43,7 @@ def models_table(names: Iterable[str], *, progress: bool = False) -> list[dict[s
             params=info["params"],
             gmacs=info["macs"] / 1e9,
             published_params=pub.params if pub else None,
+            published_exact=pub.exact if pub else None,
             published_gmacs=pub.gmacs if pub else None,
             params_diff_pct=_diff(info["params"], pub.params if pub else None),
             macs_diff_pct=_diff(info["macs"] / 1e9, pub.gmacs if pub else None),
@@ -40,24 +53,20 @@ def models_table(names: Iterable[str], *, progress: bool = False) -> list[dict[s
     return rows
 
 
-def _fmt(value: Any) -> str:
+def _published(value: float | None, exact: bool, prefix: str) -> str:
+    # A paper's rounded figure as the paper prints it (1.7M, 3.8G); an exact one as measured.
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    scale = {"M": 1e6, "G": 1e9}[prefix]
+    return format_count(value) if exact else f"{value / scale:g}{prefix}"
 
 
-def render_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
-    """A plain-text table (markdown-compatible) of ``rows`` with (key, header) ``columns``."""
-    cells = [[h for _, h in columns]] + [[_fmt(r.get(k)) for k, _ in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
-             for row in cells]  # fmt: skip
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+def _diff_pct(value: float | None) -> str:
+    return "-" if value is None else ("0" if value == 0 else f"{value:+.2g}%")
+
+
+def _macs(gmacs: float | None) -> str:
+    return format_count(None if gmacs is None else gmacs * 1e9)
 
 
 MODELS_COLUMNS = [
@@ -66,17 +75,44 @@ MODELS_COLUMNS = [
     ("depth", "depth"),
     ("input", "input"),
     ("params", "params"),
-    ("gmacs", "GMACs"),
+    ("gmacs", "MACs"),
     ("published_params", "published params"),
-    ("published_gmacs", "published GMACs"),
-    ("params_diff_pct", "params diff %"),
-    ("macs_diff_pct", "MACs diff %"),
+    ("published_gmacs", "published MACs"),
+    ("params_diff_pct", "params diff"),
+    ("macs_diff_pct", "MACs diff"),
 ]
 
 
+def render_models_table(rows: list[dict[str, Any]]) -> str:
+    """The rows of :func:`models_table` as a table: counts with SI prefixes (11.7M, 1.81G),
+    the papers' rounded figures as printed, differences in percent."""
+    shown = []
+    for r in rows:
+        exact = r.get("published_exact", True)
+        gmacs = r["published_gmacs"]
+        shown.append(
+            dict(
+                r,
+                published_params=_published(r["published_params"], exact, "M"),
+                published_gmacs=_published(None if gmacs is None else gmacs * 1e9, exact, "G"),
+            )
+        )
+    formats = {
+        "depth": str,
+        "params": format_count,
+        "gmacs": _macs,
+        "published_params": str,
+        "published_gmacs": str,
+        "params_diff_pct": _diff_pct,
+        "macs_diff_pct": _diff_pct,
+    }
+    return render_table(shown, MODELS_COLUMNS, formats)
+
+
 def info_table(info: dict[str, Any]) -> str:
-    rows = [dict(layer, gmacs=layer["macs"] / 1e9) for layer in info["layers"]]
-    rows.append(dict(name="total", params=info["params"], gmacs=info["macs"] / 1e9))
+    """Per-layer output shape, params (exact) and MACs (SI prefix) of :func:`model_info`."""
+    rows = [dict(layer) for layer in info["layers"]]
+    rows.append(dict(name="total", params=info["params"], macs=info["macs"]))
     for row in rows:
         shape = row.get("output_shape")
         row["output"] = "x".join(map(str, shape)) if shape else "-"
@@ -84,9 +120,9 @@ def info_table(info: dict[str, Any]) -> str:
         ("name", "layer"),
         ("output", "output (CxHxW)"),
         ("params", "params"),
-        ("gmacs", "GMACs"),
+        ("macs", "MACs"),
     ]
-    return render_table(rows, cols)
+    return render_table(rows, cols, {"macs": format_count})
 
 
 def _decimals(value: float) -> int:
