@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .errors import ResnetlabError, TrainingInterrupted
 from .formatting import dumps_json
@@ -194,6 +195,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config:
             raise CliError("--resume takes the run's own config.yaml; drop --config")
         preset, output = f"{args.resume}/config.yaml", args.resume
+        if not Path(preset).is_file():
+            raise CliError(
+                f"nothing to resume in {args.resume}: no config.yaml of a run there (a run "
+                "directory is what `resnetlab train --output DIR` made)"
+            )
     data = {"spec": args.data, "data_dir": args.data_dir, "batch_size": args.batch_size,
             "skip_bad_images": True if args.skip_bad_images else None}  # fmt: skip
     finetune = {"freeze": args.freeze, "backbone_lr_scale": args.backbone_lr_scale,
@@ -228,7 +234,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"done: {summary['model']} on {summary['data']}, {summary['epochs']} epochs in "
         f"{summary['train_time_s']:.0f} s"
         + (f" ({speed:.0f} img/s), " if speed else ", ")
-        + (f"test top-1 {100 * top1:.2f}%" if top1 is not None else "no evaluation")
+        + (
+            f"{summary['eval_split']} top-1 {100 * top1:.2f}%"
+            if top1 is not None
+            else "no evaluation"
+        )
         + f"\nreport: {summary['run_dir']}/report.md  plot: {summary['run_dir']}/curves.png"
     )
     return 0

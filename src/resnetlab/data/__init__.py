@@ -7,6 +7,8 @@
   :class:`DataInfo` (classes, image size, normalization) of a spec.
 * :func:`load_split` reads one split of an in-memory dataset as uint8 tensors.
 * :func:`load_image` decodes one image file, for prediction on files.
+* :func:`is_image_file` and :data:`IMAGE_EXTENSIONS` say which files are images, for
+  folders and ``predict`` alike.
 
 This package is the lowest layer of resnetlab: it imports nothing else from it.
 """
@@ -20,7 +22,9 @@ from .errors import (
     DownloadError,
     ImageDecodeError,
     MissingDataError,
+    NoImagesError,
 )
+from .files import IMAGE_EXTENSIONS, is_image_file
 from .folder import FolderLoader
 from .images import load_image
 from .info import DataInfo
@@ -30,6 +34,7 @@ from .sources import default_data_dir
 __all__ = [
     "AUGMENTS",
     "CATALOG",
+    "IMAGE_EXTENSIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SPLITS",
@@ -45,10 +50,12 @@ __all__ = [
     "InMemoryLoader",
     "Loader",
     "MissingDataError",
+    "NoImagesError",
     "ParsedSpec",
     "RemoteFile",
     "build_loaders",
     "default_data_dir",
+    "is_image_file",
     "load_image",
     "load_split",
     "parse_data_spec",

@@ -26,6 +26,8 @@ from .folder import (
     FolderLoader,
     ImageFileDataset,
     decode_into_memory,
+    decode_side,
+    default_folder_eval_split,
     folder_info,
     folder_splits,
     folder_transforms,
@@ -305,8 +307,9 @@ def build_loaders(
     """The training loader, the evaluation loader and the :class:`DataInfo` of ``spec``.
 
     ``batch_size`` None chooses one for the training set (:func:`fit_batch_size`; the
-    loaders' ``batch_size`` says which). ``eval_split`` defaults to "test" for the built-in and synthetic datasets and, for
-    ``imagefolder:``, to "test" when ``PATH/test`` exists, else "val". ``augment`` is "none", "flip",
+    loaders' ``batch_size`` says which). ``eval_split`` defaults to :func:`default_eval_split`
+    ("test", or for an image folder without a test/ folder "val"); the returned info's
+    ``eval_split`` names the split the evaluation loader holds. ``augment`` is "none", "flip",
     "crop" or "standard" (crop + flip); ``random_erasing`` the per-sample probability of
     erasing a rectangle.
     ``in_chans=3`` feeds grayscale data to 3-channel models (channel repeated); for image
@@ -366,7 +369,7 @@ def build_loaders(
             f"in_chans={in_chans}: {info.name} has {info.channels} channel(s); "
             f"use {info.channels}" + (" or 3 (gray repeated)" if info.channels == 1 else "")
         )
-    info = replace(info, in_chans=in_chans or info.channels)
+    info = replace(info, in_chans=in_chans or info.channels, eval_split=eval_split)
     data = _in_memory_splits(
         parsed,
         ("train", eval_split),
@@ -464,7 +467,7 @@ def _build_folder_loaders(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction!r}: must be in [0, 1)")
     splits = folder_splits(parsed.path, val_fraction=val_fraction, seed=seed)
-    eval_split = eval_split or ("test" if splits.test is not None else "val")
+    eval_split = eval_split or default_folder_eval_split(parsed.path)
     if eval_split not in SPLITS:
         raise ValueError(f"eval_split={eval_split!r}: must be one of {', '.join(SPLITS)}")
     eval_samples = {"train": splits.train, "val": splits.val, "test": splits.test}[eval_split]
@@ -479,6 +482,7 @@ def _build_folder_loaders(
         {"train": splits.train, eval_split: eval_samples},
         split_roots=roots if splits.layout == "folders" else [parsed.path],
         seed=seed,
+        notes=splits.notes,
     )
     prep = preprocessing or {}
     plan = choose_plan(
@@ -498,6 +502,7 @@ def _build_folder_loaders(
     info = replace(
         folder_info(parsed.path, splits.classes, image_size=plan.image_size, channels=channels),
         in_chans=channels,
+        eval_split=eval_split,
         plan=plan.describe(),
         scan=scan.to_dict(),
     )
@@ -524,19 +529,20 @@ def _build_folder_loaders(
             rank=rank, world_size=world_size, device=device,
         )  # fmt: skip
     loaders = []
-    for samples, train, bs in (
-        (splits.train, True, batch_size),
-        (eval_samples, False, eval_batch_size),
+    small = plan.pipeline == "small"
+    for name, samples, train, bs in (
+        ("train", splits.train, True, batch_size),
+        (eval_split, eval_samples, False, eval_batch_size),
     ):
         transform = folder_transforms(
-            info,
-            train=train,
-            augment=augment,
-            random_erasing=random_erasing,
-            small=plan.pipeline == "small",
+            info, train=train, augment=augment, random_erasing=random_erasing, small=small
         )
         dataset = ImageFileDataset(
-            samples, transform, channels=channels, skip_bad_images=skip_bad_images
+            samples,
+            transform,
+            channels=channels,
+            skip_bad_images=skip_bad_images,
+            min_side=decode_side(info, train=train, augment=augment, small=small),
         )
         loaders.append(
             FolderLoader(
@@ -550,6 +556,7 @@ def _build_folder_loaders(
                 num_workers=num_workers,
                 device=device,
                 channels_last=channels_last,
+                split=name,
             )
         )
     return loaders[0], loaders[1], info
@@ -584,7 +591,7 @@ def _folder_in_memory(
             num_workers=num_workers,
             desc=f"decoding {name}",
         )
-        for name, samples in (("train", train_samples), ("eval", eval_samples))
+        for name, samples in (("train", train_samples), (info.eval_split, eval_samples))
     ]
     if stats:  # a folder of its own: normalize with its own statistics
         mean, std = _channel_stats(decoded[0][0])
@@ -600,13 +607,13 @@ def _folder_in_memory(
 def default_eval_split(spec: str) -> str:
     """The split :func:`build_loaders` evaluates on when ``eval_split`` is not given.
 
-    "test" for the built-in and synthetic datasets; for ``imagefolder:PATH``, "test" when
-    ``PATH`` has train/, val/ and test/ folders, else "val".
+    "test" for the built-in and synthetic datasets; for ``imagefolder:PATH``,
+    :func:`~resnetlab.data.folder.default_folder_eval_split`: "test" when ``PATH`` has
+    train/, val/ and test/ folders, else "val". The loaders' info says the same in
+    ``info.eval_split``, for the split they were actually built with.
     """
     parsed = parse_data_spec(spec)
     if parsed.kind != "imagefolder":
         return "test"
     assert parsed.path is not None
-    # folder_splits reads PATH/test only beside PATH/train and PATH/val.
-    has_test = all((parsed.path / s).is_dir() for s in SPLITS)
-    return "test" if has_test else "val"
+    return default_folder_eval_split(parsed.path)

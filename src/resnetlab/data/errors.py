@@ -17,6 +17,7 @@ __all__ = [
     "DownloadError",
     "ImageDecodeError",
     "MissingDataError",
+    "NoImagesError",
 ]
 
 
@@ -38,6 +39,11 @@ class DownloadError(DataError):
 
 class MissingDataError(DataError):
     """A dataset is not on disk and downloading was disabled."""
+
+
+class NoImagesError(DataError, ValueError):
+    """Files, folders or patterns given to read images from name no image file; the message
+    says, for each, what is there instead (no such file, a folder of other files, ...)."""
 
 
 class ImageDecodeError(DataError):

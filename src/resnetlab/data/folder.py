@@ -2,7 +2,11 @@
 
 If ``PATH/train`` and ``PATH/val`` exist they are the splits (and ``PATH/test`` if present);
 otherwise the images of ``PATH`` are split into train/val with a seeded stratified split.
-Hidden files and folders (``.ipynb_checkpoints``, macOS ``._*`` files) are ignored.
+Hidden files and folders (``.ipynb_checkpoints``, macOS ``._*`` files) are ignored. Files are
+listed by :func:`~resnetlab.data.files.walk_files`: links to folders inside a class folder are
+not followed (no loops, nothing from outside), and each real file is read once: a file that a
+link makes appear twice is left out the second time, and an evaluation image that is the same
+file as a training image is left out of the evaluation split (each with a warning).
 
 Training transforms (torchvision.transforms.v2): RandomResizedCrop(image_size), horizontal
 flip, scale to [0, 1], normalize (ImageNet statistics), optional RandomErasing; for small
@@ -20,7 +24,14 @@ Unreadable files (corrupt, truncated, empty, not an image) raise
 :class:`~resnetlab.data.errors.ImageDecodeError` naming the file; with
 ``skip_bad_images=True`` they are dropped from their batch instead (batches can then be a
 little smaller, and a batch with no readable image is left out) and a warning with the count
-is logged at the end of each pass.
+is logged at the end of each pass. The dataset never raises for an unreadable file: it hands
+back a marker that the loader turns into the error in the main process, so the message is
+the one line ``cannot decode image PATH: REASON`` whether or not worker processes decode
+(PyTorch re-raises a worker's exception with the worker's whole traceback in its message).
+
+Large images are decoded reduced (:func:`~resnetlab.data.images.load_image`'s ``min_side``)
+to the resolution the transforms need (:func:`decode_side`), so a 12000 x 12000 photo does
+not cost its full-size memory at every read.
 """
 
 from __future__ import annotations
@@ -35,14 +46,14 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.data import default_collate as _default_collate
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 from torchvision.transforms import v2
 
 from .catalog import IMAGENET_MEAN, IMAGENET_STD
 from .errors import DataError, ImageDecodeError
+from .files import IMAGE_EXTENSIONS, FileKey, FileWalk, walk_files
 from .images import load_image
 from .info import DataInfo
-from .loader import check_start_batch, eval_shard
+from .loader import check_start_batch, eval_shard, train_batches
 from .seeding import derive_seed, generator
 from .splits import stratified_split
 
@@ -52,18 +63,26 @@ __all__ = [
     "FolderLoader",
     "FolderSplits",
     "ImageFileDataset",
+    "SplitFiles",
+    "decode_into_memory",
+    "decode_side",
+    "default_folder_eval_split",
     "find_classes",
     "folder_info",
     "folder_splits",
-    "decode_into_memory",
     "folder_transforms",
     "scan_folder",
+    "split_folders",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_VAL_FRACTION = 0.1
+# RandomResizedCrop keeps as little as 8% of an image's area, about 0.28 of its side: decoded
+# with the shorter side at this many times the crop size, even the smallest crop keeps full
+# resolution.
+TRAIN_DECODE_FACTOR = 4
 # For 1-channel models: the mean of ImageNet's channel statistics.
 GRAY_MEAN = (round(sum(IMAGENET_MEAN) / 3, 4),)
 GRAY_STD = (round(sum(IMAGENET_STD) / 3, 4),)
@@ -75,7 +94,7 @@ def _layout_hint(root: Path) -> str:
     return (
         f"expected {root}/<class>/<image> (e.g. {root}/cat/001.jpg), or "
         f"{root}/train/<class>/<image> and {root}/val/<class>/<image>; image extensions: "
-        + ", ".join(IMG_EXTENSIONS)
+        + ", ".join(IMAGE_EXTENSIONS)
     )
 
 
@@ -94,16 +113,46 @@ def find_classes(root: str | Path) -> tuple[list[str], dict[str, int]]:
     return classes, {name: i for i, name in enumerate(classes)}
 
 
-def _is_image_file(path: str) -> bool:
-    return not os.path.basename(path).startswith(".") and has_file_allowed_extension(
-        path, IMG_EXTENSIONS
+class SplitFiles(NamedTuple):
+    """The samples of one split folder, its class names, and warning lines about its files."""
+
+    samples: list[Sample]
+    classes: list[str]
+    notes: list[str]
+
+
+def _empty_class_error(root: Path, empty: list[str], walks: dict[str, FileWalk]) -> DataError:
+    first = empty[0]
+    walk = walks.get(first)
+    if walk is None:
+        what = f"there is no {first}/ folder"
+    elif walk.repeated and not walk.images:
+        what = (
+            f"its {len(walk.repeated)} image(s) are links to files already read "
+            f"(e.g. {walk.repeated[0]})"
+        )
+    else:
+        what = f"{first}/ holds {walk.describe_others()}"
+        if walk.skipped_links:
+            what += f" and {len(walk.skipped_links)} folder link(s), which are not followed"
+    return DataError(
+        f"imagefolder: {root} has no image file for class(es) {', '.join(empty)} ({what}); put "
+        f"images there or remove the folder; image extensions: {', '.join(IMAGE_EXTENSIONS)}"
     )
 
 
 def scan_folder(
-    root: str | Path, class_to_idx: dict[str, int] | None = None
-) -> tuple[list[Sample], list[str]]:
-    """``(path, class index)`` of every image under ``root``, and the class names."""
+    root: str | Path,
+    class_to_idx: dict[str, int] | None = None,
+    *,
+    seen: set[FileKey] | None = None,
+) -> SplitFiles:
+    """``(path, class index)`` of every image under ``root``'s class folders, the class names,
+    and warnings about links not followed and files met twice.
+
+    ``seen``: identities of files already taken (another split's); they are left out here,
+    and the files found are added to it.
+    """
     root = Path(root)
     if class_to_idx is None:
         classes, class_to_idx = find_classes(root)
@@ -116,11 +165,21 @@ def scan_folder(
                 f"imagefolder: {root} has class folders that the training split lacks: "
                 + ", ".join(unknown)
             )
-    try:
-        samples = make_dataset(str(root), class_to_idx, is_valid_file=_is_image_file)
-    except FileNotFoundError as exc:
-        raise DataError(f"imagefolder: {root}: {exc}; {_layout_hint(root)}") from None
-    return samples, classes
+    seen = set() if seen is None else seen
+    samples: list[Sample] = []
+    walks: dict[str, FileWalk] = {}
+    whole = FileWalk(root=str(root))  # what the class folders' walks left out, together
+    for name in sorted(class_to_idx):
+        if not (root / name).is_dir():
+            continue
+        walk = walks[name] = walk_files(root / name, seen=seen)
+        samples += [(path, class_to_idx[name]) for path in walk.images]
+        whole.skipped_links += walk.skipped_links
+        whole.repeated += walk.repeated
+    empty = [c for c in sorted(class_to_idx) if c not in walks or not walks[c].images]
+    if empty:
+        raise _empty_class_error(root, empty, walks)
+    return SplitFiles(samples, classes, whole.notes())
 
 
 @dataclass(frozen=True)
@@ -133,6 +192,8 @@ class FolderSplits:
     test: list[Sample] | None
     #: "folders" (train/ and val/ given) or "split" (val carved out of one folder)
     layout: str
+    #: warning lines: links not followed, files met twice
+    notes: tuple[str, ...] = ()
 
 
 def _check_classes(root: Path, classes: list[str]) -> None:
@@ -143,29 +204,51 @@ def _check_classes(root: Path, classes: list[str]) -> None:
         )
 
 
+def split_folders(root: str | Path) -> tuple[str, ...]:
+    """The split folders :func:`folder_splits` reads in ``root``: ``("train", "val")`` or
+    ``("train", "val", "test")``; ``()`` when ``root`` is one folder of classes to split."""
+    root = Path(root).expanduser()
+    if not ((root / "train").is_dir() and (root / "val").is_dir()):
+        return ()
+    return ("train", "val", "test") if (root / "test").is_dir() else ("train", "val")
+
+
+def default_folder_eval_split(root: str | Path) -> str:
+    """The split an image folder is evaluated on by default: "test" when ``root`` has
+    train/, val/ and test/ folders, else "val" (its val/ folder, or the held-out part)."""
+    return "test" if "test" in split_folders(root) else "val"
+
+
 def folder_splits(root: str | Path, *, val_fraction: float = 0.0, seed: int = 0) -> FolderSplits:
     """Find the train/val(/test) samples of ``root``.
 
     With ``root/train`` and ``root/val`` folders, those are used (``val_fraction`` must then be
     0). Otherwise a seeded stratified split of ``root`` holds out ``val_fraction`` (0 means
-    :data:`DEFAULT_VAL_FRACTION`) of each class.
+    :data:`DEFAULT_VAL_FRACTION`) of each class. No file is in two splits: an image of val/
+    or test/ that is the same file as a training image is left out there, with a note.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"imagefolder: {root} is not a folder; {_layout_hint(root)}")
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    folders = split_folders(root)
+    if folders:
         if val_fraction:
             raise ValueError(
                 f"val_fraction={val_fraction!r}: {root} already has train/ and val/ folders; "
                 "use val_fraction=0"
             )
-        train, classes = scan_folder(root / "train")
+        seen: set[FileKey] = set()
+        train, classes, notes = scan_folder(root / "train", seen=seen)
         _check_classes(root / "train", classes)
         class_to_idx = {name: i for i, name in enumerate(classes)}
-        val, _ = scan_folder(root / "val", class_to_idx)
-        test = scan_folder(root / "test", class_to_idx)[0] if (root / "test").is_dir() else None
-        return FolderSplits(classes, train, val, test, "folders")
-    samples, classes = scan_folder(root)
+        val, _, val_notes = scan_folder(root / "val", class_to_idx, seen=set(seen))
+        notes += val_notes
+        test = None
+        if "test" in folders:
+            test, _, test_notes = scan_folder(root / "test", class_to_idx, seen=set(seen))
+            notes += test_notes
+        return FolderSplits(classes, train, val, test, "folders", tuple(notes))
+    samples, classes, notes = scan_folder(root)
     _check_classes(root, classes)
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     train_idx, val_idx = stratified_split(labels, val_fraction or DEFAULT_VAL_FRACTION, seed)
@@ -175,6 +258,7 @@ def folder_splits(root: str | Path, *, val_fraction: float = 0.0, seed: int = 0)
         [samples[i] for i in val_idx.tolist()],
         None,
         "split",
+        tuple(notes),
     )
 
 
@@ -228,6 +312,17 @@ def folder_transforms(
     return v2.Compose(steps)
 
 
+def decode_side(
+    info: DataInfo, *, train: bool, augment: str = "standard", small: bool = False
+) -> int:
+    """The shorter side an image needs, decoded, for :func:`folder_transforms` with the same
+    arguments: the resize for evaluation and the small pipeline, and
+    :data:`TRAIN_DECODE_FACTOR` times the crop for RandomResizedCrop (which crops first)."""
+    if train and not small and augment in ("crop", "standard"):
+        return TRAIN_DECODE_FACTOR * info.image_size
+    return info.resize or info.image_size
+
+
 def decode_into_memory(
     samples: Sequence[Sample],
     *,
@@ -249,7 +344,9 @@ def decode_into_memory(
     transform = v2.Compose(
         [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), v2.PILToTensor()]
     )
-    dataset = ImageFileDataset(samples, transform, channels=channels, skip_bad_images=True)
+    dataset = ImageFileDataset(
+        samples, transform, channels=channels, skip_bad_images=True, min_side=image_size
+    )
     loader = DataLoader(
         dataset,
         batch_size=256,
@@ -286,7 +383,12 @@ class ImageFileDataset(Dataset):
     """Decodes and transforms ``(path, label)`` samples.
 
     Keys are ``(index, seed)`` pairs (see :class:`ResumableBatchSampler`): when ``seed`` is not
-    None, the transform runs in a forked RNG state seeded with it.
+    None, the transform runs in a forked RNG state seeded with it. An unreadable file gives
+    an ``_Unreadable(path, reason)`` marker in place of its sample, never an exception (one
+    raised in a worker process would reach the user wrapped in the worker's traceback):
+    :class:`FolderLoader` raises :class:`ImageDecodeError` for it in the main process, or
+    skips it when ``skip_bad_images``. ``min_side``: decode large images reduced, keeping
+    the shorter side at least this (:func:`decode_side`).
     """
 
     def __init__(
@@ -296,11 +398,13 @@ class ImageFileDataset(Dataset):
         *,
         channels: int = 3,
         skip_bad_images: bool = False,
+        min_side: int | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.channels = channels
         self.skip_bad_images = skip_bad_images
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -309,13 +413,9 @@ class ImageFileDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         try:
-            image = load_image(path, self.channels)
+            image = load_image(path, self.channels, min_side=self.min_side)
         except ImageDecodeError as exc:
-            if self.skip_bad_images:
-                return _Unreadable(path, exc.reason)
-            raise ImageDecodeError(
-                path, f"{exc.reason}; pass --skip-bad-images (skip_bad_images=True) to skip it"
-            ) from None
+            return _Unreadable(path, exc.reason)
         if seed is None:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):
@@ -353,6 +453,8 @@ class ShardSampler(Sampler[int]):
 class ResumableBatchSampler(Sampler[list[tuple[int, int | None]]]):
     """Batches of ``(index, per-sample seed)`` keys that can start at any batch of an epoch.
 
+    ``drop_last``: drop the last partial batch when it is small (:func:`train_batches`).
+
     ``torch.utils.data.BatchSampler`` reads its sampler lazily, so a start position set before
     ``iter()`` could change under it; this one fixes the epoch's order and start at ``iter()``.
     """
@@ -374,7 +476,7 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int | None]]]):
 
     def __len__(self) -> int:
         n = len(self.sampler)  # type: ignore[arg-type]
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return train_batches(n, self.batch_size) if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[list[tuple[int, int | None]]]:
         # Order, start and epoch are fixed here; the keys are made batch by batch.
@@ -390,7 +492,10 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int | None]]]):
 
 
 class FolderLoader:
-    """A :class:`~resnetlab.data.loader.Loader` over an :class:`ImageFileDataset`."""
+    """A :class:`~resnetlab.data.loader.Loader` over an :class:`ImageFileDataset`.
+
+    ``split`` names the split in messages (default: "train" or "eval").
+    """
 
     def __init__(
         self,
@@ -405,9 +510,11 @@ class FolderLoader:
         num_workers: int = 2,
         device: str | torch.device = "cpu",
         channels_last: bool = False,
+        split: str | None = None,
     ) -> None:
         self.dataset = dataset
         self.info = info
+        self.split = split or ("train" if train else "eval")
         self.batch_size = int(batch_size)
         self.train = train
         self.world_size = world_size
@@ -425,7 +532,9 @@ class FolderLoader:
         self._batches = ResumableBatchSampler(
             sampler, self.batch_size, drop_last=train, seed=seed if train else None
         )
-        self.num_samples = len(self._batches) * self.batch_size if train else len(sampler)
+        self.num_samples = (
+            min(len(sampler), len(self._batches) * self.batch_size) if train else len(sampler)
+        )
         self._loader = DataLoader(
             dataset,
             batch_sampler=self._batches,
@@ -461,6 +570,12 @@ class FolderLoader:
         skipped: list[_Unreadable] = []
         non_blocking = self.device.type == "cuda"
         for images, labels, bad in batches:
+            if bad and not self.dataset.skip_bad_images:
+                raise ImageDecodeError(
+                    bad[0].path,
+                    f"{bad[0].reason}; remove it, or pass --skip-bad-images "
+                    "(data.skip_bad_images=true) to leave unreadable files out",
+                )
             skipped += bad
             if labels.numel() == 0:
                 if self.train and self.world_size > 1:
@@ -477,9 +592,10 @@ class FolderLoader:
             yield images, labels.to(self.device, non_blocking=non_blocking)
         if skipped:
             logger.warning(
-                "skipped %d unreadable image(s) of %s in epoch %d, e.g. %s (%s)",
+                "skipped %d unreadable image(s) of %s (%s) in epoch %d, e.g. %s (%s)",
                 len(skipped),
                 self.info.name,
+                self.split,
                 self.epoch,
                 skipped[0].path,
                 skipped[0].reason,

@@ -3,14 +3,20 @@
 :func:`load_image` opens any format Pillow reads (PNG, JPEG, WebP, BMP, TIFF, ...), applies the
 EXIF orientation, and converts to ``RGB`` (3 channels) or ``L`` (1 channel) from grayscale,
 RGBA, palette, CMYK or 16-bit images. Pillow's decompression-bomb limit stays in force: it
-is checked on the declared size before any pixel is decoded. With ``max_side`` a large
-image is shrunk while it is decoded (JPEG's DCT scaling), so a huge photo does not need its
-full-size memory. Anything unreadable raises :class:`~resnetlab.data.errors.ImageDecodeError`
-naming the file, never another exception type.
+is checked on the declared size before any pixel is decoded. A large image can be decoded
+reduced: ``max_side`` bounds its longer side, ``min_side`` shrinks it as far as the shorter
+side stays at least that (what a pipeline that resizes to ``min_side`` needs). JPEGs are
+reduced while they are decoded (DCT scaling by 1/2, 1/4 or 1/8, Pillow's ``draft``), so a
+huge photo never needs its full-size memory; other formats are decoded whole and reduced at
+once by an integer box filter (``Image.reduce``), before the mode conversion (palette and
+16-bit images are converted first), so no full-size copy follows the decoded file. GIFs give
+their first frame. Anything unreadable raises
+:class:`~resnetlab.data.errors.ImageDecodeError` naming the file, never another exception type.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -43,18 +49,55 @@ def _convert(image: Image.Image, mode: str) -> Image.Image:
     return image.convert(mode)
 
 
-def load_image(path: str | Path, channels: int = 3, *, max_side: int | None = None) -> Image.Image:
+# Modes whose pixels Image.reduce may average; palette indices and 1-bit pixels must be
+# converted first, and Pillow does not reduce 16-bit modes.
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK", "YCbCr"})
+
+
+def _draft_size(size: tuple[int, int], min_side: int) -> tuple[int, int]:
+    """The smallest size of ``size``'s aspect ratio whose shorter side is ``min_side``."""
+    scale = min_side / min(size)
+    return math.ceil(size[0] * scale), math.ceil(size[1] * scale)
+
+
+def _reduce(image: Image.Image, min_side: int) -> Image.Image:
+    factor = min(image.size) // min_side
+    if factor < 2 or image.mode not in _REDUCIBLE_MODES:
+        return image
+    return image.reduce(factor)  # sizes round up: the shorter side stays >= min_side
+
+
+def _check_side(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name}={value!r}: must be a positive integer or None")
+
+
+def load_image(
+    path: str | Path,
+    channels: int = 3,
+    *,
+    max_side: int | None = None,
+    min_side: int | None = None,
+) -> Image.Image:
     """Decode ``path`` into a PIL image in mode ``RGB`` (``channels=3``) or ``L`` (``channels=1``).
 
     ``max_side``: shrink images whose longer side exceeds it to that size (aspect ratio
     kept); JPEGs are decoded at 1/2, 1/4 or 1/8 scale straight away, which bounds memory.
+    ``min_side``: the image will be resized so that its shorter side is ``min_side`` (or
+    cropped from at that resolution): decode it reduced as far as the shorter side stays at
+    least ``min_side`` (JPEG: while decoding; other formats: right after). Give one of the two.
     Raises :class:`ImageDecodeError` for a missing, empty, truncated, corrupt, oversized
     (decompression bomb) or non-image file.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels={channels!r}: must be 1 (grayscale) or 3 (RGB)")
-    if max_side is not None and (not isinstance(max_side, int) or max_side < 1):
-        raise ValueError(f"max_side={max_side!r}: must be a positive integer or None")
+    _check_side("max_side", max_side)
+    _check_side("min_side", min_side)
+    if max_side is not None and min_side is not None:
+        raise ValueError(
+            f"max_side={max_side}, min_side={min_side}: give one of them (max_side bounds the "
+            "longer side, min_side the shorter side of the reduced image)"
+        )
     path = Path(path)
     if path.is_dir():
         raise ImageDecodeError(path, "a directory, not an image file")
@@ -68,9 +111,14 @@ def load_image(path: str | Path, channels: int = 3, *, max_side: int | None = No
         with Image.open(path) as opened:
             if max_side is not None and max(opened.size) > max_side:
                 opened.draft(None, (max_side, max_side))  # JPEG only; a no-op elsewhere
+            elif min_side is not None and min(opened.size) > 2 * min_side:
+                opened.draft(None, _draft_size(opened.size, min_side))  # JPEG only
             opened.load()
-            oriented = ImageOps.exif_transpose(opened)
-            image = _convert(oriented, "L" if channels == 1 else "RGB")
+            ImageOps.exif_transpose(opened, in_place=True)
+            image = _reduce(opened, min_side) if min_side is not None else opened
+            image = _convert(image, "L" if channels == 1 else "RGB")
+            if min_side is not None:
+                image = _reduce(image, min_side)  # modes that had to be converted first
         if max_side is not None and max(image.size) > max_side:
             image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
         return image

@@ -29,6 +29,9 @@ class DataInfo:
     resize: int | None = None
     in_chans: int | None = None
     interpolation: str = "bilinear"
+    #: the split the evaluation loader built with this info holds ("test", or "val" for an
+    #: image folder with train/ and val/ only); None when not built by build_loaders
+    eval_split: str | None = field(default=None, compare=False)
     #: image folders: the one line saying how the folder is read, and its header scan
     plan: str | None = field(default=None, compare=False)
     scan: dict[str, Any] | None = field(default=None, compare=False, repr=False)

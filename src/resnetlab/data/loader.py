@@ -5,7 +5,8 @@ Every loader of this package (in memory or :mod:`~resnetlab.data.folder`) follow
 
 * ``for images, labels in loader`` yields float32 normalized images (B, C, H, W) and int64
   labels on the loader's device; ``len(loader)`` is the number of batches per epoch
-  (the last partial batch is dropped for training and kept for evaluation).
+  (for training the last partial batch is dropped unless that would leave out a large part
+  of the epoch, see :func:`train_batches`; for evaluation it is kept).
 * ``loader.set_epoch(epoch)`` selects the epoch; call it before each epoch, as with
   ``DistributedSampler`` (the loader does not advance the epoch by itself).
 * ``loader.iter_from(start_batch)`` yields batches ``start_batch, ...`` of the current epoch.
@@ -35,7 +36,7 @@ from .augment import random_crop, random_erasing, random_hflip
 from .info import DataInfo
 from .seeding import generator
 
-__all__ = ["AUGMENTS", "InMemoryLoader", "Loader", "eval_shard"]
+__all__ = ["AUGMENTS", "InMemoryLoader", "Loader", "eval_shard", "train_batches"]
 
 #: Accepted values of ``augment``: none, flip only, random crop only, or crop + flip (flips
 #: only where they are valid).
@@ -68,6 +69,25 @@ def eval_shard(n: int, rank: int, world_size: int) -> range:
     return range(start, start + base + (1 if rank < extra else 0))
 
 
+#: A training epoch keeps its last partial batch when dropping it would leave out more than
+#: this fraction of the epoch's samples.
+KEEP_LAST_FRACTION = 0.1
+
+
+def train_batches(n: int, batch_size: int) -> int:
+    """The number of batches of a training epoch of ``n`` samples (per rank).
+
+    The last partial batch is dropped, so that every step sees ``batch_size`` samples and
+    BatchNorm's batch statistics stay steady, as long as that leaves out at most
+    :data:`KEEP_LAST_FRACTION` of the epoch (a large set: 50,000 at 128 leaves out 80).
+    When it would leave out more (240 images at 128: 112 of them, every epoch) it is kept. A
+    last batch of one sample is always dropped: BatchNorm cannot take batch statistics of
+    one value per channel (a 1x1 feature map), and one sample is a noisy step anyway.
+    """
+    full, rest = divmod(n, batch_size)
+    return full + int(rest >= 2 and rest > KEEP_LAST_FRACTION * n)
+
+
 def check_start_batch(start_batch: int, num_batches: int) -> None:
     """Raise ValueError unless ``0 <= start_batch <= num_batches``."""
     if not isinstance(start_batch, int) or not 0 <= start_batch <= num_batches:
@@ -81,7 +101,7 @@ class InMemoryLoader:
     """Batches of an in-memory uint8 dataset, augmented and normalized on ``device``.
 
     ``images`` is uint8 (N, C, H, W) and ``labels`` int64 (N,). ``train=True`` shuffles per
-    epoch, drops the last partial batch and applies ``augment`` ("none"; "flip": a horizontal
+    epoch, drops the last partial batch when it is small (:func:`train_batches`) and applies ``augment`` ("none"; "flip": a horizontal
     flip when ``hflip``, the lightest, for runs of a few epochs; "crop": random crop with
     ``crop_padding`` zero padding; "standard": crop plus the flip)
     and ``random_erasing`` (probability per sample). ``train=False`` keeps the order and does
@@ -150,8 +170,8 @@ class InMemoryLoader:
         self._std = list(info.std)
         if train:
             per_rank = self.dataset_size // world_size
-            self._num_batches = per_rank // self.batch_size
-            self.num_samples = self._num_batches * self.batch_size
+            self._num_batches = train_batches(per_rank, self.batch_size)
+            self.num_samples = min(per_rank, self._num_batches * self.batch_size)
         else:
             self._shard = eval_shard(self.dataset_size, rank, world_size)
             self._num_batches = -(-len(self._shard) // self.batch_size)

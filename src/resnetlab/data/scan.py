@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
+from .files import walk_files
 
 __all__ = [
     "PIPELINES",
@@ -103,20 +105,16 @@ def _read_header(path: str) -> tuple[tuple[int, int], str]:
         return im.size, im.mode
 
 
-def _non_images(root: Path, kept: set[str]) -> tuple[int, list[str]]:
-    """Regular files under ``root``'s class folders that are not among ``kept``."""
+def _non_images(root: Path) -> tuple[int, list[str]]:
+    """Files without an image extension in ``root``'s class folders (files beside the class
+    folders are not samples), listed as the folder dataset lists them."""
     count, examples = 0, []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if Path(dirpath) == root:
-            continue  # files beside the class folders are not samples
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            if name.startswith(".") or full in kept:
-                continue
-            count += 1
-            if len(examples) < 3:
-                examples.append(full)
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        others = walk_files(entry.path).others
+        count += len(others)
+        examples += others[: 3 - len(examples)]
     return count, examples
 
 
@@ -128,11 +126,14 @@ def scan_folder_splits(
     split_roots: list[Path],
     sample_limit: int = DEFAULT_SAMPLE_LIMIT,
     seed: int = 0,
+    notes: Sequence[str] = (),
 ) -> FolderScan:
     """Scan the samples of each split (``{"train": [(path, label), ...], ...}``).
 
     ``split_roots`` are the folders holding the class folders (``root`` itself, or
-    ``root/train`` and ``root/val``): their other files are counted as non-images.
+    ``root/train`` and ``root/val``): their files without an image extension are counted.
+    ``notes``: warnings found while listing the files (links not followed, files met
+    twice), added to the scan's warnings.
     """
     tallies = {name: Counter(label for _, label in samples) for name, samples in splits.items()}
     counts = {name: {c: tally[i] for i, c in enumerate(classes)} for name, tally in tallies.items()}
@@ -169,12 +170,11 @@ def scan_folder_splits(
         scan.sizes = {f"{w}x{h}": n for (w, h), n in sizes.most_common(20)}
         scan.size_histogram = dict(Counter(_size_bin(s) for s in sides))
     scan.modes = dict(modes.most_common())
-    kept = {path for samples in splits.values() for path, _ in samples}
     for split_root in split_roots:
-        n, examples = _non_images(Path(split_root), kept)
+        n, examples = _non_images(Path(split_root))
         scan.non_images += n
         scan.non_image_examples += examples[: 3 - len(scan.non_image_examples)]
-    scan.warnings = _warnings(scan)
+    scan.warnings = [*notes, *_warnings(scan)]
     return scan
 
 

@@ -22,16 +22,22 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Train/test loss and error (%) against epoch."""
+def plot_curves(
+    rows: list[dict[str, Any]], path: Path, title: str = "", eval_split: str = "test"
+) -> Path:
+    """Train and evaluation loss and error (%) against epoch.
+
+    The ``test_*`` metrics are those of the evaluation split, named in the legend as it is
+    (``val`` for an image folder without a ``test/``).
+    """
     plt = _pyplot()
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [r["epoch"] for r in rows]
-    for key, label, style in (("train_loss", "train", "--"), ("test_loss", "test", "-")):
+    for key, label, style in (("train_loss", "train", "--"), ("test_loss", eval_split, "-")):
         pts = [(e, r[key]) for e, r in zip(epochs, rows, strict=True) if r.get(key) is not None]
         if pts:
             ax_loss.plot(*zip(*pts, strict=True), style, marker="o", label=label)
-    for key, label, style in (("train_acc", "train", "--"), ("test_top1", "test", "-")):
+    for key, label, style in (("train_acc", "train", "--"), ("test_top1", eval_split, "-")):
         pts = [(e, 100 * (1 - r[key])) for e, r in zip(epochs, rows, strict=True)
                if r.get(key) is not None]  # fmt: skip
         if pts:

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..config import TrainConfig, build_dataclass
 from ..data import build_loaders
-from ..data.build import DEFAULT_BATCH_SIZE, default_eval_split
+from ..data.build import DEFAULT_BATCH_SIZE
 from ..device import keep_freed_host_memory, resolve_device
 from ..errors import TrainingError, TrainingInterrupted
 from ..formatting import dumps_json, round_floats
@@ -581,7 +581,7 @@ def _summary(job: Job, st: TrainState, last_eval: dict[str, Any]) -> dict[str, A
         "model": cfg.model,
         "data": cfg.data.spec,
         # What test_top1 was measured on: the split, and whether flipped images were averaged.
-        "eval_split": cfg.data.eval_split or default_eval_split(cfg.data.spec),
+        "eval_split": job.info.eval_split,
         "tta_flip": cfg.tta_flip,
         "epochs": st.epoch,
         "steps": st.step,
@@ -623,7 +623,8 @@ def _finish_run(job: Job, final_model: nn.Module, last_eval: dict[str, Any],
         save_weights(final_model, run_dir / "model.safetensors",
                      preprocessing=info.preprocessing(), class_names=info.class_names)  # fmt: skip
         rows = read_metrics(run_dir / METRICS_FILE)
-        plot_curves(rows, run_dir / "curves.png", title=f"{cfg.model} on {cfg.data.spec}")
+        plot_curves(rows, run_dir / "curves.png", title=f"{cfg.model} on {cfg.data.spec}",
+                    eval_split=info.eval_split)  # fmt: skip
         if last_eval:
             plot_confusion(last_eval["confusion"], list(info.class_names),
                            run_dir / "confusion.png")  # fmt: skip

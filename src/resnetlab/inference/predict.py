@@ -7,8 +7,10 @@ PIL images or tensors into top-k predictions, in batches, under ``torch.inferenc
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import json
+import logging
 import os
 import sys
 import warnings
@@ -19,10 +21,12 @@ from typing import IO, Any
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from ..data.errors import ImageDecodeError
+from ..data.errors import ImageDecodeError, NoImagesError
+from ..data.files import IMAGE_EXTENSIONS, file_key, walk_files
+from ..data.files import is_image_file as _is_image_file
 from ..data.images import load_image
+from ..errors import ConfigError
 from ..models import (
     WeightsError,
     create_model,
@@ -83,11 +87,11 @@ class Predictor:
         random_weights: bool = False,
     ) -> None:
         if getattr(model, "features_only", False):
-            raise ValueError("a features_only model has no classifier to predict with")
+            raise ConfigError("a features_only model has no classifier to predict with")
         if getattr(model, "num_classes", 1) == 0:
-            raise ValueError("the model has no classifier (num_classes=0)")
+            raise ConfigError("the model has no classifier (num_classes=0)")
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
+            raise ConfigError(f"batch_size={batch_size}: expected an integer >= 1")
         if device is not None:
             model = model.to(resolve_device(device))
         self.model = model.eval()
@@ -186,7 +190,9 @@ class Predictor:
         Raises :class:`~resnetlab.data.errors.ImageDecodeError` for an unreadable file.
         """
         if isinstance(image, (str, os.PathLike)):
-            image = load_image(image, channels=self.preprocessing.channels)
+            # decoded reduced where the format allows (a 12000 px JPEG never at full size)
+            prep = self.preprocessing
+            image = load_image(image, channels=prep.channels, min_side=prep.resize)
         return self.preprocessing(image)
 
     def predict(
@@ -217,9 +223,9 @@ class Predictor:
     ) -> Iterator[dict[str, Any]]:
         """As :meth:`predict`, yielding results batch by batch (for long lists of files)."""
         if on_error not in ("raise", "record"):
-            raise ValueError(f"on_error={on_error!r}: expected 'raise' or 'record'")
+            raise ConfigError(f"on_error={on_error!r}: expected 'raise' or 'record'")
         if topk < 1:
-            raise ValueError(f"topk={topk}: expected an integer >= 1")
+            raise ConfigError(f"topk={topk}: expected an integer >= 1")
         topk = min(topk, len(self.class_names))
         size = batch_size or self.batch_size
         batch: list[ImageInput] = []
@@ -253,7 +259,7 @@ class Predictor:
             x = torch.stack(tensors).to(self.device)
             logits = self.model(x)
             if logits.ndim != 2 or logits.shape[1] != len(self.class_names):
-                raise ValueError(
+                raise ConfigError(
                     f"the model returned {tuple(logits.shape)} for {len(tensors)} images; "
                     f"expected ({len(tensors)}, {len(self.class_names)}) logits"
                 )
@@ -278,50 +284,114 @@ def _as_items(images: ImageInput | Iterable[ImageInput]) -> Iterator[ImageInput]
         yield from images
 
 
-def _is_image_file(path: str) -> bool:
-    return has_file_allowed_extension(path, IMG_EXTENSIONS)
+logger = logging.getLogger(__name__)
 
 
-def _walk_images(folder: Path) -> list[Path]:
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [
-            Path(root, f) for f in sorted(files) if not f.startswith(".") and _is_image_file(f)
-        ]
-    return found
+def _walk_images(folder: Path, skipped: list[str]) -> list[Path]:
+    walk = walk_files(folder)
+    skipped += walk.skipped_links
+    return [Path(f) for f in walk.images]
+
+
+def _match_parts(parts: Sequence[str], patterns: Sequence[str]) -> bool:
+    """Glob matching of path components, ``**`` standing for any number of them."""
+    if not patterns:
+        return not parts
+    if patterns[0] == "**":
+        return any(_match_parts(parts[k:], patterns[1:]) for k in range(len(parts) + 1))
+    return (
+        bool(parts)
+        and fnmatch.fnmatchcase(parts[0], patterns[0])
+        and _match_parts(parts[1:], patterns[1:])
+    )
+
+
+def _glob(pattern: str, skipped: list[str]) -> list[Path]:
+    """The files and folders ``pattern`` matches, sorted.
+
+    ``**`` is matched against a :func:`~resnetlab.data.files.walk_files` listing of the
+    pattern's fixed leading folder, since ``glob``'s own ``**`` follows links to folders and
+    so runs through link loops (``a/loop -> ..``) until the path is too long."""
+    if "**" not in pattern:
+        return [Path(m) for m in sorted(glob.glob(pattern))]
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:fixed]) if fixed else Path()
+    walk = walk_files(base)
+    skipped += walk.skipped_links
+    matches: dict[Path, None] = {}
+    for name in walk.files:
+        rel = Path(name).relative_to(base).parts
+        for k in range(len(rel) + 1):  # the file, or a folder holding it
+            if _match_parts(rel[:k], parts[fixed:]):
+                matches[base.joinpath(*rel[:k])] = None
+    return sorted(matches)
+
+
+def _why_no_images(spec: str) -> str:
+    """What ``spec`` names instead of images, for the error line."""
+    path = Path(spec)
+    if path.is_dir():
+        walk = walk_files(path)
+        links = f", {len(walk.skipped_links)} link(s) to folders" if walk.skipped_links else ""
+        return (
+            f"{spec}: no image file in this folder ({walk.describe_others()}{links}); image "
+            f"extensions: {', '.join(IMAGE_EXTENSIONS)}"
+        )
+    if glob.has_magic(spec):
+        files = [m for m in _glob(spec, []) if m.is_file()]
+        if not files:
+            return f"{spec}: no file matches"
+        return f"{spec}: matches {len(files)} file(s), none an image (e.g. {files[0]})"
+    if path.is_symlink():
+        return f"{spec}: a broken link (what it points to does not exist)"
+    return f"{spec}: no such file or folder"
 
 
 def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
     """The image files that ``inputs`` name, and the inputs that named nothing.
 
     A file is taken as given (whatever its extension); a folder gives every image file
-    under it, recursively, sorted (hidden files and folders skipped); a glob pattern
-    (``*``, ``?``, ``[...]``, ``**``) gives the image files and folders it matches.
-    Duplicates are dropped, keeping the first.
+    under it, recursively, sorted (hidden files and folders skipped, links to folders not
+    followed); a glob pattern (``*``, ``?``, ``[...]``, ``**``) gives the image files and
+    folders it matches. A file reached twice (two patterns, a link) is kept once, first.
     """
     found: list[Path] = []
     missing: list[str] = []
+    skipped: list[str] = []  # links to folders not followed
     for spec in inputs:
         path = Path(spec)
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            found += _walk_images(path)
+            files = _walk_images(path, skipped)
+            if files:
+                found += files
+            else:
+                missing.append(str(spec))
         elif glob.has_magic(str(spec)):
-            matches = sorted(glob.glob(str(spec), recursive=True))
-            files = [Path(m) for m in matches if Path(m).is_file() and _is_image_file(m)]
+            matches = _glob(str(spec), skipped)
+            files = [m for m in matches if m.is_file() and _is_image_file(m)]
             for m in matches:
-                if Path(m).is_dir():
-                    files += _walk_images(Path(m))
+                if m.is_dir():
+                    files += _walk_images(m, skipped)
             if files:
                 found += files
             else:
                 missing.append(str(spec))
         else:
             missing.append(str(spec))
-    unique = list(dict.fromkeys(found))
-    return unique, missing
+    if skipped:
+        logger.warning(
+            "%d link(s) to folders not followed (a folder link repeats images or leads out "
+            "of the folder given), e.g. %s",
+            len(dict.fromkeys(skipped)),
+            skipped[0],
+        )
+    unique: dict[object, Path] = {}
+    for path in found:
+        unique.setdefault(file_key(path) or str(path), path)
+    return list(unique.values()), missing
 
 
 def format_prediction(result: dict[str, Any]) -> str:
@@ -353,24 +423,24 @@ def run_predict(
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     if topk < 1 or batch_size < 1:
-        raise ValueError(f"--topk {topk}, --batch-size {batch_size}: both must be >= 1")
+        raise ConfigError(f"--topk {topk}, --batch-size {batch_size}: both must be >= 1")
     inputs = list(inputs)
     source = weights
     if model is None and weights is None:
         if len(inputs) < 2:
-            raise ValueError(
+            raise ConfigError(
                 "give a run directory (or --weights FILE, or --model NAME) and then the "
                 "images to classify"
             )
         source, inputs = inputs[0], inputs[1:]
         if Path(source).is_file() and _is_image_file(source):
-            raise ValueError(
+            raise ConfigError(
                 f"{source} is an image, not a model: give a run directory, a .safetensors "
                 "file, --weights FILE or --model NAME first"
             )
     files, missing = find_images(inputs)
     if not files:
-        raise ValueError(f"no images found in {', '.join(inputs)}")
+        raise NoImagesError("no images found: " + "; ".join(_why_no_images(str(i)) for i in inputs))
     if model is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RandomWeightsWarning)
@@ -387,7 +457,7 @@ def run_predict(
     failed = 0
     for spec in missing:
         failed += 1
-        message = f"no such file or folder, or no image matches: {spec}"
+        message = _why_no_images(spec)
         if as_json:
             print(json.dumps({"path": spec, "error": message}), file=out, flush=True)
         else:
