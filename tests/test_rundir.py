@@ -198,3 +198,24 @@ def test_progress_off_a_terminal_is_lines_not_redraws(tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert [json.loads(line)["epoch"] for line in out.splitlines() if line.startswith("{")] == [1]
+
+
+def test_full_disk_during_the_final_export_keeps_the_run_finishable(tmp_path, monkeypatch):
+    import errno
+
+    from resnetlab.engine import trainer
+
+    run = tmp_path / "run"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run / "model.safetensors"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "save_weights", full)
+        with pytest.raises(TrainingError, match=r"no space left on device: .*model\.safetensors"
+                           r".*last checkpoint is intact.*--resume"):  # fmt: skip
+            train(job(run, epochs=1), progress=False)
+    assert not (run / "summary.json").exists()
+    summary = train(job(run, epochs=1), resume=True, progress=False)  # space freed
+    assert summary["steps"] == 16 and summary["test_top1"] is not None
+    assert (run / "model.safetensors").exists()

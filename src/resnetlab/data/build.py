@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError
 from . import catalog
 from .folder import (
     DEFAULT_IMAGE_SIZE,
@@ -67,17 +68,17 @@ class ParsedSpec:
     limit: dict[str, int] | None = None
 
 
-def _unknown(spec: str, head: str) -> ValueError:
+def _unknown(spec: str, head: str) -> ConfigError:
     names = [*catalog.CATALOG, "imagefolder", "synthetic"]
     close = difflib.get_close_matches(head, names, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ValueError(f"unknown dataset {spec!r}; valid datasets: {', '.join(VALID_SPECS)}.{hint}")
+    return ConfigError(f"unknown dataset {spec!r}; valid datasets: {', '.join(VALID_SPECS)}.{hint}")
 
 
 def parse_data_spec(spec: str) -> ParsedSpec:
     """Parse a ``--data`` string (see the module docstring); ValueError if it is not valid."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(
+        raise ConfigError(
             f"dataset spec {spec!r} is empty; valid datasets: {', '.join(VALID_SPECS)}"
         )
     head, sep, rest = spec.strip().partition(":")
@@ -85,7 +86,7 @@ def parse_data_spec(spec: str) -> ParsedSpec:
     key = _ALIASES.get(key, key)
     if key == "imagefolder":
         if not rest.strip():
-            raise ValueError(f"dataset spec {spec!r}: give the folder, as imagefolder:PATH")
+            raise ConfigError(f"dataset spec {spec!r}: give the folder, as imagefolder:PATH")
         return ParsedSpec("imagefolder", "imagefolder", path=Path(rest.strip()).expanduser())
     if key == "synthetic":
         return ParsedSpec("synthetic", "synthetic", synthetic=parse_synthetic_options(rest))
@@ -100,7 +101,7 @@ def _parse_limit(spec: str, key: str, rest: str) -> dict[str, int]:
     for item in filter(None, (i.strip() for i in rest.split(","))):
         name, _, value = item.partition("=")
         if name.strip() not in ("train", "test") or not value.strip().isdigit() or not int(value):
-            raise ValueError(
+            raise ConfigError(
                 f"dataset spec {spec!r}: {key} takes train=N and test=N (the first N images "
                 f"of the official split), e.g. {key}:train=2000,test=500; got {item!r}"
             )
@@ -149,11 +150,11 @@ def _official(
 
 def _check_split(split: str, val_fraction: float, argument: str = "split") -> None:
     if split not in SPLITS:
-        raise ValueError(f"{argument}={split!r}: must be one of {', '.join(SPLITS)}")
+        raise ConfigError(f"{argument}={split!r}: must be one of {', '.join(SPLITS)}")
     if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction!r}: must be in [0, 1)")
+        raise ConfigError(f"val_fraction={val_fraction!r}: must be in [0, 1)")
     if split == "val" and val_fraction == 0:
-        raise ValueError(
+        raise ConfigError(
             f"{argument}='val' needs val_fraction > 0 (e.g. 0.1 holds out 10% of the official "
             "training set per class, CIFAR's 45k/5k split)"
         )
@@ -200,7 +201,7 @@ def load_split(
     """
     parsed = parse_data_spec(spec)
     if parsed.kind == "imagefolder":
-        raise ValueError(
+        raise ConfigError(
             f"load_split reads in-memory datasets only; {spec!r} is read from image files: "
             "use build_loaders"
         )
@@ -214,7 +215,7 @@ def load_split(
 
 def _check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}={value!r}: must be a positive integer")
+        raise ConfigError(f"{name}={value!r}: must be a positive integer")
 
 
 def _validate(
@@ -236,24 +237,26 @@ def _validate(
     if eval_batch_size is not None:
         _check_positive_int("eval_batch_size", eval_batch_size)
     if augment not in AUGMENTS:
-        raise ValueError(f"augment={augment!r}: must be one of {', '.join(AUGMENTS)}")
+        raise ConfigError(f"augment={augment!r}: must be one of {', '.join(AUGMENTS)}")
     if pipeline not in PIPELINES:
-        raise ValueError(f"pipeline={pipeline!r}: must be one of {', '.join(PIPELINES)}")
+        raise ConfigError(f"pipeline={pipeline!r}: must be one of {', '.join(PIPELINES)}")
     if not isinstance(random_erasing, (int, float)) or not 0.0 <= random_erasing <= 1.0:
-        raise ValueError(f"random_erasing={random_erasing!r}: must be a probability in [0, 1]")
+        raise ConfigError(f"random_erasing={random_erasing!r}: must be a probability in [0, 1]")
     if in_chans not in (None, 1, 3):
-        raise ValueError(f"in_chans={in_chans!r}: must be None, 1 or 3")
+        raise ConfigError(f"in_chans={in_chans!r}: must be None, 1 or 3")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers={num_workers!r}: must be an integer >= 0")
+        raise ConfigError(f"num_workers={num_workers!r}: must be an integer >= 0")
     _check_positive_int("world_size", world_size)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(f"rank={rank!r}: must be in 0..{world_size - 1} (world_size={world_size})")
+        raise ConfigError(
+            f"rank={rank!r}: must be in 0..{world_size - 1} (world_size={world_size})"
+        )
     if image_size is not None:
         _check_positive_int("image_size", image_size)
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r}: not a torch device ({exc})") from None
+        raise ConfigError(f"device={device!r}: not a torch device ({exc})") from None
 
 
 #: The batch size when none is given, for training sets large enough for it.
@@ -272,7 +275,7 @@ def fit_batch_size(batch_size: int | None, n: int, world_size: int, spec: str) -
         return max(1, min(DEFAULT_BATCH_SIZE, fit, per_rank))
     if batch_size > per_rank:
         where = f" per rank ({n} in all, world_size={world_size})" if world_size > 1 else ""
-        raise ValueError(
+        raise ConfigError(
             f"batch_size={batch_size} is larger than the training set of {spec!r}: {per_rank} "
             f"samples{where}; use batch_size <= {per_rank}, or leave it out to have one chosen"
         )
@@ -365,7 +368,7 @@ def build_loaders(
     _check_split(eval_split, val_fraction, "eval_split")
     info = _info(parsed)
     if in_chans not in (None, info.channels) and not (info.channels == 1 and in_chans == 3):
-        raise ValueError(
+        raise ConfigError(
             f"in_chans={in_chans}: {info.name} has {info.channels} channel(s); "
             f"use {info.channels}" + (" or 3 (gray repeated)" if info.channels == 1 else "")
         )
@@ -465,14 +468,14 @@ def _build_folder_loaders(
 ) -> tuple[Loader, Loader, DataInfo]:
     assert parsed.path is not None
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction!r}: must be in [0, 1)")
+        raise ConfigError(f"val_fraction={val_fraction!r}: must be in [0, 1)")
     splits = folder_splits(parsed.path, val_fraction=val_fraction, seed=seed)
     eval_split = eval_split or default_folder_eval_split(parsed.path)
     if eval_split not in SPLITS:
-        raise ValueError(f"eval_split={eval_split!r}: must be one of {', '.join(SPLITS)}")
+        raise ConfigError(f"eval_split={eval_split!r}: must be one of {', '.join(SPLITS)}")
     eval_samples = {"train": splits.train, "val": splits.val, "test": splits.test}[eval_split]
     if eval_samples is None:
-        raise ValueError(
+        raise ConfigError(
             f"eval_split='test': {parsed.path} has no test/ folder; use eval_split='val'"
         )
     roots = [parsed.path / s for s in ("train", "val", "test") if (parsed.path / s).is_dir()]

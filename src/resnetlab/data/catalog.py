@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ConfigError
+
 __all__ = [
     "CATALOG",
     "CIFAR10",
@@ -79,7 +81,7 @@ class DatasetSpec:
             return self.train_members
         if split == "test":
             return self.test_members
-        raise ValueError(f"split={split!r}: the official splits are 'train' and 'test'")
+        raise ConfigError(f"split={split!r}: the official splits are 'train' and 'test'")
 
 
 def _idx_files(base_urls: tuple[str, ...], md5s: dict[str, str]) -> tuple[RemoteFile, ...]:

@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.data import default_collate as _default_collate
 from torchvision.transforms import v2
 
+from ..errors import ConfigError
 from .catalog import IMAGENET_MEAN, IMAGENET_STD
 from .errors import DataError, ImageDecodeError
 from .files import IMAGE_EXTENSIONS, FileKey, FileWalk, walk_files
@@ -233,7 +234,7 @@ def folder_splits(root: str | Path, *, val_fraction: float = 0.0, seed: int = 0)
     folders = split_folders(root)
     if folders:
         if val_fraction:
-            raise ValueError(
+            raise ConfigError(
                 f"val_fraction={val_fraction!r}: {root} already has train/ and val/ folders; "
                 "use val_fraction=0"
             )

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import ConfigError
 from .errors import ImageDecodeError
 
 __all__ = ["ImageDecodeError", "load_image"]
@@ -69,7 +70,7 @@ def _reduce(image: Image.Image, min_side: int) -> Image.Image:
 
 def _check_side(name: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name}={value!r}: must be a positive integer or None")
+        raise ConfigError(f"{name}={value!r}: must be a positive integer or None")
 
 
 def load_image(
@@ -90,11 +91,11 @@ def load_image(
     (decompression bomb) or non-image file.
     """
     if channels not in (1, 3):
-        raise ValueError(f"channels={channels!r}: must be 1 (grayscale) or 3 (RGB)")
+        raise ConfigError(f"channels={channels!r}: must be 1 (grayscale) or 3 (RGB)")
     _check_side("max_side", max_side)
     _check_side("min_side", min_side)
     if max_side is not None and min_side is not None:
-        raise ValueError(
+        raise ConfigError(
             f"max_side={max_side}, min_side={min_side}: give one of them (max_side bounds the "
             "longer side, min_side the shorter side of the reduced image)"
         )

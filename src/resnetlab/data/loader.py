@@ -32,6 +32,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from ..errors import ConfigError
 from .augment import random_crop, random_erasing, random_hflip
 from .info import DataInfo
 from .seeding import generator
@@ -91,7 +92,7 @@ def train_batches(n: int, batch_size: int) -> int:
 def check_start_batch(start_batch: int, num_batches: int) -> None:
     """Raise ValueError unless ``0 <= start_batch <= num_batches``."""
     if not isinstance(start_batch, int) or not 0 <= start_batch <= num_batches:
-        raise ValueError(
+        raise ConfigError(
             f"start_batch={start_batch!r}: must be an integer in 0..{num_batches} "
             f"(this loader has {num_batches} batches per epoch)"
         )
@@ -129,22 +130,22 @@ class InMemoryLoader:
         channels_last: bool = False,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(
+            raise ConfigError(
                 f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}"
             )
         if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
+            raise ConfigError(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
         if augment not in AUGMENTS:
-            raise ValueError(f"augment={augment!r}: must be one of {', '.join(AUGMENTS)}")
+            raise ConfigError(f"augment={augment!r}: must be one of {', '.join(AUGMENTS)}")
         if batch_size <= 0:
-            raise ValueError(f"batch_size={batch_size!r}: must be a positive integer")
+            raise ConfigError(f"batch_size={batch_size!r}: must be a positive integer")
         if not 0 <= rank < world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"rank={rank!r}: must be in 0..{world_size - 1} (world_size={world_size})"
             )
         channels = images.shape[1]
         if in_chans not in (None, channels) and not (channels == 1 and in_chans == 3):
-            raise ValueError(
+            raise ConfigError(
                 f"in_chans={in_chans!r}: the data has {channels} channel(s); use {channels}"
                 + (" or 3 (the gray channel repeated)" if channels == 1 else "")
             )

@@ -23,6 +23,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import ConfigError
 from .errors import DataError
 from .files import walk_files
 
@@ -262,7 +263,7 @@ def choose_plan(
     ``default_size`` is the ImageNet pipeline's size (pretrained weights pass theirs).
     """
     if pipeline not in PIPELINES:
-        raise ValueError(f"pipeline={pipeline!r}: must be one of {', '.join(PIPELINES)}")
+        raise ConfigError(f"pipeline={pipeline!r}: must be one of {', '.join(PIPELINES)}")
     if scan.sampled == 0:
         raise DataError(
             f"imagefolder: no readable image in {scan.root} "

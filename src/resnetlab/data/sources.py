@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from . import catalog
 from .catalog import DatasetSpec, RemoteFile
 from .errors import ChecksumError, DataFormatError, DownloadError, MissingDataError
@@ -74,7 +75,7 @@ def _spec(name: str) -> DatasetSpec:
     try:
         return catalog.CATALOG[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown built-in dataset {name!r}; known: {', '.join(sorted(catalog.CATALOG))}"
         ) from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from .seeding import generator
 
 __all__ = ["stratified_split"]
@@ -18,7 +19,7 @@ def stratified_split(
     sorted ascending. CIFAR-10 with ``val_fraction=0.1`` gives the ResNet paper's 45k/5k split.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction!r}: must be in the open interval (0, 1)")
+        raise ConfigError(f"val_fraction={val_fraction!r}: must be in the open interval (0, 1)")
     labels = torch.as_tensor(labels).cpu()
     g = generator(seed, "stratified-split")
     picked = []
@@ -28,7 +29,7 @@ def stratified_split(
         picked.append(members[torch.randperm(len(members), generator=g)[:k]])
     val = torch.cat(picked).sort().values if picked else torch.empty(0, dtype=torch.int64)
     if len(val) == 0:
-        raise ValueError(
+        raise ConfigError(
             f"val_fraction={val_fraction!r} selects no sample from {len(labels)} "
             "(too few samples per class); use a larger val_fraction"
         )

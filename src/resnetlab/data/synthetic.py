@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from .seeding import generator
 
 __all__ = ["SyntheticConfig", "make_synthetic", "parse_synthetic_options"]
@@ -54,18 +55,18 @@ def parse_synthetic_options(options: str) -> SyntheticConfig:
         if not sep:
             key, raw = "n", key  # synthetic:N
         if key not in known:
-            raise ValueError(
+            raise ConfigError(
                 f"synthetic option {key!r} is unknown; options are {', '.join(known)} "
                 "(e.g. synthetic:classes=10,size=32,channels=3,n=512,test=256,seed=0)"
             )
         try:
             value = int(raw)
         except ValueError:
-            raise ValueError(f"synthetic option {key}={raw!r}: must be an integer") from None
+            raise ConfigError(f"synthetic option {key}={raw!r}: must be an integer") from None
         low, high = _LIMITS[key]
         if not low <= value <= high or (key == "channels" and value == 2):
             allowed = "1 or 3" if key == "channels" else f"{low}..{high}"
-            raise ValueError(f"synthetic option {key}={value}: must be {allowed}")
+            raise ConfigError(f"synthetic option {key}={value}: must be {allowed}")
         values[key] = value
     return SyntheticConfig(**values)
 
@@ -73,7 +74,7 @@ def parse_synthetic_options(options: str) -> SyntheticConfig:
 def make_synthetic(config: SyntheticConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, C, size, size) and int64 labels of the ``train`` or ``test`` split."""
     if split not in ("train", "test"):
-        raise ValueError(f"split={split!r}: the synthetic dataset has 'train' and 'test'")
+        raise ConfigError(f"split={split!r}: the synthetic dataset has 'train' and 'test'")
     count = config.n if split == "train" else config.test
     c, s = config.channels, config.size
     patterns = torch.rand(config.classes, c, 4, 4, generator=generator(config.seed, "patterns"))

@@ -204,11 +204,11 @@ def _prepare(cfg: TrainConfig, run_dir: Path, *, resume: bool, overwrite: bool) 
         if saved is None:
             raise TrainingError(f"nothing to resume in {run_dir}: no run {CONFIG_FILE} there")
         check_resumable(saved, cfg, f"the run in {run_dir}")
-        started = not never_started(run_dir)
-        if not started:  # stopped before its first checkpoint: nothing to continue
-            remove_entries(run_dir, SETUP_ENTRIES)
+        if not never_started(run_dir):
+            return True  # (its config.yaml is rewritten once the resume is sure to train)
+        remove_entries(run_dir, SETUP_ENTRIES)  # stopped before its first checkpoint: restart
         write_config(saved_path, cfg)
-        return started
+        return False
     if never_started(run_dir):
         # a start that failed (bad data, a missing file) or was killed before its first
         # checkpoint left only set-up files: nothing to lose, start again in place

@@ -183,7 +183,10 @@ def _train(
         _restore(job, st)
     finished = st.step >= job.total_steps or st.epoch >= job.epochs
     if finished and resume and (job.run_dir / SUMMARY_FILE).is_file():
-        raise TrainingError(_finished_message(job, st))
+        raise TrainingError(_finished_message(job, st))  # and nothing of it rewritten
+    if resume and job.main:  # the settings it continues with (epochs, max_iters, ...)
+        rundir.write_config(job.run_dir / CONFIG_FILE, cfg)
+        _truncate_metrics(job.run_dir / METRICS_FILE, st.epoch)  # rows after the checkpoint
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(job.run_dir / "tensorboard")) if job.main else None
@@ -295,7 +298,6 @@ def _restore(job: Job, st: TrainState) -> None:
     st.load_state_dict(state)
     job.wall_offset = st.timing.wall_s
     if job.main:
-        _truncate_metrics(job.run_dir / METRICS_FILE, st.epoch)
         print(f"resuming from {path.name}: epoch {st.epoch + 1}, batch {st.batch}, "
               f"step {st.step}", file=sys.stderr)  # fmt: skip
 
