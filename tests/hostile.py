@@ -436,6 +436,11 @@ CASES: list[Case] = [
     ),
     Case("eval a missing run", lambda d: ["eval", str(d / "nope")]),
     Case(
+        "eval a run interrupted before its final weights",
+        lambda d: ["eval", str(d / "copy")],
+        _copy_run("copy", lambda r: (r / "model.safetensors").unlink()),
+    ),
+    Case(
         "eval on data of other classes",
         lambda d: ["eval", str(d / "done"), "--data", "synthetic:classes=7,size=16"],
     ),

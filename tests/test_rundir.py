@@ -219,3 +219,15 @@ def test_full_disk_during_the_final_export_keeps_the_run_finishable(tmp_path, mo
     summary = train(job(run, epochs=1), resume=True, progress=False)  # space freed
     assert summary["steps"] == 16 and summary["test_top1"] is not None
     assert (run / "model.safetensors").exists()
+
+
+def test_eval_of_an_interrupted_run_points_to_its_checkpoint(tmp_path, capsys):
+    from resnetlab import cli
+
+    run = tmp_path / "run"
+    train(job(run, epochs=1), progress=False)
+    (run / "model.safetensors").unlink()
+    assert cli.main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"resnetlab eval {run}/checkpoints/best.pt" in err and "--resume" in err
+    assert cli.main(["eval", str(run / "checkpoints" / "best.pt"), "--json"]) == 0

@@ -148,6 +148,19 @@ def evaluate_source(
             f"{src}: no such run directory or weights file; pass a run directory "
             "(e.g. runs/r20) or a .safetensors file"
         )
+    if src.is_dir() and not (src / "model.safetensors").exists():
+        best = src / "checkpoints" / "best.pt"
+        saved = (
+            best
+            if best.exists()
+            else next(reversed(sorted(src.glob("checkpoints/ckpt-*.pt"))), None)
+        )
+        if saved is not None:
+            raise ConfigError(
+                f"{src} has no model.safetensors yet (its training was interrupted or is still "
+                f"running): evaluate a checkpoint, resnetlab eval {saved}, or finish the run "
+                f"with resnetlab train --resume {src}"
+            )
     run = read_run(src)
     if data is None:
         if run is None:
