@@ -6,6 +6,7 @@ reduce with one all-reduce of the sums, with no sample counted twice.
 
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext
 from typing import Any
 
@@ -78,7 +79,8 @@ def evaluate(
     tally = Tally(num_classes, device)
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     try:
-        for images, labels in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        bar = progress and sys.stderr.isatty()  # off a terminal a bar is only redraws
+        for images, labels in tqdm(loader, desc="eval", leave=False, disable=not bar):
             with amp:
                 logits = model(images)
                 if tta_flip:

@@ -14,6 +14,7 @@ that sit beside them are left where they are.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 from pathlib import Path
@@ -116,6 +117,34 @@ def remove_entries(run_dir: Path, entries: tuple[str, ...]) -> None:
             path.unlink()
 
 
+def finished_message(run_dir: Path, cfg: TrainConfig) -> str | None:
+    """What to say when ``run_dir`` already finished the schedule of ``cfg``; None if not.
+
+    A run is finished when its summary (written last) has reached ``cfg``'s length; a
+    longer ``epochs``/``max_iters`` extends it, and a checkpoint beyond a stale summary (an
+    extension killed during its final export) is finished by the resume instead.
+    """
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+        steps, epochs = int(summary["steps"]), int(summary["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if steps < (cfg.max_iters or 0) or (not cfg.max_iters and epochs < cfg.epochs):
+        return None
+    top1, split = summary.get("test_top1"), summary.get("eval_split") or "test"
+    result = f", {split} top-1 {100 * top1:.2f}%" if isinstance(top1, (int, float)) else ""
+    longer = (
+        f"--max-iters {2 * steps}"
+        if cfg.max_iters
+        else f"--epochs {2 * max(epochs, 1)} (or --max-iters {2 * steps})"
+    )
+    return (
+        f"{run_dir} is a finished run ({steps} steps{result}); its results are kept. To train "
+        f"it longer, resume with a longer schedule: resnetlab train --resume {run_dir} "
+        f"{longer}; to evaluate it: resnetlab eval {run_dir}"
+    )
+
+
 def write_config(path: Path, cfg: TrainConfig) -> None:
     import yaml
 
@@ -204,6 +233,9 @@ def _prepare(cfg: TrainConfig, run_dir: Path, *, resume: bool, overwrite: bool) 
         if saved is None:
             raise TrainingError(f"nothing to resume in {run_dir}: no run {CONFIG_FILE} there")
         check_resumable(saved, cfg, f"the run in {run_dir}")
+        done = finished_message(run_dir, cfg)
+        if done:
+            raise TrainingError(done)  # and nothing of it is rewritten
         if not never_started(run_dir):
             return True  # (its config.yaml is rewritten once the resume is sure to train)
         remove_entries(run_dir, SETUP_ENTRIES)  # stopped before its first checkpoint: restart

@@ -182,8 +182,6 @@ def _train(
     if resume:
         _restore(job, st)
     finished = st.step >= job.total_steps or st.epoch >= job.epochs
-    if finished and resume and (job.run_dir / SUMMARY_FILE).is_file():
-        raise TrainingError(_finished_message(job, st))  # and nothing of it rewritten
     if resume and job.main:  # the settings it continues with (epochs, max_iters, ...)
         rundir.write_config(job.run_dir / CONFIG_FILE, cfg)
         _truncate_metrics(job.run_dir / METRICS_FILE, st.epoch)  # rows after the checkpoint
@@ -300,24 +298,6 @@ def _restore(job: Job, st: TrainState) -> None:
     if job.main:
         print(f"resuming from {path.name}: epoch {st.epoch + 1}, batch {st.batch}, "
               f"step {st.step}", file=sys.stderr)  # fmt: skip
-
-
-def _finished_message(job: Job, st: TrainState) -> str:
-    try:
-        top1 = json.loads((job.run_dir / SUMMARY_FILE).read_text()).get("test_top1")
-    except (OSError, ValueError, AttributeError):
-        top1 = None
-    result = f", test top-1 {100 * top1:.2f}%" if isinstance(top1, (int, float)) else ""
-    longer = (
-        f"--max-iters {2 * st.step}"
-        if job.cfg.max_iters
-        else f"--epochs {2 * st.epoch} (or --max-iters {2 * st.step})"
-    )
-    return (
-        f"{job.run_dir} is a finished run ({st.step} steps{result}); its results are kept. "
-        f"To train it longer, resume with a longer schedule: resnetlab train --resume "
-        f"{job.run_dir} {longer}; to evaluate it: resnetlab eval {job.run_dir}"
-    )
 
 
 @contextmanager

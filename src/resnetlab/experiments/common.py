@@ -289,7 +289,9 @@ def train_tracked(
     if recipe.eval_every:
         point(0)
     step, epoch, diverged = 0, 0, None
-    bar = tqdm(total=recipe.iters, desc=desc, unit="it", disable=not progress, leave=False)
+    # (disable=None: no bar off a terminal, where it would be only redraws)
+    bar = tqdm(total=recipe.iters, desc=desc, unit="it", disable=None if progress else True,
+               leave=False)  # fmt: skip
     try:
         while step < recipe.iters and diverged is None:
             data.train.set_epoch(epoch)
