@@ -184,3 +184,82 @@ def test_missing_source(tmp_path):
     torch.save(create_model("resnet20", depth=8).state_dict(), tmp_path / "w.pth")
     with pytest.raises(ValueError, match="does not describe its architecture"):
         export_model(tmp_path / "w.pth", "onnx", tmp_path / "m.onnx")
+
+
+# ------------------------------------------------------------------ disks that fight back
+
+FORMAT_FILES = [("safetensors", "m.safetensors"), ("onnx", "m.onnx"),
+                ("torch-export", "m.pt2")]  # fmt: skip
+
+
+def _fail_writes_under(folder, monkeypatch):
+    """os.write into ``folder`` fails with ENOSPC after a few bytes, as on a full disk."""
+    import errno
+    import os
+
+    from resnetlab import io as rio
+
+    real = os.write
+
+    def write(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder)):
+            real(fd, bytes(data[:10]))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to tell the test's writes from pytest's")
+    monkeypatch.setattr(rio.os, "write", write)
+
+
+@pytest.mark.parametrize(("fmt", "name"), FORMAT_FILES)
+def test_full_disk_keeps_the_previous_export(run_dir, tmp_path, monkeypatch, fmt, name):
+    out = tmp_path / "out" / name
+    out.parent.mkdir()
+    out.write_bytes(b"previous")
+    if fmt == "safetensors":
+        out.with_suffix(".json").write_text("previous")
+    _fail_writes_under(out.parent, monkeypatch)
+    with pytest.raises(ExportError, match=rf"^no space left on device: {re.escape(str(out))}"):
+        export_model(run_dir, fmt, out)
+    assert out.read_bytes() == b"previous"
+    expected = sorted([name] + ([out.with_suffix(".json").name] if fmt == "safetensors" else []))
+    assert sorted(p.name for p in out.parent.iterdir()) == expected  # no temporary file left
+
+
+def test_output_below_a_regular_file_is_a_clear_error(run_dir, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ExportError, match=r"afile is a file, not a folder") as info:
+        export_model(run_dir, "onnx", tmp_path / "afile" / "x.onnx")
+    assert isinstance(info.value, ValueError)  # still a bad option for callers catching those
+    assert (tmp_path / "afile").read_text() == "x"
+    proc = cli("export", run_dir, "--format", "onnx", "--output", tmp_path / "afile" / "x.onnx")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "is a file, not a folder" in proc.stderr
+
+
+@pytest.mark.parametrize(("fmt", "name"), FORMAT_FILES)
+def test_an_export_leaves_another_exports_temporary_file_alone(run_dir, tmp_path, fmt, name):
+    """A second export of the same path may be writing its temporary file right now: an
+    export must use a name of its own, never a fixed one it then overwrites and deletes
+    (``.m.partial.onnx`` was shared by every export of ``m.onnx``)."""
+    out = tmp_path / name
+    others = [tmp_path / f".{out.stem}.partial{out.suffix}"]
+    if fmt == "safetensors":
+        others.append(tmp_path / f".{out.stem}.partial.json")
+    for other in others:
+        other.write_bytes(b"another export, half written")
+    export_model(run_dir, fmt, out)
+    for other in others:
+        assert other.read_bytes() == b"another export, half written"
+    assert load_model(out) if fmt == "safetensors" else out.stat().st_size > 1000
+
+
+def test_option_errors_are_project_errors(run_dir, tmp_path):
+    from resnetlab.errors import ResnetlabError
+
+    for kwargs in ({"fmt": "bogus"}, {"fmt": "onnx", "opset": 99}):
+        with pytest.raises(ResnetlabError):
+            export_model(run_dir, output=tmp_path / "m.onnx", **kwargs)
+    with pytest.raises(ResnetlabError, match="not found"):
+        export_model(tmp_path / "nope", "onnx", tmp_path / "m.onnx")

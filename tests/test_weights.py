@@ -198,3 +198,189 @@ def test_export_to_torchvision_layout(tmp_path):
             to_torchvision_state_dict(create_model(name))
     with pytest.warns(UserWarning, match="strides on the 1x1"):
         to_torchvision_state_dict(create_model("resnet50_v1"))
+
+
+# ------------------------------------------------------------------ integrity and validation
+
+
+def _saved(tmp_path, **kwargs):
+    model = randomize(create_model("resnet20", depth=8, num_classes=3))
+    save_weights(model, tmp_path / "model.safetensors", **kwargs)
+    return model, tmp_path / "model.safetensors", tmp_path / "model.json"
+
+
+def _flip_tensor_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-50] ^= 0xFF  # the tensor data ends the file
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_safetensors_are_refused(tmp_path):
+    _, path, side = _saved(tmp_path)
+    assert len(json.loads(side.read_text())["tensors_sha256"]) == 64
+    _flip_tensor_byte(path)
+    for load in (lambda: load_model(tmp_path), lambda: create_model("resnet20", weights=path)):
+        with pytest.raises(WeightsError, match=rf"{path} is damaged.*sha256.*model\.json"):
+            load()
+    side.unlink()  # the description inside the file carries the checksum too
+    with pytest.raises(
+        WeightsError, match=r"is damaged.*sha256 recorded in the description inside"
+    ):
+        load_model(path)
+
+
+def test_weights_from_before_checksums_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    model, path, side = _saved(tmp_path)
+    meta = json.loads(side.read_text())
+    del meta["tensors_sha256"]
+    side.write_text(json.dumps(meta))
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, path, metadata={"resnetlab-weights": json.dumps(meta)})
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(load_model(tmp_path).eval()(x), model(x))
+    side.unlink()
+    assert torch.equal(load_model(path).eval()(x), model(x))
+
+
+def _edit(meta, dotted, value):
+    out = json.loads(json.dumps(meta))
+    *parents, last = dotted.split(".")
+    target = out
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda m: [1, 2], "holds an array"),
+        (lambda m: None, "holds null"),
+        (lambda m: _edit(m, "config", None), r"'config' is null"),
+        (lambda m: {k: v for k, v in m.items() if k != "config"}, r"'config' is missing"),
+        (lambda m: _edit(m, "format", "other"), r"'format' is \"other\""),
+        (lambda m: _edit(m, "config.drop_path_rate", "0.1"), r"config\.drop_path_rate is \"0\.1\""),
+        (lambda m: _edit(m, "config.layers", "abc"), r"config\.layers is \"abc\""),
+        (lambda m: _edit(m, "config.bogus", 1), r"config\.bogus is not a model option"),
+        (lambda m: _edit(m, "config.block", "wide"), r"'config' is invalid.*block"),
+        (lambda m: _edit(m, "class_names", ["a"]), r"'class_names' has 1 names for 3 classes"),
+        (lambda m: _edit(m, "class_names", "abc"), r"'class_names' is not a list"),
+        (lambda m: _edit(m, "preprocessing", [1]), r"'preprocessing' is \[1\]"),
+        (lambda m: _edit(m, "preprocessing.image_size", 10**9), r"preprocessing\.image_size is"),
+        (lambda m: _edit(m, "preprocessing.mean", "abc"), r"preprocessing\.mean is \"abc\""),
+        (lambda m: _edit(m, "preprocessing.extra", 1), r"preprocessing\.extra is unknown"),
+        (lambda m: _edit(m, "num_classes", 7), r"'num_classes' is 7 but config\.num_classes is 3"),
+        (lambda m: _edit(m, "tensors_sha256", 5), r"'tensors_sha256' is not a sha256"),
+    ],
+)
+def test_bad_sidecar_is_a_weights_error_naming_file_and_key(tmp_path, change, match):
+    prep = {"mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 32}
+    _, path, side = _saved(tmp_path, preprocessing=prep, class_names=["a", "b", "c"])
+    side.write_text(json.dumps(change(json.loads(side.read_text()))))
+    with pytest.raises(WeightsError, match=rf"bad sidecar {side}: .*{match}"):
+        load_model(tmp_path)
+    with pytest.raises(WeightsError, match=match):
+        create_model("resnet20", depth=8, weights=path)
+
+
+def _load_errors(sources, timeout=120):
+    """Run load_model on each source in a fresh process (what is being tested could hang or
+    allocate for hours without the fix: the timeout bounds it); each error as type: message."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from resnetlab import load_model\n"
+        "out = []\n"
+        "for src in sys.argv[1:]:\n"
+        "    try:\n"
+        "        load_model(src); out.append('loaded')\n"
+        "    except Exception as e:\n"
+        "        out.append(f'{type(e).__name__}: {e}')\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, sources)], capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+ABSURD = [
+    ({"config.num_classes": 10**9, "num_classes": 10**9}, r"fc\.weight: file \(3, 64\)"),
+    ({"config.layers": [10**6, 1, 1]}, r"layers=\[1000000, 1, 1\], the file holds \[1, 1, 1\]"),
+    ({"config.widths": [10**9, 32, 64]}, r"does not describe|cannot be built"),
+    ({"config.stem_width": 2**40}, r"does not describe|cannot be built"),
+]
+
+
+def test_absurd_sizes_in_the_sidecar_allocate_nothing(tmp_path):
+    """Consistent but absurd descriptions are checked against the file's tensors before a
+    model is built: an error at once, not gigabytes allocated or hours of building."""
+    import re
+
+    runs = []
+    for i, (changes, _) in enumerate(ABSURD):
+        _, _, side = _saved(tmp_path / str(i))
+        meta = json.loads(side.read_text())
+        for key, value in changes.items():
+            meta = _edit(meta, key, value)
+        side.write_text(json.dumps(meta))
+        runs.append(tmp_path / str(i))
+    for run, got, (_, match) in zip(runs, _load_errors(runs), ABSURD, strict=True):
+        assert got.startswith("WeightsError: ") and str(run / "model.json") in got, got
+        assert re.search(match, got), got
+
+
+def test_bad_sidecar_reaches_predict_and_export_as_weights_error(tmp_path):
+    from resnetlab.inference import Predictor, export_model
+
+    _, _, side = _saved(tmp_path)
+    side.write_text(json.dumps(_edit(json.loads(side.read_text()), "config.groups", "2")))
+    with pytest.raises(WeightsError, match=r"config\.groups"):
+        Predictor.from_source(tmp_path)
+    with pytest.raises(WeightsError, match=r"config\.groups"):
+        export_model(tmp_path, "onnx", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_sidecar_preprocessing_out_of_range_names_the_weights(tmp_path):
+    from resnetlab.inference import describe_model
+
+    _, path, side = _saved(tmp_path)
+    prep = {"mean": [0.5] * 3, "std": [0.0] * 3, "image_size": 32}
+    side.write_text(json.dumps(_edit(json.loads(side.read_text()), "preprocessing", prep)))
+    model = load_model(tmp_path)
+    with pytest.raises(WeightsError, match=rf"bad description of {path}: .*std"):
+        describe_model(model)
+
+
+def test_fifo_weights_and_sidecar_are_refused_unopened(tmp_path):
+    """Opening a FIFO blocks until something writes to it: run in a subprocess with a timeout."""
+    import os
+
+    (tmp_path / "a").mkdir()
+    _, _, side = _saved(tmp_path / "a")
+    side.unlink()
+    os.mkfifo(side)
+    (tmp_path / "b").mkdir()
+    _, path, side_b = _saved(tmp_path / "b")
+    path.unlink()
+    os.mkfifo(path)
+    os.mkfifo(tmp_path / "w.pth")
+    got = _load_errors([tmp_path / "a", tmp_path / "b", tmp_path / "w.pth"])
+    assert (
+        got[0].startswith(f"WeightsError: {side} is a named pipe (FIFO)") and "delete it" in got[0]
+    )
+    assert got[1].startswith(f"WeightsError: {path} is a named pipe (FIFO)"), got[1]
+    assert got[2].startswith(f"WeightsError: {tmp_path / 'w.pth'} is a named pipe"), got[2]
+
+
+def test_atomic_write_is_still_importable_from_weights():
+    from resnetlab import io
+    from resnetlab.models.weights import atomic_write
+
+    assert atomic_write is io.atomic_write

@@ -1,14 +1,19 @@
 """Writing a model for other runtimes: safetensors, torchvision, ONNX and torch.export.
 
-Every format is checked after writing unless ``verify=False``: the file is read back by
-the runtime that will use it (resnetlab, torchvision, onnxruntime, ``torch.export.load``)
-and its outputs on random inputs are compared with the PyTorch model's. A file that fails
-the check is removed, so a broken export never lies where the next step would pick it up.
+Every export is first made in memory, as the bytes of the file, and checked unless
+``verify=False``: the bytes are read back by the runtime that will use them (resnetlab,
+torchvision, onnxruntime, ``torch.export.load``) and their outputs on random inputs are
+compared with the PyTorch model's. Only bytes that pass are written, through the atomic
+writer of :mod:`resnetlab.io`: a broken export never lies where the next step would pick it
+up, a full disk leaves the previous file as it was, and two exports to one path each write
+a complete file. (Making the file in memory also keeps torch.export's and the ONNX
+exporter's own file writers, which abort or fail obscurely on a full disk, off the disk.)
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import warnings
@@ -21,7 +26,16 @@ import torch
 from torch import nn
 
 from ..errors import ResnetlabError
-from ..models import ResNet, load_model, save_weights, to_torchvision_state_dict
+from ..io import StorageError, atomic_write_bytes, blocking_file, ensure_parent_dir
+from ..models import ResNet, load_model, to_torchvision_state_dict
+from ..models.weights import (
+    WeightsFile,
+    config_from_meta,
+    decode_weights,
+    encode_weights,
+    load_weights,
+    write_weights,
+)
 from .meta import describe_model
 
 __all__ = [
@@ -52,6 +66,14 @@ class ExportError(ResnetlabError, RuntimeError):
     """An export that cannot be written, or that does not compute what the model does."""
 
 
+class ExportOptionError(ExportError, ValueError):
+    """An export asked for with options that do not go together (the message says why)."""
+
+
+class ExportSourceNotFound(ExportError, FileNotFoundError):
+    """The run directory or weights file to export does not exist."""
+
+
 @dataclass(frozen=True)
 class ExportResult:
     """Where the export went; ``max_rel_error`` is None when it was not verified."""
@@ -72,32 +94,37 @@ def rel_error(reference: torch.Tensor, other: torch.Tensor) -> float:
 
 def _check_options(fmt: str, output: Path, dynamic_batch: bool, opset: int | None) -> None:
     if fmt not in EXPORT_FORMATS:
-        raise ValueError(
+        raise ExportOptionError(
             f"unknown export format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}"
         )
     if output.suffix not in SUFFIXES[fmt]:
-        raise ValueError(
+        raise ExportOptionError(
             f"output {output} does not end in {' or '.join(SUFFIXES[fmt])}, the suffix of a "
             f"{fmt} export"
         )
     if output.is_dir():
-        raise ValueError(f"output {output} is a folder: give a file name")
+        raise ExportOptionError(f"output {output} is a folder: give a file name")
+    if (blocker := blocking_file(output)) is not None:
+        raise ExportOptionError(
+            f"cannot write {output}: {blocker} is a file, not a folder; give an output path "
+            "in a folder"
+        )
     if dynamic_batch and fmt not in ("onnx", "torch-export"):
-        raise ValueError(f"a dynamic batch applies to onnx and torch-export, not to {fmt}")
+        raise ExportOptionError(f"a dynamic batch applies to onnx and torch-export, not to {fmt}")
     if opset is not None:
         if fmt != "onnx":
-            raise ValueError(f"an opset applies to onnx exports, not to {fmt}")
+            raise ExportOptionError(f"an opset applies to onnx exports, not to {fmt}")
         lo, hi = OPSET_RANGE
         if not lo <= opset <= hi:
-            raise ValueError(f"opset={opset}: the ONNX exporter writes opsets {lo} to {hi}")
+            raise ExportOptionError(f"opset={opset}: the ONNX exporter writes opsets {lo} to {hi}")
 
 
 def _resolve_model(source_or_model: ResNet | str | os.PathLike) -> ResNet:
     if isinstance(source_or_model, nn.Module):
         if getattr(source_or_model, "features_only", False):
-            raise ValueError("export the full model, not a features_only view of it")
+            raise ExportOptionError("export the full model, not a features_only view of it")
         if not hasattr(source_or_model, "config"):
-            raise ValueError(f"a {type(source_or_model).__name__} is not a resnetlab model")
+            raise ExportOptionError(f"a {type(source_or_model).__name__} is not a resnetlab model")
         model = source_or_model
         if next(model.parameters()).device.type != "cpu" or model.training:
             # Export from an eval-mode CPU copy, leaving the caller's model as it is.
@@ -105,7 +132,9 @@ def _resolve_model(source_or_model: ResNet | str | os.PathLike) -> ResNet:
         return model.eval()
     source = Path(source_or_model)
     if not source.exists():
-        raise FileNotFoundError(f"export source not found: {source}")
+        raise ExportSourceNotFound(
+            f"export source not found: {source} (give a run directory or a .safetensors file)"
+        )
     return load_model(source).eval()
 
 
@@ -142,16 +171,38 @@ def _check_error(fmt: str, error: float) -> None:
     if not error <= MAX_REL_ERROR:  # also catches NaN
         raise ExportError(
             f"the {fmt} export differs from the PyTorch model: max relative error {error:.3g} "
-            f"> {MAX_REL_ERROR:g}; the file was removed (--no-verify keeps it unchecked)"
+            f"> {MAX_REL_ERROR:g}; nothing was written (--no-verify writes it unchecked)"
         )
 
 
-def _export_safetensors(model: ResNet, tmp: Path, meta: dict[str, Any], verify: bool) -> Any:
-    save_weights(model, tmp, preprocessing=meta["preprocessing"], class_names=meta["class_names"])
-    if not verify:
-        return None
-    again = load_model(tmp).eval()
-    return lambda x: again(x)
+@dataclass
+class _Staged:
+    """An export made in memory: how to write it, and how to run what it holds."""
+
+    write: Callable[[Path], object]
+    run: Callable[[torch.Tensor], Any] | None = None
+    load_with: str | None = None
+
+
+def _bytes_of(save: Callable[[io.BytesIO], object]) -> bytes:
+    buffer = io.BytesIO()
+    save(buffer)
+    return buffer.getvalue()
+
+
+def _export_safetensors(model: ResNet, output: Path, meta: dict[str, Any], verify: bool) -> _Staged:
+    data, side = encode_weights(
+        model, preprocessing=meta["preprocessing"], class_names=meta["class_names"]
+    )
+    staged = _Staged(lambda path: write_weights(path, data, side))
+    if verify:
+        wf: WeightsFile = decode_weights(data, side, output)
+        label, cfg = config_from_meta(wf.meta)
+        again = ResNet(cfg, name=label)
+        load_weights(again, wf)
+        again.eval()
+        staged.run = lambda x: again(x)
+    return staged
 
 
 def _torchvision_builder(model: ResNet) -> tuple[Callable[[], nn.Module], str]:
@@ -170,7 +221,7 @@ def _torchvision_builder(model: ResNet) -> tuple[Callable[[], nn.Module], str]:
     return (lambda: tv.ResNet(getattr(tv, block), list(cfg.layers), num_classes=n, **extra)), call
 
 
-def _export_torchvision(model: ResNet, tmp: Path, verify: bool) -> tuple[Any, str]:
+def _export_torchvision(model: ResNet, verify: bool) -> _Staged:
     cfg = model.config
     if verify and cfg.is_bottleneck and cfg.stride_on != "3x3" and not cfg.is_preact:
         raise ExportError(
@@ -183,12 +234,14 @@ def _export_torchvision(model: ResNet, tmp: Path, verify: bool) -> tuple[Any, st
     except ValueError as e:
         raise ExportError(str(e)) from None
     build, call = _torchvision_builder(model)
-    torch.save(state_dict, tmp)
+    data = _bytes_of(lambda f: torch.save(state_dict, f))
+    staged = _Staged(lambda path: atomic_write_bytes(path, data), load_with=call)
     if not verify:
-        return None, call
+        return staged
     twin = build()
+    again = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     try:
-        twin.load_state_dict(torch.load(tmp, map_location="cpu", weights_only=True), strict=True)
+        twin.load_state_dict(again, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise ExportError(
@@ -196,12 +249,13 @@ def _export_torchvision(model: ResNet, tmp: Path, verify: bool) -> tuple[Any, st
             f"({' '.join(first[:3])[:400]})"
         ) from None
     twin.eval()
-    return (lambda x: twin(x)), call
+    staged.run = lambda x: twin(x)
+    return staged
 
 
 def _export_onnx(
-    model: ResNet, tmp: Path, meta: dict[str, Any], dynamic: bool, verify: bool, opset: int
-) -> Any:
+    model: ResNet, meta: dict[str, Any], dynamic: bool, verify: bool, opset: int
+) -> _Staged:
     try:
         import onnx
     except ImportError:
@@ -217,11 +271,12 @@ def _export_onnx(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message="Constant folding")
+        buffer = io.BytesIO()
         try:
             torch.onnx.export(
                 model,
                 (x,),
-                str(tmp),
+                buffer,
                 input_names=["input"],
                 output_names=["logits"],
                 dynamic_axes=axes,
@@ -231,7 +286,8 @@ def _export_onnx(
             )
         except Exception as e:  # the exporter raises many types; all mean the same here
             raise ExportError(f"ONNX export failed: {type(e).__name__}: {e}") from e
-    proto = onnx.load(str(tmp))
+    # In memory: a ResNet's graph is far below protobuf's 2 GB limit on one message.
+    proto = onnx.load_from_string(buffer.getvalue())
     onnx.helper.set_model_props(
         proto,
         {
@@ -242,9 +298,10 @@ def _export_onnx(
             "resnetlab": json.dumps(meta),
         },
     )
-    onnx.save(proto, str(tmp))
+    data = proto.SerializeToString()
+    staged = _Staged(lambda path: atomic_write_bytes(path, data))
     if not verify:
-        return None
+        return staged
     try:
         import onnxruntime as ort
     except ImportError:
@@ -252,27 +309,29 @@ def _export_onnx(
             "verifying an ONNX export needs onnxruntime: pip install onnxruntime (or --no-verify)"
         ) from None
     try:
-        onnx.checker.check_model(str(tmp), full_check=True)
+        onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"the ONNX model is invalid: {e}") from None
-    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    return lambda x: session.run(["logits"], {"input": x.numpy()})[0]
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    staged.run = lambda x: session.run(["logits"], {"input": x.numpy()})[0]
+    return staged
 
 
-def _export_torch(
-    model: ResNet, tmp: Path, meta: dict[str, Any], dynamic: bool, verify: bool
-) -> Any:
+def _export_torch(model: ResNet, meta: dict[str, Any], dynamic: bool, verify: bool) -> _Staged:
     x = _inputs(model, meta["preprocessing"]["image_size"], _verify_batches(dynamic)[0])
     shapes = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic else None
     try:
         program = torch.export.export(model, (x,), dynamic_shapes=shapes)
     except Exception as e:  # torch.export raises many types; all mean the same here
         raise ExportError(f"torch.export failed: {type(e).__name__}: {e}") from e
-    torch.export.save(program, tmp, extra_files={"resnetlab.json": json.dumps(meta)})
+    extra = {"resnetlab.json": json.dumps(meta)}
+    data = _bytes_of(lambda f: torch.export.save(program, f, extra_files=extra))
+    staged = _Staged(lambda path: atomic_write_bytes(path, data))
     if not verify:
-        return None
-    module = torch.export.load(tmp).module()
-    return lambda x: module(x)
+        return staged
+    module = torch.export.load(io.BytesIO(data)).module()
+    staged.run = lambda x: module(x)
+    return staged
 
 
 def export_model(
@@ -292,8 +351,9 @@ def export_model(
     ``torch-export`` (a ``.pt2`` ExportedProgram, its description in ``resnetlab.json``).
     ``dynamic_batch`` makes the batch dimension free (onnx, torch-export; otherwise batch
     1). ``verify`` reads the file back and compares its outputs with PyTorch's on random
-    inputs; above a relative error of 1e-4 the file is removed and ExportError raised.
-    The output's folder is created.
+    inputs; above a relative error of 1e-4 nothing is written and ExportError is raised.
+    The output's folder is created; a full disk or a missing permission is an ExportError
+    that leaves any previous file at ``output`` as it was.
     """
     output = Path(output)
     _check_options(fmt, output, dynamic_batch, opset)
@@ -306,31 +366,24 @@ def export_model(
         "preprocessing": prep.to_dict(),
         "class_names": list(names),
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.stem}.partial{output.suffix}")
-    load_with = None
+    if fmt == "safetensors":
+        staged = _export_safetensors(model, output, meta, verify)
+    elif fmt == "torchvision":
+        staged = _export_torchvision(model, verify)
+    elif fmt == "onnx":
+        staged = _export_onnx(model, meta, dynamic_batch, verify, opset or DEFAULT_OPSET)
+    else:
+        staged = _export_torch(model, meta, dynamic_batch, verify)
+    error = None
+    if verify:
+        error = _compare(model, staged.run, prep.image_size, _verify_batches(dynamic_batch))
+        _check_error(fmt, error)
     try:
-        if fmt == "safetensors":
-            run = _export_safetensors(model, tmp, meta, verify)
-        elif fmt == "torchvision":
-            run, load_with = _export_torchvision(model, tmp, verify)
-        elif fmt == "onnx":
-            opset = opset or DEFAULT_OPSET
-            run = _export_onnx(model, tmp, meta, dynamic_batch, verify, opset)
-        else:
-            run = _export_torch(model, tmp, meta, dynamic_batch, verify)
-        error = None
-        if verify:
-            error = _compare(model, run, prep.image_size, _verify_batches(dynamic_batch))
-            _check_error(fmt, error)
-        os.replace(tmp, output)
-        if fmt == "safetensors":
-            os.replace(tmp.with_suffix(".json"), output.with_suffix(".json"))
-    finally:
-        tmp.unlink(missing_ok=True)
-        if fmt == "safetensors":
-            tmp.with_suffix(".json").unlink(missing_ok=True)
-    return ExportResult(output, fmt, error, dynamic_batch, load_with)
+        ensure_parent_dir(output)
+        staged.write(output)
+    except StorageError as e:
+        raise ExportError(str(e)) from e
+    return ExportResult(output, fmt, error, dynamic_batch, staged.load_with)
 
 
 def format_export_result(result: ExportResult) -> str:

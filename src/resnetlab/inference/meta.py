@@ -9,6 +9,7 @@ at 32x32 for CIFAR-stem nets; ImageNet's class names for 1000-class models.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
@@ -22,9 +23,12 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..data.catalog import CIFAR10, IMAGENET_MEAN, IMAGENET_STD
 from ..device import resolve_device
+from ..errors import ResnetlabError
+from ..models.weights import MAX_IMAGE_SIZE, PREPROCESSING_KEYS, WeightsError
 
 __all__ = [
     "Preprocessing",
+    "PreprocessingError",
     "default_class_names",
     "default_preprocessing",
     "describe_model",
@@ -33,6 +37,10 @@ __all__ = [
 ]
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+class PreprocessingError(ResnetlabError, ValueError):
+    """Preprocessing or class names that are invalid or do not fit the model."""
 
 
 @dataclass(frozen=True)
@@ -56,28 +64,30 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
-            raise ValueError(f"preprocessing channels={self.channels}: expected 1 or 3")
+            raise PreprocessingError(f"preprocessing channels={self.channels}: expected 1 or 3")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError(
+            raise PreprocessingError(
                 f"preprocessing has {len(self.mean)} mean and {len(self.std)} std values for "
                 f"{self.channels}-channel images: give one of each per channel"
             )
         if any(s <= 0 for s in self.std):
-            raise ValueError(f"preprocessing std={list(self.std)}: every value must be > 0")
+            raise PreprocessingError(f"preprocessing std={list(self.std)}: every value must be > 0")
         if self.in_chans not in (self.channels, 3):
-            raise ValueError(
+            raise PreprocessingError(
                 f"preprocessing turns {self.channels}-channel images into {self.in_chans} "
                 "channels: only 1 -> 1, 3 -> 3 and 1 -> 3 (grey repeated) are possible"
             )
-        if self.image_size < 1 or self.resize < self.image_size:
-            raise ValueError(
+        if not 1 <= self.image_size <= self.resize <= MAX_IMAGE_SIZE:
+            raise PreprocessingError(
                 f"preprocessing resize={self.resize}, image_size={self.image_size}: expected "
-                "image_size >= 1 and resize >= image_size (resize, then center-crop)"
+                f"1 <= image_size <= resize <= {MAX_IMAGE_SIZE} (resize, then center-crop)"
             )
         if self.crop != "center":
-            raise ValueError(f"preprocessing crop={self.crop!r}: only 'center' is supported")
+            raise PreprocessingError(
+                f"preprocessing crop={self.crop!r}: only 'center' is supported"
+            )
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
+            raise PreprocessingError(
                 f"preprocessing interpolation={self.interpolation!r}: expected one of "
                 + ", ".join(INTERPOLATIONS)
             )
@@ -85,25 +95,33 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         """Read the sidecar's dict; ``resize``, ``channels`` and ``in_chans`` may be left out."""
+        if not isinstance(data, dict):
+            raise PreprocessingError(
+                f"preprocessing must be a mapping of {', '.join(PREPROCESSING_KEYS)}; "
+                f"got a {type(data).__name__}"
+            )
         missing = [k for k in ("mean", "std", "image_size") if k not in data]
         if missing:
-            raise ValueError(f"preprocessing lacks {', '.join(missing)}: got {sorted(data)}")
-        known = {"mean", "std", "image_size", "channels", "in_chans", "resize", "crop"}
-        unknown = sorted(set(data) - known - {"interpolation"})
+            raise PreprocessingError(
+                f"preprocessing lacks {', '.join(missing)}: got {sorted(map(str, data))}"
+            )
+        unknown = sorted(set(map(str, data)) - set(PREPROCESSING_KEYS))
         if unknown:
-            raise ValueError(f"unknown preprocessing key(s) {unknown}: allowed are {sorted(known)}")
-        mean = tuple(float(m) for m in data["mean"])
-        channels = int(data.get("channels") or len(mean))
-        size = int(data["image_size"])
+            raise PreprocessingError(
+                f"unknown preprocessing key(s) {unknown}: allowed are {sorted(PREPROCESSING_KEYS)}"
+            )
+        mean, std = (_floats(k, data[k]) for k in ("mean", "std"))
+        channels = _int("channels", data.get("channels") or len(mean))
+        size = _int("image_size", data["image_size"])
         return cls(
             mean=mean,
-            std=tuple(float(s) for s in data["std"]),
+            std=std,
             image_size=size,
             channels=channels,
-            in_chans=int(data.get("in_chans") or channels),
-            resize=int(data.get("resize") or size),
-            crop=data.get("crop", "center"),
-            interpolation=data.get("interpolation", "bilinear"),
+            in_chans=_int("in_chans", data.get("in_chans") or channels),
+            resize=_int("resize", data.get("resize") or size),
+            crop=_str("crop", data.get("crop", "center")),
+            interpolation=_str("interpolation", data.get("interpolation", "bilinear")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,11 +156,13 @@ class Preprocessing:
         if x.ndim == 2:
             x = x.unsqueeze(0)
         if x.ndim != 3 or x.shape[0] not in (1, 3):
-            raise ValueError(
+            raise PreprocessingError(
                 f"an image tensor must be CxHxW with C = 1 or 3 (or HxW), got {tuple(x.shape)}"
             )
         if not (x.dtype == torch.uint8 or x.is_floating_point()):
-            raise ValueError(f"image tensors must be uint8 or float in [0, 1], got {x.dtype}")
+            raise PreprocessingError(
+                f"image tensors must be uint8 or float in [0, 1], got {x.dtype}"
+            )
         if x.shape[0] == 3 and self.channels == 1:
             return TF.rgb_to_grayscale(x)
         if x.shape[0] == 1 and self.channels == 3:
@@ -150,11 +170,31 @@ class Preprocessing:
         return x
 
 
+def _floats(key: str, value: Any) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    ):
+        raise PreprocessingError(f"preprocessing {key}={value!r}: expected a list of numbers")
+    return tuple(float(v) for v in value)
+
+
+def _int(key: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise PreprocessingError(f"preprocessing {key}={value!r}: expected an integer")
+    return value
+
+
+def _str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise PreprocessingError(f"preprocessing {key}={value!r}: expected a string")
+    return value
+
+
 def default_preprocessing(model: nn.Module) -> Preprocessing:
     """The usual preprocessing for a model whose weights do not describe their own."""
     cfg = getattr(model, "config", None)
     if cfg is None:
-        raise ValueError(
+        raise PreprocessingError(
             f"{type(model).__name__} is not a resnetlab model: pass its preprocessing "
             "(mean, std, image_size, resize) explicitly"
         )
@@ -165,7 +205,7 @@ def default_preprocessing(model: nn.Module) -> Preprocessing:
     if cfg.in_chans == 1:
         mean, std = (round(sum(mean) / 3, 4),), (round(sum(std) / 3, 4),)
     elif cfg.in_chans != 3:
-        raise ValueError(
+        raise PreprocessingError(
             f"no default preprocessing for a model with in_chans={cfg.in_chans}: image files "
             "have 1 or 3 channels; feed it tensors of your own"
         )
@@ -208,6 +248,11 @@ def describe_model(
     :func:`default_class_names`.
     """
     meta = getattr(model, "meta", None) or {}
+    # What the weights' description says is checked where it is read; a problem found here
+    # (a value out of range) still names the weights it came from.
+    report = getattr(model, "load_report", None)
+    source = f"description of {report.source}" if report is not None else "model meta"
+    from_meta = preprocessing is None
     if preprocessing is None:
         preprocessing = meta.get("preprocessing")
     if preprocessing is None:
@@ -215,10 +260,15 @@ def describe_model(
     elif isinstance(preprocessing, Preprocessing):
         prep = preprocessing
     else:
-        prep = Preprocessing.from_dict(preprocessing)
+        try:
+            prep = Preprocessing.from_dict(preprocessing)
+        except PreprocessingError as e:
+            if not from_meta:
+                raise
+            raise WeightsError(f"bad {source}: {e}") from None
     cfg = getattr(model, "config", None)
     if cfg is not None and prep.in_chans != cfg.in_chans:
-        raise ValueError(
+        raise PreprocessingError(
             f"the preprocessing makes {prep.in_chans}-channel inputs; the model takes "
             f"{cfg.in_chans} channels"
         )
@@ -227,9 +277,11 @@ def describe_model(
         class_names = meta.get("class_names")
     if class_names is None:
         if num_classes is None:
-            raise ValueError("pass class_names: the model does not say how many classes it has")
+            raise PreprocessingError(
+                "pass class_names: the model does not say how many classes it has"
+            )
         class_names = default_class_names(num_classes)
     names = tuple(str(c) for c in class_names)
     if num_classes is not None and len(names) != num_classes:
-        raise ValueError(f"{len(names)} class names for a model with {num_classes} classes")
+        raise PreprocessingError(f"{len(names)} class names for a model with {num_classes} classes")
     return prep, names

@@ -1,34 +1,67 @@
 """Reading and writing weights: resnetlab's safetensors, torchvision and timm state dicts.
 
 Safety: pickle files are read only with ``torch.load(weights_only=True)``, which refuses
-any object that is not a tensor or a plain container; there is no unsafe fallback.
+any object that is not a tensor or a plain container; there is no unsafe fallback. Only
+regular files are opened (a FIFO would block the reader forever).
 Completeness: every missing, unexpected, re-initialised or adapted key is reported.
+Integrity: resnetlab's weights record the sha256 of their tensors in their description
+(the JSON sidecar, also stored inside the ``.safetensors`` file), and checkpoints the
+sha256 of their whole content; a file whose bytes changed on disk is refused on loading,
+not silently used. Files written before checksums existed load without the check.
+Validation: the description is checked key by key, and its architecture against the
+tensors in the file, before anything is built from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import math
 import os
 import pickle
 import re
-import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import ResnetlabError
+from ..errors import ConfigError, ResnetlabError
+from ..io import (
+    JSONFileError,
+    StorageError,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_json,
+    require_regular_file,
+)
+from ..io import atomic_write as atomic_write  # re-exported: the one atomic writer
 from .resnet import ResNet
 
 FORMATS = ("auto", "resnetlab", "torchvision", "timm")
 SIDECAR_FORMAT = "resnetlab-weights"
+SIDECAR_VERSION = 1
 WEIGHTS_FILENAME = "model.safetensors"
+# The sidecar's key for the sha256 of the tensors (see ``content_sha256``).
+SIDECAR_CHECKSUM = "tensors_sha256"
+# A checkpoint's key for the sha256 of everything else it holds.
+CHECKPOINT_CHECKSUM = "sha256"
+# The keys a sidecar's ``preprocessing`` may have (see inference.meta.Preprocessing).
+PREPROCESSING_KEYS = (
+    "mean", "std", "image_size", "channels", "in_chans", "resize", "crop", "interpolation",
+)  # fmt: skip
+# Largest image side a model description may ask for: 3 x 4096 x 4096 floats are 200 MB
+# per image; a description asking for more is damaged, not a model to run.
+MAX_IMAGE_SIZE = 4096
 # Prefixes that wrappers add to every key: DistributedDataParallel and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Where a training checkpoint keeps its model's state dict.
@@ -104,7 +137,15 @@ def sidecar_path(weights_path: str | os.PathLike) -> Path:
     return Path(weights_path).with_suffix(".json")
 
 
+def _regular_file(path: Path, what: str) -> None:
+    try:
+        require_regular_file(path, what)
+    except StorageError as e:
+        raise WeightsError(str(e)) from None
+
+
 def safe_torch_load(path: Path) -> Any:
+    _regular_file(path, "weights file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -123,13 +164,276 @@ def safe_torch_load(path: Path) -> Any:
         ) from None
 
 
+# ---------------------------------------------------------------------------- checksums
+
+
+def _feed(h: Any, obj: Any) -> None:
+    # Hand-written rather than hashing pickle bytes: torch.save's archive layout (record
+    # names, alignment, pickle protocol) may change between releases while the content
+    # does not. Every value is fed with its type and length, so that no two different
+    # contents feed the same bytes; dicts in key order, as a load may reorder them.
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        data = t.reshape(-1).view(torch.uint8).numpy()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:{data.nbytes}:".encode())
+        h.update(data.data)
+    elif isinstance(obj, Mapping):
+        h.update(b"d%d:" % len(obj))
+        for key, value in sorted(obj.items(), key=lambda kv: (type(kv[0]).__name__, repr(kv[0]))):
+            _feed(h, key)
+            _feed(h, value)
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"%s%d:" % (b"l" if isinstance(obj, list) else b"t", len(obj)))
+        for value in obj:
+            _feed(h, value)
+    elif obj is None or isinstance(obj, bool):
+        h.update(b"n" if obj is None else b"b%d" % obj)
+    elif isinstance(obj, int):
+        h.update(b"i%d;" % obj)
+    elif isinstance(obj, float):
+        h.update(b"f" + obj.hex().encode() + b";")
+    elif isinstance(obj, (str, bytes)):
+        data = obj.encode() if isinstance(obj, str) else obj
+        h.update(b"%s%d:" % (b"s" if isinstance(obj, str) else b"y", len(data)) + data)
+    else:  # anything else torch.load(weights_only=True) rebuilds (dtypes, devices, ...)
+        text = f"{type(obj).__module__}.{type(obj).__qualname__}:{obj!r}".encode()
+        h.update(b"o%d:" % len(text) + text)
+
+
+def content_sha256(obj: Any) -> str:
+    """The sha256 of a state dict or a checkpoint: its tensors' bytes, dtypes and shapes,
+    and its keys and plain values, independent of the file format that holds them."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def with_checksum(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` plus the checksum of its content, for :func:`verify_checksum` to check."""
+    content = {k: v for k, v in state.items() if k != CHECKPOINT_CHECKSUM}
+    return {**content, CHECKPOINT_CHECKSUM: content_sha256(content)}
+
+
+def verify_checksum(obj: Any, path: Path) -> Any:
+    """``obj`` without its checksum, once the checksum matched; obj as it is if it has none.
+
+    A mismatch (bytes changed on disk or in a copy) is a WeightsError naming the file.
+    """
+    if not isinstance(obj, dict) or CHECKPOINT_CHECKSUM not in obj:
+        return obj  # written before checksums existed, or not by resnetlab
+    content = {k: v for k, v in obj.items() if k != CHECKPOINT_CHECKSUM}
+    if obj[CHECKPOINT_CHECKSUM] != content_sha256(content):
+        raise WeightsError(
+            f"{path} is damaged: its content does not match the sha256 stored in it (bytes "
+            "changed on disk or in a copy); use another copy or an earlier checkpoint"
+        )
+    return content
+
+
+# ---------------------------------------------------------------------- the description
+
+
+def _bad(where: str, key: str, problem: str) -> WeightsError:
+    return WeightsError(
+        f"bad {where}: {key} {problem}; restore the file from the run that wrote it or "
+        "save the weights again"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _type_of_field(default: Any) -> tuple[str, Any]:
+    if isinstance(default, bool):
+        return "true or false", lambda v: isinstance(v, bool)
+    if isinstance(default, int):
+        return "an integer", _is_int
+    if isinstance(default, float):
+        return "a number", _is_number
+    if isinstance(default, str):
+        return "a string", lambda v: isinstance(v, str)
+    return (
+        "a list of integers",
+        lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) for x in v),
+    )
+
+
+def _check_config(config: Any, where: str) -> ModelConfig:
+    if not isinstance(config, dict):
+        raise _bad(where, "'config'", f"is {_shown(config)}, not an object of model options")
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    for key, value in config.items():
+        if key not in fields:
+            raise _bad(
+                where, f"config.{key}", f"is not a model option (allowed: {', '.join(fields)})"
+            )
+        expected, ok = _type_of_field(fields[key].default)
+        if not ok(value):
+            raise _bad(where, f"config.{key}", f"is {_shown(value)}, expected {expected}")
+    try:
+        return ModelConfig.from_dict(config)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise _bad(where, "'config'", f"is invalid: {e}") from None
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, (set, bytes)) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_preprocessing(prep: Any, where: str) -> None:
+    if prep is None:
+        return
+    if not isinstance(prep, dict):
+        raise _bad(where, "'preprocessing'", f"is {_shown(prep)}, not an object or null")
+    unknown = sorted(set(prep) - set(PREPROCESSING_KEYS))
+    if unknown:
+        raise _bad(
+            where,
+            f"preprocessing.{unknown[0]}",
+            f"is unknown (allowed: {', '.join(PREPROCESSING_KEYS)})",
+        )
+    for key in ("mean", "std", "image_size"):
+        if key not in prep:
+            raise _bad(where, f"preprocessing.{key}", "is missing")
+    for key in ("mean", "std"):
+        value = prep[key]
+        if not (isinstance(value, list) and 1 <= len(value) <= 4 and all(map(_is_number, value))):
+            raise _bad(
+                where, f"preprocessing.{key}", f"is {_shown(value)}, expected 1 to 4 numbers"
+            )
+    for key, low, high in (("image_size", 1, MAX_IMAGE_SIZE), ("resize", 1, MAX_IMAGE_SIZE),
+                           ("channels", 1, 4), ("in_chans", 1, 4)):  # fmt: skip
+        value = prep.get(key)
+        if value is not None and not (_is_int(value) and low <= value <= high):
+            raise _bad(
+                where,
+                f"preprocessing.{key}",
+                f"is {_shown(value)}, expected an integer in [{low}, {high}]",
+            )
+    for key in ("crop", "interpolation"):
+        if key in prep and not isinstance(prep[key], str):
+            raise _bad(where, f"preprocessing.{key}", f"is {_shown(prep[key])}, expected a string")
+
+
+def validate_meta(meta: Any, where: str) -> dict[str, Any]:
+    """Check a weights description (sidecar) key by key; ``where`` names it in errors.
+
+    Returns ``meta``; anything malformed is a WeightsError naming ``where`` and the key.
+    """
+    if not isinstance(meta, dict):
+        kind = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}
+        raise WeightsError(
+            f"bad {where}: it holds {kind.get(type(meta), 'a number')} where a resnetlab "
+            "weights description (a JSON object) belongs; restore the file from the run that "
+            "wrote it or save the weights again"
+        )
+    if meta.get("format") != SIDECAR_FORMAT:
+        raise _bad(
+            where, "'format'", f"is {_shown(meta.get('format'))}, expected {SIDECAR_FORMAT!r}"
+        )
+    if "version" in meta and not _is_int(meta["version"]):
+        raise _bad(where, "'version'", f"is {_shown(meta['version'])}, expected an integer")
+    if "architecture" in meta and not isinstance(meta["architecture"], str):
+        raise _bad(where, "'architecture'", f"is {_shown(meta['architecture'])}, expected a name")
+    if SIDECAR_CHECKSUM in meta and not (
+        isinstance(meta[SIDECAR_CHECKSUM], str)
+        and re.fullmatch(r"[0-9a-f]{64}", meta[SIDECAR_CHECKSUM])
+    ):
+        raise _bad(where, repr(SIDECAR_CHECKSUM), "is not a sha256 hex digest")
+    if "config" not in meta:
+        raise _bad(where, "'config'", "is missing (it describes the architecture)")
+    cfg = _check_config(meta["config"], where)
+    for key in ("num_classes", "in_chans"):
+        if key in meta and meta[key] != getattr(cfg, key):
+            raise _bad(
+                where, f"'{key}'", f"is {_shown(meta[key])} but config.{key} is {getattr(cfg, key)}"
+            )
+    _check_preprocessing(meta.get("preprocessing"), where)
+    names = meta.get("class_names")
+    if names is not None:
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise _bad(where, "'class_names'", "is not a list of strings")
+        if len(names) != cfg.num_classes:
+            raise _bad(
+                where, "'class_names'", f"has {len(names)} names for {cfg.num_classes} classes"
+            )
+    return meta
+
+
+_BLOCK_KEY = re.compile(r"^layer(\d+)\.(\d+)\.")
+
+
+def _check_fits(
+    meta: dict[str, Any], state_dict: dict[str, torch.Tensor], path: Path, where: str
+) -> None:
+    """The description's architecture must be that of the tensors in the file.
+
+    Checked before the model is built, so that a damaged description cannot make it
+    allocate gigabytes (``num_classes: 1000000000``) or build for hours (a million blocks).
+    """
+    cfg = ModelConfig.from_dict(meta["config"])
+    counts: dict[int, int] = {}
+    for key in state_dict:
+        if m := _BLOCK_KEY.match(key):
+            counts[int(m[1])] = max(counts.get(int(m[1]), 0), int(m[2]) + 1)
+    if not counts:
+        return  # not resnetlab's layout: load_weights reports what does not fit
+    found = tuple(counts.get(i, 0) for i in range(1, max(counts) + 1))
+    if found != tuple(cfg.layers):
+        raise WeightsError(
+            f"{where} does not describe {path}: its config has layers={list(cfg.layers)}, the "
+            f"file holds {list(found)} blocks per stage; the description belongs to other "
+            "weights or is damaged"
+        )
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            expected = ResNet(cfg).state_dict()
+    except Exception as e:  # an absurd size can fail anywhere in the constructors
+        raise _bad(where, "'config'", f"cannot be built: {type(e).__name__}: {e}") from None
+    wrong = [f"{k}: file {tuple(v.shape)} vs description {tuple(expected[k].shape)}"
+             for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]  # fmt: skip
+    if wrong:
+        raise WeightsError(
+            f"{where} does not describe {path} (the description belongs to other weights or is "
+            f"damaged): {'; '.join(wrong[:4])}"
+        )
+
+
+def _check_tensors(
+    state_dict: dict[str, torch.Tensor], meta: dict[str, Any] | None, path: Path, where: str
+) -> None:
+    stored = (meta or {}).get(SIDECAR_CHECKSUM)
+    if stored is not None and content_sha256(state_dict) != stored:
+        raise WeightsError(
+            f"{path} is damaged: its tensors do not match the sha256 recorded in {where} "
+            "(bytes changed on disk or in a copy, or the description belongs to other "
+            "weights); copy or export the weights again"
+        )
+
+
+def _finish_safetensors(
+    state_dict: dict[str, torch.Tensor], meta: dict[str, Any] | None, path: Path, where: str
+) -> WeightsFile:
+    _check_tensors(state_dict, meta, path, where)
+    state_dict = strip_wrapper_prefixes(state_dict)
+    if meta is not None:
+        _check_fits(meta, state_dict, path, where)
+    return WeightsFile(state_dict, path, meta)
+
+
 def read_weights(source: str | os.PathLike | Any) -> WeightsFile:
     """Read a state dict from a run directory, a ``.safetensors`` file or a pickle file.
 
     Training checkpoints (a dict holding the state dict under ``model``) are accepted too,
     and so are named pretrained weights (``torchvision:resnet50.IMAGENET1K_V2``, or their
     card): they are downloaded into the torch hub cache first, and the result carries the
-    card.
+    card. A file's recorded checksum and description are checked (see the module's doc).
     """
     from .pretrained import (
         PretrainedWeights,
@@ -146,7 +450,7 @@ def read_weights(source: str | os.PathLike | Any) -> WeightsFile:
     path = Path(source)
     if path.is_dir():
         candidate = path / WEIGHTS_FILENAME
-        if not candidate.exists():
+        if not os.path.lexists(candidate):
             raise WeightsError(
                 f"{path} is a directory without {WEIGHTS_FILENAME}: pass a finished run "
                 "directory or a weights file"
@@ -154,49 +458,80 @@ def read_weights(source: str | os.PathLike | Any) -> WeightsFile:
         path = candidate
     if not path.exists():
         raise WeightsError(f"weights file not found: {path}")
-    meta = None
+    _regular_file(path, "weights file")
     if path.suffix == ".safetensors":
         try:
             state_dict = load_file(path)
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightsError(f"cannot read {path}: {e} (a truncated or corrupt file?)") from None
-        meta = read_sidecar(path)
-    else:
-        obj = safe_torch_load(path)
-        if not isinstance(obj, dict):
-            raise WeightsError(
-                f"{path} holds a {type(obj).__name__}, not a state dict (a dict of tensors)"
-            )
-        for key in CHECKPOINT_MODEL_KEYS:
-            if isinstance(obj.get(key), dict):
-                if isinstance(obj.get("model_meta"), dict):
-                    meta = obj["model_meta"]
-                obj = obj[key]
-                break
-        state_dict = {
-            k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
-        }
-        if not state_dict:
-            raise WeightsError(f"{path} holds no tensors: it is not a model state dict")
-    return WeightsFile(strip_wrapper_prefixes(state_dict), path, meta)
+        meta, where = _read_description(path)
+        return _finish_safetensors(state_dict, meta, path, where)
+    obj = verify_checksum(safe_torch_load(path), path)
+    if not isinstance(obj, dict):
+        raise WeightsError(
+            f"{path} holds a {type(obj).__name__}, not a state dict (a dict of tensors)"
+        )
+    meta, where = None, f"the description inside {path}"
+    for key in CHECKPOINT_MODEL_KEYS:
+        if isinstance(obj.get(key), dict):
+            if obj.get("model_meta") is not None:
+                meta = validate_meta(obj["model_meta"], where)
+            obj = obj[key]
+            break
+    state_dict = strip_wrapper_prefixes(
+        {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    )
+    if not state_dict:
+        raise WeightsError(f"{path} holds no tensors: it is not a model state dict")
+    if meta is not None:
+        _check_fits(meta, state_dict, path, where)
+    return WeightsFile(state_dict, path, meta)
 
 
-def read_sidecar(weights_path: str | os.PathLike) -> dict[str, Any] | None:
-    """The JSON description saved beside resnetlab weights (or inside the file's metadata)."""
+def decode_weights(data: bytes, meta: dict[str, Any], path: str | os.PathLike) -> WeightsFile:
+    """The :class:`WeightsFile` that ``data`` (safetensors bytes of :func:`encode_weights`)
+    and its description would give once written to ``path``, checked as on reading."""
+    path = Path(path)
+    where = f"the description of {path}"
+    return _finish_safetensors(
+        load_safetensors_bytes(data), validate_meta(meta, where), path, where
+    )
+
+
+def _read_description(weights_path: Path) -> tuple[dict[str, Any] | None, str]:
     side = sidecar_path(weights_path)
-    if side.exists():
+    if os.path.lexists(side):
+        where = f"sidecar {side}"
         try:
-            return json.loads(side.read_text())
-        except json.JSONDecodeError as e:
-            raise WeightsError(f"corrupt sidecar {side}: {e}") from None
+            return validate_meta(read_json(side, "sidecar"), where), where
+        except (StorageError, JSONFileError) as e:
+            raise WeightsError(
+                f"{e}; restore it from the run that wrote it, or delete it to use the "
+                f"description stored inside {weights_path.name}"
+            ) from None
+    where = f"the description inside {weights_path}"
     try:
         from safetensors import safe_open
 
         with safe_open(str(weights_path), framework="pt") as f:
             text = (f.metadata() or {}).get(SIDECAR_FORMAT)
-        return json.loads(text) if text else None
-    except (SafetensorError, OSError, json.JSONDecodeError):
-        return None
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(
+            f"cannot read {weights_path}: {e} (a truncated or corrupt file?)"
+        ) from None
+    if not text:
+        return None, where
+    try:
+        meta = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise WeightsError(f"bad {where}: not valid JSON ({e}); save the weights again") from None
+    return validate_meta(meta, where), where
+
+
+def read_sidecar(weights_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON description saved beside resnetlab weights (or inside the file's metadata),
+    validated; None when there is none."""
+    return _read_description(Path(weights_path))[0]
 
 
 def detect_format(state_dict: dict[str, torch.Tensor]) -> str:
@@ -349,7 +684,7 @@ def weights_meta(
         )
     return {
         "format": SIDECAR_FORMAT,
-        "version": 1,
+        "version": SIDECAR_VERSION,
         "architecture": model.name,
         "config": model.config.to_dict(),
         "num_classes": model.num_classes,
@@ -359,18 +694,36 @@ def weights_meta(
     }
 
 
-def atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def encode_weights(
+    model: ResNet,
+    *,
+    preprocessing: dict[str, Any] | None = None,
+    class_names: list[str] | tuple[str, ...] | None = None,
+) -> tuple[bytes, dict[str, Any]]:
+    """The bytes of ``model``'s ``.safetensors`` file and its description (with checksum).
+
+    The description is stored inside the file too, so the file alone describes itself.
+    """
+    if getattr(model, "features_only", False):
+        raise ValueError("save the full model, not a features_only view of it")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = weights_meta(model, preprocessing=preprocessing, class_names=class_names)
+    meta[SIDECAR_CHECKSUM] = content_sha256(tensors)
+    data = save_safetensors_bytes(tensors, metadata={SIDECAR_FORMAT: json.dumps(meta, indent=2)})
+    return data, meta
+
+
+def write_weights(path: str | os.PathLike, data: bytes, meta: dict[str, Any]) -> Path:
+    """Write :func:`encode_weights`' result as ``path`` plus its JSON sidecar, each atomically.
+
+    The weights go first: a crash between the two leaves new weights beside an old sidecar,
+    whose checksum then refuses them with a clear error rather than describing them wrongly.
+    A full disk or a missing permission is a :class:`~resnetlab.io.StorageError`.
+    """
+    path = Path(path)
+    atomic_write_bytes(path, data)
+    atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2) + "\n")
+    return path
 
 
 def save_weights(
@@ -380,18 +733,16 @@ def save_weights(
     preprocessing: dict[str, Any] | None = None,
     class_names: list[str] | tuple[str, ...] | None = None,
 ) -> Path:
-    """Write ``model`` as ``path`` (.safetensors) plus a JSON sidecar describing it."""
+    """Write ``model`` as ``path`` (.safetensors) plus a JSON sidecar describing it.
+
+    A full disk or a missing permission raises :class:`~resnetlab.io.StorageError` (an
+    ``OSError``) and leaves any previous file as it was.
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save_weights writes .safetensors files, got {path}")
-    if getattr(model, "features_only", False):
-        raise ValueError("save the full model, not a features_only view of it")
-    meta = weights_meta(model, preprocessing=preprocessing, class_names=class_names)
-    text = json.dumps(meta, indent=2)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={SIDECAR_FORMAT: text}))
-    atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
-    return path
+    data, meta = encode_weights(model, preprocessing=preprocessing, class_names=class_names)
+    return write_weights(path, data, meta)
 
 
 def to_torchvision_state_dict(model: ResNet) -> dict[str, torch.Tensor]:
@@ -416,6 +767,14 @@ def to_torchvision_state_dict(model: ResNet) -> dict[str, torch.Tensor]:
 
 
 def config_from_meta(meta: dict[str, Any]) -> tuple[str, ModelConfig]:
-    if meta.get("format") != SIDECAR_FORMAT or "config" not in meta:
+    """The architecture's name and config in a weights description."""
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != SIDECAR_FORMAT
+        or not isinstance(meta.get("config"), dict)
+    ):
         raise WeightsError("the weights' description has no resnetlab architecture config")
-    return meta.get("architecture", "custom"), ModelConfig.from_dict(meta["config"])
+    label = meta.get("architecture")
+    return (label if isinstance(label, str) else "custom"), _check_config(
+        meta["config"], "weights description"
+    )
