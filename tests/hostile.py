@@ -309,7 +309,7 @@ CASES: list[Case] = [
             "2",
         ],
         lambda d: [
-            _write(f"imgs/train/{c}/{i}.png", b"\x89PNG\r\n\x1a\n" + b"x" * 40)(d)
+            _write(f"imgs/{c}/{i}.png", b"\x89PNG\r\n\x1a\n" + b"x" * 40)(d)
             for c in ("a", "b")
             for i in range(3)
         ],

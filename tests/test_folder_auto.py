@@ -194,10 +194,12 @@ def test_batch_size_fits_a_small_training_set(tmp_path):
     assert fit_batch_size(None, 60000, 1, "x") == 128
     assert fit_batch_size(None, 240, 1, "x") == 16  # 15 steps, not 1 step of 128
     assert fit_batch_size(None, 240, 2, "x") == 8
-    assert fit_batch_size(None, 5, 1, "x") == 1
+    assert fit_batch_size(None, 5, 1, "x") == 5  # all of them: never a batch of 1
+    assert fit_batch_size(None, 12, 1, "x") == 8  # at least 8 where there are 8
     assert fit_batch_size(64, 240, 1, "x") == 64
     with pytest.raises(ValueError, match="batch_size=300 is larger .* or leave it out"):
         fit_batch_size(300, 240, 1, "x")
     root = make_folder(tmp_path / "few", classes=3, train=20, val=2)
     train, evaluation, _ = loaders(root, batch_size=None)
-    assert train.batch_size == 4 and len(train) == 15 and evaluation.batch_size == 4
+    # 60 images: batches of 8 (not 4), 7 steps (the last 4, under 10% of the epoch, dropped)
+    assert train.batch_size == 8 and len(train) == 7 and evaluation.batch_size == 8

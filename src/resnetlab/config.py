@@ -648,7 +648,8 @@ def parse_override(text: str) -> dict[str, Any]:
     try:
         value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"invalid value in override {text!r}: {e}") from None
+        message = " ".join(str(e).split())
+        raise ConfigError(f"invalid value in override {text!r}: {message}") from None
     out: dict[str, Any] = {}
     node = out
     parts = key.strip().split(".")
@@ -685,7 +686,7 @@ def load_train_config(
         try:
             loaded = read_yaml(path.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot parse {path}: {e}") from None
+            raise ConfigError(f"cannot parse {path}: {' '.join(str(e).split())}") from None
         except OSError as e:
             raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
         if not isinstance(loaded, dict):

@@ -265,6 +265,10 @@ DEFAULT_BATCH_SIZE = 128
 MIN_STEPS_PER_EPOCH = 8
 
 
+# The smallest batch size chosen automatically (an explicit one may be smaller).
+MIN_AUTO_BATCH = 8
+
+
 def fit_batch_size(batch_size: int | None, n: int, world_size: int, spec: str) -> int:
     """``batch_size`` checked against ``n`` training samples, or (None) one chosen for them:
     :data:`DEFAULT_BATCH_SIZE`, or less on a small set so that an epoch has at least
@@ -272,6 +276,9 @@ def fit_batch_size(batch_size: int | None, n: int, world_size: int, spec: str) -
     per_rank = n // world_size
     if batch_size is None:
         fit = 1 << max(0, (per_rank // MIN_STEPS_PER_EPOCH).bit_length() - 1)
+        # never below MIN_AUTO_BATCH where the data allows: BatchNorm's batch statistics
+        # and the step's noise get poor at 1-4 images (12 images: 8, not 12 steps of 1)
+        fit = max(fit, MIN_AUTO_BATCH)
         return max(1, min(DEFAULT_BATCH_SIZE, fit, per_rank))
     if batch_size > per_rank:
         where = f" per rank ({n} in all, world_size={world_size})" if world_size > 1 else ""

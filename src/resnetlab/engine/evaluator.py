@@ -25,6 +25,7 @@ from ..data.build import SPLITS, default_eval_split, parse_data_spec
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..formatting import dumps_json, round_floats
+from ..io import atomic_write_text
 from ..models import load_model
 from .metrics import evaluate
 from .report import plot_confusion
@@ -297,7 +298,7 @@ def _write_outputs(
         png = plot_confusion(result["confusion"], names, out_dir / f"confusion-{split}.png")
         json_path = out_dir / f"eval-{split}.json"
         result.update(confusion_png=str(png), eval_json=str(json_path))
-        json_path.write_text(dumps_json(result, digits=None, indent=2))
+        atomic_write_text(json_path, dumps_json(result, digits=None, indent=2))
     except OSError as e:
         result.update(confusion_png=None, eval_json=None)
         if output is not None:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_write_text
+
 
 def _pyplot():
     import matplotlib
@@ -147,5 +149,5 @@ def write_report(
     lines += ["## Config", "", "```yaml"]
     lines += [yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..errors import TrainingError
-from ..models.weights import atomic_write
+from ..io import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -150,7 +150,7 @@ def write_config(path: Path, cfg: TrainConfig) -> None:
 
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     try:
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_text(path, text)
     except OSError as e:
         raise TrainingError(f"could not write {path}: {e.strerror or e}") from None
 

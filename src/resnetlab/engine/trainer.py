@@ -35,8 +35,9 @@ from ..data.build import DEFAULT_BATCH_SIZE
 from ..device import keep_freed_host_memory, resolve_device
 from ..errors import TrainingError, TrainingInterrupted
 from ..formatting import dumps_json, round_floats
+from ..io import atomic_write_text
 from ..models import create_model, save_weights
-from ..models.weights import atomic_write, weights_meta
+from ..models.weights import weights_meta
 from . import checkpoint as ckpt
 from . import distributed as dist
 from . import rundir
@@ -610,8 +611,7 @@ def _finish_run(job: Job, final_model: nn.Module, last_eval: dict[str, Any],
         if last_eval:
             plot_confusion(last_eval["confusion"], list(info.class_names),
                            run_dir / "confusion.png")  # fmt: skip
-        text = dumps_json(summary, digits=None, indent=2)
-        atomic_write(run_dir / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_text(run_dir / SUMMARY_FILE, dumps_json(summary, digits=None, indent=2))
         report = getattr(final_model, "load_report", None)
         write_report(run_dir, summary, cfg.to_dict(), data_plan=info.plan, data_scan=info.scan,
                      weights_report=str(report) if cfg.weights and report else None)  # fmt: skip
@@ -658,7 +658,7 @@ def _record_data_scan(run_dir: Path, info: Any) -> None:
     for warning in info.scan["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     text = json.dumps({"plan": info.plan, **info.scan}, indent=2)
-    atomic_write(run_dir / "data_scan.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(run_dir / "data_scan.json", text)
 
 
 def _log_row(run_dir: Path, writer: Any, row: dict[str, Any]) -> None:
@@ -696,4 +696,4 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
         ):
             rows.append(row)
     text = "".join(json.dumps(r) + "\n" for r in rows)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(path, text)

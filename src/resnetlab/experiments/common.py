@@ -31,6 +31,7 @@ from ..engine.optim import build_optimizer, build_scheduler
 from ..engine.trainer import seed_everything
 from ..errors import ResnetlabError
 from ..formatting import dumps_json
+from ..io import atomic_write_text
 from ..models import create_model, get_config, list_models
 
 # Names beyond the zoo: ``plainD``, ``resnetD`` and ``resnetD_v2`` at any CIFAR depth D = 6n+2,
@@ -394,9 +395,7 @@ def write_json(path: Path, data: Any, *, exact: bool = False) -> None:
     Measurements are rounded to six significant digits (float32 noise is not data);
     ``exact`` keeps every digit, for settings that a later run compares with its own.
     """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) if exact else dumps_json(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) if exact else dumps_json(data, indent=2))
 
 
 def read_json(path: Path) -> Any:

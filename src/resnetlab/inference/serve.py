@@ -783,8 +783,6 @@ def run_serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if not server.started:
-        raise ConfigError(
-            f"could not listen on {host}:{port} (in use? choose another with --port)"
-        )
+        raise ConfigError(f"could not listen on {host}:{port} (in use? choose another with --port)")
     print("stopped", flush=True)
     return 0
