@@ -311,7 +311,7 @@ CASES: list[Case] = [
         lambda d: [
             _write(f"imgs/{c}/{i}.png", b"\x89PNG\r\n\x1a\n" + b"x" * 40)(d)
             for c in ("a", "b")
-            for i in range(3)
+            for i in range(12)
         ],
     ),
     Case(
