@@ -43,13 +43,9 @@ def benchmark_parser(doc: str | None) -> argparse.ArgumentParser:
 def parse_args(p: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` (default: the command line); ``KEY=VALUE`` words anywhere on it join
     ``overrides`` when the script takes them (argparse alone stops at the first option)."""
-    a, extra = p.parse_known_args(argv)
-    if extra:
-        if hasattr(a, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-            a.overrides = [*a.overrides, *extra]
-        else:
-            p.error(f"unrecognized arguments: {' '.join(extra)}")
-    return a
+    from resnetlab.cli import parse_with_overrides
+
+    return parse_with_overrides(p, argv)
 
 
 def command(script: str, argv: list[str] | None) -> str:

@@ -614,16 +614,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    # KEY=VALUE overrides may come before, between or after options: argparse leaves the
-    # ones after an option group unparsed, so they are collected here.
+def parse_with_overrides(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """Parse ``argv``; KEY=VALUE overrides may come before, between or after options.
+
+    argparse leaves the ones after an option group unparsed: they are collected here into
+    ``overrides`` when the command takes them.
+    """
     args, extra = parser.parse_known_args(argv)
     if extra:
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse_with_overrides(parser, argv)
     try:
         return args.func(args)
     except TrainingInterrupted as e:
