@@ -1,10 +1,14 @@
-"""Inference: resnetlab's optimized models vs torchvision eager and onnxruntime, and accuracy.
+"""Inference: resnetlab's optimized models vs torchvision eager, onnxruntime and OpenVINO,
+and accuracy.
 
 Speed: for each (model, batch) below, one call of ``resnetlab.inference.bench_model``
 builds every system (torchvision eager fp32 NCHW where torchvision has the net; resnetlab
-as trained; resnetlab optimized fp32 / bf16 / int8; onnxruntime fp32 and static int8 QDQ),
-feeds them the same random batch, and times them in alternating rounds. int8 is calibrated
-on random batches there: speed does not depend on it.
+as trained; resnetlab optimized fp32 / bf16 / int8; onnxruntime fp32 and static int8 QDQ;
+OpenVINO with the fp32 precision hint, with its default hint (bf16 on CPUs with native
+bf16: the table gives the precision it picked) and NNCF static int8), feeds them the same
+random batch, and times them in alternating rounds. int8 is calibrated on random batches
+there: speed does not depend on it. Without openvino (pip install openvino nncf) its rows
+say so.
 
 Accuracy: a resnet20 trained on Fashion-MNIST (a run directory, e.g. from
 ``resnetlab train --config configs/fashion_mnist_fast.yaml --output /tmp/fm_fast epochs=1``)
@@ -40,17 +44,18 @@ IMAGENET, CIFAR = (3, 224, 224), (3, 32, 32)
 ALL = ("fp32", "int8", "bf16")
 # model, batch, input size, precisions, baselines, compiled precisions, timed batches per
 # round, seconds after which a round's warm-up or timing stops (emulated bf16 is slow).
+ALL_BASELINES = ("eager", "torchvision", "onnxruntime", "openvino")
+RUNTIMES = ("torchvision", "onnxruntime", "openvino")
 SPEED = [
-    ("resnet50", 16, IMAGENET, ALL, ("eager", "torchvision", "onnxruntime"), ("int8",), 3, 10),
-    ("resnet50", 1, IMAGENET, ALL, ("torchvision", "onnxruntime"), (), 10, 3),
-    ("resnet18", 16, IMAGENET, ("fp32", "int8"), ("torchvision", "onnxruntime"),
-     ("fp32", "int8"), 3, 8),
-    ("resnext50_32x4d", 8, IMAGENET, ("fp32", "int8"), ("torchvision", "onnxruntime"), (), 2, 8),
-    ("resnet20", 16, CIFAR, ALL, ("eager", "torchvision", "onnxruntime"), (), 10, 3),
+    ("resnet50", 16, IMAGENET, ALL, ALL_BASELINES, ("int8",), 3, 10),
+    ("resnet50", 1, IMAGENET, ALL, RUNTIMES, (), 10, 3),
+    ("resnet18", 16, IMAGENET, ("fp32", "int8"), RUNTIMES, ("fp32", "int8"), 3, 8),
+    ("resnext50_32x4d", 8, IMAGENET, ("fp32", "int8"), RUNTIMES, (), 2, 8),
+    ("resnet20", 16, CIFAR, ALL, ALL_BASELINES, (), 10, 3),
 ]  # fmt: skip
 QUICK = [
-    ("resnet18", 4, (3, 112, 112), ALL, ("eager", "torchvision", "onnxruntime"), ("int8",), 2, 5),
-    ("resnet20", 16, CIFAR, ("fp32", "int8"), ("eager", "onnxruntime"), (), 5, 5),
+    ("resnet18", 4, (3, 112, 112), ALL, ALL_BASELINES, ("int8",), 2, 5),
+    ("resnet20", 16, CIFAR, ("fp32", "int8"), ("eager", "onnxruntime", "openvino"), (), 5, 5),
 ]  # fmt: skip
 HEADERS = ["model", "batch", "system", "prec", "img/s", "p50 ms", "p95 ms", "mem MB",
            "of GEMM peak", "rel err", "vs ORT fp32"]  # fmt: skip
@@ -60,6 +65,7 @@ def speed_rows(configs: list, rounds: int, threads: int | None) -> tuple[list[li
     table: list[list] = []
     ratios: dict = {}
     probes: list[str] = []
+    cpu = ""
     for name, batch, size, precisions, compare, compiled, iters, cap in configs:
         t = time.perf_counter()
         rows = bench_model(name, batch_size=batch, input_size=size, precisions=precisions,
@@ -69,8 +75,8 @@ def speed_rows(configs: list, rounds: int, threads: int | None) -> tuple[list[li
                                                                     flush=True))  # fmt: skip
         print(f"{name} batch {batch}: {time.perf_counter() - t:.0f} s", flush=True)
         ort = next((r.img_per_s for r in rows if r.system == "onnxruntime"), None)
-        peaks = {("bf16" if r.precision == "bf16" else "fp32"): r.probe_gflops
-                 for r in rows if r.probe_gflops}  # fmt: skip
+        cpu = cpu or next((r.cpu for r in rows if r.cpu), "")
+        peaks = {r.precision: r.probe_gflops for r in rows if r.probe_gflops}
         probes.append(f"{name} b{batch}: " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()))
         for r in rows:
             if r.skipped:
@@ -86,6 +92,7 @@ def speed_rows(configs: list, rounds: int, threads: int | None) -> tuple[list[li
                 f"{r.max_rel_error:.1e}", vs,
             ])  # fmt: skip
     ratios["probes"] = "; ".join(probes)
+    ratios["cpu"] = cpu
     return table, ratios
 
 
@@ -159,8 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     body = [
         "Images per second and per-batch latency (p50/p95) on random inputs; mem: peak RSS "
         "growth of the process while the system ran, over its RSS before the system was "
-        "built; of GEMM peak: 2 x MACs x img/s over a large torch.matmul in the same run "
-        f"(GFLOP/s: {ratios['probes']}; int8 rows against the fp32 probe); rel err: max |logits - "
+        "built; of GEMM peak: 2 x MACs x img/s over a large matrix product of the row's "
+        "precision in the same run (fp32 and bf16 torch.matmul, int8 torch._int_mm; GFLOP/s "
+        f"or GOP/s: {ratios['probes']}); prec: what the row computed in (OpenVINO's default "
+        f"hint: the precision it picked on this CPU, {ratios['cpu']}); rel err: max |logits - "
         "eager fp32 logits| / max |eager logits|; vs ORT fp32: throughput over onnxruntime "
         f"fp32's in the same run. {a.rounds} alternating rounds per model.",
         speed,
@@ -172,10 +181,17 @@ def main(argv: list[str] | None = None) -> None:
         ort8 = r50.get("onnxruntime int8 (static QDQ)")
         bf16 = r50.get("resnetlab optimized bf16 (BN folded, channels_last)")
         native = "native" if has_native_bf16() else "emulated: this CPU has no AVX512-BF16/AMX"
+        ov = {k: r50.get(f"openvino {k}") for k in ("(hint f32)", "(default hint)", "int8 (NNCF)")}
+
+        def x(v: float | None) -> str:
+            return "-" if v is None else f"{v:.2f}x"
+
         body.append(
             f"Targets (resnet50, batch 16, throughput over onnxruntime fp32's): int8 >= 2.5x: "
-            f"got {int8:.2f}x eager, {int8c:.2f}x with torch.compile (onnxruntime's own int8: "
-            f"{ort8:.2f}x); bf16 >= 3x (needs native bf16): got {bf16:.2f}x ({native})."
+            f"got {x(int8)} eager, {x(int8c)} with torch.compile (onnxruntime's own int8: "
+            f"{x(ort8)}; OpenVINO NNCF int8: {x(ov['int8 (NNCF)'])}); bf16 >= 3x (needs native "
+            f"bf16): got {x(bf16)} ({native}). OpenVINO fp32 hint: {x(ov['(hint f32)'])}, "
+            f"its default hint: {x(ov['(default hint)'])}."
         )
     if a.run:
         print("accuracy", flush=True)
@@ -193,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
     print(f"total {time.perf_counter() - start:.0f} s")
     if a.write:
+        # The title (and so README's link to it) is kept from before OpenVINO joined.
         write_section("inference", "Inference: optimized resnetlab vs torchvision and "
                       "onnxruntime", "\n\n".join(body),
                       command("inference.py", argv))  # fmt: skip

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import randomize
 from resnetlab import create_model
@@ -36,9 +37,13 @@ def test_rows_have_every_field(rows):
         "resnetlab int8 (FX x86, static)",
         "onnxruntime",
         "onnxruntime int8 (static QDQ)",
+        "openvino (hint f32)",
+        "openvino (default hint)",
+        "openvino int8 (NNCF)",
     }
     for row in rows:
         assert row.model == "resnet20" and row.input_size == (3, 16, 16) and row.batch_size == 2
+        assert row.cpu == bench.cpu_tier()
         if row.skipped:
             continue
         assert row.timed_batches == 2
@@ -113,9 +118,113 @@ def test_cli_prints_a_table():
     assert "resnet20, batch 2, input 3x32x32" in out
     for column in ("img/s", "p50 ms", "p95 ms", "mem MB", "of peak"):
         assert column in out
-    for system in ("resnetlab int8", "onnxruntime int8", "resnetlab optimized bf16"):
+    systems = ("resnetlab int8", "onnxruntime int8", "resnetlab optimized bf16",
+               "openvino (hint f32)", "openvino (default hint)", "openvino int8 (NNCF)")  # fmt: skip
+    for system in systems:
         assert system in out
+    assert "CPU " in out.splitlines()[0]
     assert "torchvision eager (NCHW) (fp32): skipped" in out
+
+
+# --------------------------------------------------------------------------------------
+# OpenVINO: fp32 hint, its own default precision, NNCF int8; and where it is missing
+
+
+def _openvino_default_precision():
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([1, 4], ov.Type.f32)
+    compiled = ov.Core().compile_model(ov.Model([ops.relu(x)], [x]), "CPU")
+    name = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}[name]
+
+
+def test_openvino_rows_name_their_precision(rows):
+    by_name = {r.system: r for r in rows}
+    f32, auto, int8 = (by_name[f"openvino {k}"] for k in ("(hint f32)", "(default hint)",
+                                                         "int8 (NNCF)"))  # fmt: skip
+    for row in (f32, auto, int8):
+        assert not row.skipped, row.note
+        assert row.timed_batches == 2 and row.img_per_s > 0 and row.p95_ms >= row.p50_ms > 0
+    assert f32.precision == "fp32" and f32.max_rel_error < 1e-4
+    # The default hint's row says what OpenVINO picked here (bf16 where bf16 is native).
+    assert auto.precision == _openvino_default_precision()
+    assert f"default precision on this CPU: {auto.precision}" in auto.note
+    assert auto.max_rel_error < (1e-4 if auto.precision == "fp32" else 0.05)
+    assert int8.precision == "int8" and int8.max_rel_error < 0.2
+    assert "NNCF" in int8.note and "random inputs" in int8.note
+    assert int8.probe_gflops is not None or "no int8 GEMM probe" in int8.note
+    text = format_bench(rows)
+    line = next(x for x in text.splitlines() if x.startswith("openvino (default hint)"))
+    assert line.split()[3] == auto.precision  # the prec column
+
+
+def test_openvino_default_precision_has_a_peak_of_its_own_kind():
+    model = randomize(create_model("resnet20", depth=8, num_classes=10))
+    rows = bench_model(model, batch_size=2, input_size=(3, 16, 16), iters=1, warmup=0,
+                       precisions=("fp32",), compare=("openvino",), threads=1)  # fmt: skip
+    auto = next(r for r in rows if r.system == "openvino (default hint)")
+    assert auto.precision == _openvino_default_precision()
+    # bf16 is not among the precisions asked for: its probe is taken for OpenVINO's choice.
+    assert auto.probe_gflops is not None and auto.peak_fraction is not None
+    fp32 = next(r for r in rows if r.precision == "fp32")
+    assert (auto.probe_gflops == fp32.probe_gflops) == (auto.precision == "fp32")
+
+
+def test_openvino_missing_gives_rows_that_say_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    model = randomize(create_model("resnet20", depth=8, num_classes=10))
+    rows = bench_model(model, batch_size=2, input_size=(3, 16, 16), iters=1, warmup=0,
+                       precisions=("fp32",), compare=("openvino",), probe=False,
+                       threads=1)  # fmt: skip
+    ov_rows = [r for r in rows if r.system.startswith("openvino")]
+    assert [r.system for r in ov_rows] == ["openvino (hint f32)", "openvino (default hint)"]
+    for row in ov_rows:
+        assert row.skipped and row.img_per_s is None and "pip install openvino" in row.note
+    assert not next(r for r in rows if r.system.startswith("resnetlab")).skipped
+    assert "openvino (hint f32) (fp32): skipped" in format_bench(rows)
+
+
+def test_nncf_missing_skips_only_the_int8_row(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    model = randomize(create_model("resnet20", depth=8, num_classes=10))
+    rows = bench_model(model, batch_size=2, input_size=(3, 16, 16), iters=1, warmup=0,
+                       precisions=("fp32", "int8"), compare=("openvino",), probe=False,
+                       threads=1)  # fmt: skip
+    by_name = {r.system: r for r in rows}
+    assert by_name["openvino int8 (NNCF)"].skipped
+    assert "pip install nncf" in by_name["openvino int8 (NNCF)"].note
+    assert not by_name["openvino (hint f32)"].skipped
+
+
+@pytest.mark.parametrize(
+    ("flags", "tier"),
+    [
+        ({"avx2", "fma"}, "AVX2"),
+        ({"avx2", "avx512f"}, "AVX512"),
+        ({"avx2", "avx512f", "avx512_vnni"}, "AVX512-VNNI"),
+        ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "AVX512-BF16"),
+        ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8"}, "AMX"),
+    ],
+)
+def test_cpu_tier_from_the_flags(monkeypatch, flags, tier):
+    monkeypatch.setattr(bench, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(bench, "_torch_says", lambda name: True)  # the flags decide
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert bench.cpu_tier() == f"{tier} (torch: {capability})"
+
+
+def test_cpu_tier_without_proc_cpuinfo(monkeypatch):
+    monkeypatch.setattr(bench, "_cpu_flags", set)
+    monkeypatch.setattr(bench, "_torch_says", lambda name: name == "_is_vnni_supported")
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert bench.cpu_tier() == f"AVX512-VNNI (torch: {capability})"
+
+
+def test_the_table_names_the_cpu_tier(rows):
+    first = format_bench(rows).splitlines()[0]
+    assert first == f"resnet20, batch 2, input 3x16x16, CPU {bench.cpu_tier()}"
 
 
 # --------------------------------------------------------------------------------------

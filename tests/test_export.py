@@ -1,4 +1,5 @@
-"""Export to safetensors, torchvision, ONNX and torch.export, each file read back and run."""
+"""Export to safetensors, torchvision, ONNX, torch.export and OpenVINO, each file read back
+and run."""
 
 import json
 import re
@@ -13,7 +14,7 @@ import torchvision
 
 from conftest import randomize, rel_err
 from resnetlab import ModelConfig, create_model, load_model, save_weights
-from resnetlab.inference import EXPORT_FORMATS, ExportError, export_model
+from resnetlab.inference import EXPORT_FORMATS, ExportError, export_model, format_export_result
 from resnetlab.inference import export as export_module
 
 NAMES = ["cat", "dog", "bird"]
@@ -49,8 +50,9 @@ def images(batch, seed=1):
 
 def test_cli_onnx_dynamic_batch(run_dir, reference, tmp_path):
     out = tmp_path / "new" / "dir" / "r.onnx"  # the folder is created
-    proc = cli("export", run_dir, "--format", "onnx", "--output", out, "--dynamic-batch")
+    proc = cli("export", run_dir, "--format", "onnx", "--output", out)  # free by default
     assert proc.returncode == 0, proc.stderr
+    assert "(onnx, dynamic batch)" in proc.stdout
     error = float(re.search(r"max relative error vs PyTorch (\S+)", proc.stdout)[1])
     assert 0 <= error <= 1e-4
     model = onnx.load(str(out))
@@ -77,7 +79,8 @@ def test_cli_bad_inputs_are_one_line(run_dir, tmp_path):
 
 
 def test_onnx_static_batch_and_opset(run_dir, reference, tmp_path):
-    result = export_model(run_dir, "onnx", tmp_path / "r.onnx", opset=13)
+    result = export_model(run_dir, "onnx", tmp_path / "r.onnx", opset=13, dynamic_batch=False)
+    assert not result.dynamic_batch
     assert result.max_rel_error is not None and result.max_rel_error <= 1e-4
     model = onnx.load(str(result.path))
     assert model.opset_import[0].version == 13
@@ -87,6 +90,61 @@ def test_onnx_static_batch_and_opset(run_dir, reference, tmp_path):
     x = images(1)
     got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
     assert rel_err(reference(x).detach(), got) < 1e-4
+
+
+def _onnx_batch_dim(path):
+    dim = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_param or dim.dim_value
+
+
+def test_onnx_batch_is_free_by_default_and_checked_at_two_sizes(run_dir, tmp_path, monkeypatch):
+    checked = []
+    compare = export_module._compare
+
+    def spy(model, run, size, batches):
+        checked.append(tuple(batches))
+        return compare(model, run, size, batches)
+
+    monkeypatch.setattr(export_module, "_compare", spy)
+    result = export_model(run_dir, "onnx", tmp_path / "r.onnx")
+    assert result.dynamic_batch and result.max_rel_error <= 1e-4
+    assert checked == [(1, 3)]  # neither is the traced batch (2)
+    assert _onnx_batch_dim(result.path) == "batch"
+    checked.clear()
+    fixed = export_model(run_dir, "onnx", tmp_path / "b1.onnx", dynamic_batch=False)
+    assert not fixed.dynamic_batch and checked == [(1,)]
+    assert _onnx_batch_dim(fixed.path) == 1
+
+
+def test_a_batch_size_baked_into_the_graph_fails_verification(run_dir, tmp_path, monkeypatch):
+    """A dynamic export whose graph only works at the traced size must not pass: a static
+    graph traced at 2 is refused at the checked batches 1 and 3."""
+    real = torch.onnx.export
+
+    def static_export(*args, **kwargs):
+        return real(*args, **{**kwargs, "dynamic_axes": None})
+
+    monkeypatch.setattr(torch.onnx, "export", static_export)
+    with pytest.raises(ExportError, match="cannot run a batch of 1"):
+        export_model(run_dir, "onnx", tmp_path / "r.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_static_batch_and_the_old_flag(run_dir, tmp_path, capsys):
+    from resnetlab.cli import build_parser, main
+
+    out = tmp_path / "b1.onnx"
+    assert main(["export", str(run_dir), "--format", "onnx", "--output", str(out),
+                 "--static-batch"]) == 0  # fmt: skip
+    assert "(onnx, static batch 1)" in capsys.readouterr().out and _onnx_batch_dim(out) == 1
+    args = build_parser().parse_args(["export", "r", "--format", "onnx", "--output", "m.onnx",
+                                      "--dynamic-batch"])  # fmt: skip
+    assert args.dynamic_batch and not args.static_batch  # still accepted: now the default
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--static-batch" in help_text and "the default, kept for older" in help_text
+    assert "openvino" in help_text
 
 
 def test_safetensors_copy(run_dir, reference, tmp_path):
@@ -145,6 +203,14 @@ def test_torch_export(run_dir, reference, tmp_path, dynamic):
             module(images(3))
 
 
+def test_torch_export_batch_is_free_by_default(run_dir, reference, tmp_path):
+    result = export_model(run_dir, "torch-export", tmp_path / "r.pt2")
+    assert result.dynamic_batch
+    module = torch.export.load(result.path).module()
+    for batch in (1, 4):
+        assert rel_err(reference(images(batch)), module(images(batch))) < 1e-5
+
+
 def test_failed_verification_removes_the_file(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "MAX_REL_ERROR", -1.0)
     with pytest.raises(ExportError, match="differs from the PyTorch model"):
@@ -171,6 +237,9 @@ def test_model_in_memory_is_left_as_it_was(tmp_path):
         ("safetensors", "m.safetensors", {"dynamic_batch": True}, "dynamic batch applies"),
         ("torch-export", "m.pt2", {"opset": 17}, "opset applies to onnx"),
         ("bogus", "m.onnx", {}, "unknown export format"),
+        ("openvino", "m.onnx", {}, "openvino export goes to a folder"),
+        ("openvino", "m.bin", {}, r"or to a path ending in \.xml"),
+        ("openvino", "ov", {"opset": 17}, "opset applies to onnx"),
     ],
 )
 def test_bad_options(run_dir, tmp_path, fmt, name, kwargs, match):
@@ -263,3 +332,107 @@ def test_option_errors_are_project_errors(run_dir, tmp_path):
             export_model(run_dir, output=tmp_path / "m.onnx", **kwargs)
     with pytest.raises(ResnetlabError, match="not found"):
         export_model(tmp_path / "nope", "onnx", tmp_path / "m.onnx")
+
+
+# ------------------------------------------------------------------ OpenVINO IR
+
+
+def _compile_ir(path, precision="f32"):
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(path)
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
+                                                 "INFERENCE_NUM_THREADS": 1})  # fmt: skip
+    return model, compiled
+
+
+def test_openvino_ir_round_trip(run_dir, reference, tmp_path):
+    out = tmp_path / "new" / "ov"  # a folder, created
+    result = export_model(run_dir, "openvino", out)
+    assert result.path == out / "model.xml" and result.dynamic_batch
+    assert result.max_rel_error is not None and 0 <= result.max_rel_error <= 1e-4
+    assert sorted(p.name for p in out.iterdir()) == ["model.bin", "model.xml"]
+    model, compiled = _compile_ir(result.path)
+    info = {k: model.get_rt_info(["resnetlab", k]).astype(str)
+            for k in ("architecture", "num_classes", "class_names", "preprocessing")}  # fmt: skip
+    assert info["architecture"] == "resnet20" and info["num_classes"] == "3"
+    assert json.loads(info["class_names"]) == NAMES
+    assert json.loads(info["preprocessing"])["mean"] == PREP["mean"]
+    assert model.inputs[0].get_names() == {"input"} and model.outputs[0].get_names() == {"logits"}
+    assert model.inputs[0].get_partial_shape().is_dynamic
+    for batch in (1, 5):
+        x = images(batch)
+        got = torch.from_numpy(compiled(x.numpy())[0])
+        assert got.shape == (batch, 3) and rel_err(reference(x).detach(), got) < 1e-4
+
+
+def test_openvino_xml_path_static_batch(run_dir, reference, tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    result = export_model(run_dir, "openvino", tmp_path / "r20.xml", dynamic_batch=False)
+    assert result.path == tmp_path / "r20.xml" and not result.dynamic_batch
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "r20.bin", "r20.xml"]
+    model, compiled = _compile_ir(result.path)
+    assert list(model.inputs[0].get_shape()) == [1, 3, 16, 16]
+    got = torch.from_numpy(compiled(images(1).numpy())[0])
+    assert rel_err(reference(images(1)).detach(), got) < 1e-4
+    text = format_export_result(result)
+    assert "r20.xml and r20.bin (openvino, static batch 1)" in text and "compile_model" in text
+
+
+def test_cli_openvino(run_dir, tmp_path):
+    out = tmp_path / "ir"
+    proc = cli("export", run_dir, "--format", "openvino", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out / 'model.xml'} and model.bin (openvino, dynamic batch)" in proc.stdout
+    error = float(re.search(r"max relative error vs PyTorch (\S+)", proc.stdout)[1])
+    assert 0 <= error <= 1e-4
+
+
+def test_openvino_failed_verification_writes_nothing(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "MAX_REL_ERROR", -1.0)
+    with pytest.raises(ExportError, match="openvino export differs from the PyTorch model"):
+        export_model(run_dir, "openvino", tmp_path / "ov")
+    assert list(tmp_path.iterdir()) == []
+    result = export_model(run_dir, "openvino", tmp_path / "ov", verify=False)
+    assert result.max_rel_error is None and (tmp_path / "ov" / "model.bin").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "output", "match"),
+    [
+        (lambda t: (t / "afile").write_text("x"), "afile", "is a file: give a folder"),
+        (lambda t: (t / "afile").write_text("x"), "afile/m.xml", "afile is a file, not a folder"),
+        (lambda t: (t / "d.xml").mkdir(), "d.xml", "is a folder: give a file name"),
+        (lambda t: (t / "ov" / "model.xml").mkdir(parents=True), "ov", "it is a folder"),
+    ],
+)
+def test_openvino_bad_output_paths(run_dir, tmp_path, make, output, match):
+    make(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(ExportError, match=match) as info:
+        export_model(run_dir, "openvino", tmp_path / output)
+    assert isinstance(info.value, ValueError)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_openvino_full_disk_keeps_the_previous_ir(run_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("model.xml", "model.bin"):
+        (out / name).write_bytes(b"previous")
+    _fail_writes_under(out, monkeypatch)
+    with pytest.raises(ExportError, match=rf"^no space left on device: {re.escape(str(out))}/"):
+        export_model(run_dir, "openvino", out)
+    assert sorted(p.name for p in out.iterdir()) == ["model.bin", "model.xml"]  # no temp file
+    assert all((out / n).read_bytes() == b"previous" for n in ("model.xml", "model.bin"))
+
+
+def test_openvino_missing_is_a_missing_dependency(run_dir, tmp_path, monkeypatch):
+    from resnetlab.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    with pytest.raises(MissingDependencyError, match="pip install openvino") as info:
+        export_model(run_dir, "openvino", tmp_path / "ov")
+    assert isinstance(info.value, ExportError)
+    assert list(tmp_path.iterdir()) == []

@@ -65,7 +65,9 @@ that is not writable gets nothing written unless --output is given""",
   resnetlab predict --model resnet18 dog.jpg   # random weights: only a smoke test
 folders are searched recursively; exit status 1 when some file could not be read""",
     "export": """examples:
-  resnetlab export runs/r20 --format onnx --output r20.onnx --dynamic-batch
+  resnetlab export runs/r20 --format onnx --output r20.onnx     # batch dimension free
+  resnetlab export runs/r20 --format onnx --output r20-b1.onnx --static-batch
+  resnetlab export runs/r20 --format openvino --output r20-ov/  # model.xml + model.bin
   resnetlab export runs/r20 --format torch-export --output r20.pt2
   resnetlab export runs/r50 --format torchvision --output r50.pth
   resnetlab export runs/r20/model.safetensors --format safetensors --output copy.safetensors
@@ -90,13 +92,14 @@ SIGTERM finishes the requests in flight, then exits with status 0""",
 each writes results.json, figures (PNG) and report.md to --output; running again with the
 same settings continues an interrupted run. docs/reproduction.md shows what they gave""",
     "bench": """examples:
-  resnetlab bench resnet50 --batch-size 16      # fp32, bf16, int8; torchvision, onnxruntime
+  resnetlab bench resnet50 --batch-size 16   # fp32, bf16, int8; torchvision, onnxruntime, openvino
   resnetlab bench resnet50 --batch-size 1 --precision fp32,int8 --iters 20
-  resnetlab bench resnet20 --input-size 3 32 32 --compare onnxruntime --json
+  resnetlab bench resnet20 --input-size 3 32 32 --compare onnxruntime,openvino --json
   resnetlab bench runs/r20 --precision int8 --compile      # a trained run; adds torch.compile rows
 img/s and p50/p95 latency per batch; mem: peak RSS growth while the system ran; of peak:
 2 x MACs x img/s over a matrix-product probe of the same kind in the same run (fp32, bf16,
-int8; "-" where torch has no probe of that kind).
+int8; "-" where torch has no probe of that kind); prec: what each row computed in (OpenVINO's
+default hint row: the precision it picked on this CPU, whose tier the title names).
 int8 is calibrated on random inputs here (speed only): use optimize_for_inference with
 your own images for accuracy""",
     "experiment degradation": """examples:
@@ -302,7 +305,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.source,
         args.format,
         args.output,
-        dynamic_batch=args.dynamic_batch,
+        dynamic_batch=False if args.static_batch else (True if args.dynamic_batch else None),
         verify=not args.no_verify,
         opset=args.opset,
     )
@@ -489,13 +492,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a request waiting longer for the model gets 504 (30)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
-    p = add("export", cmd_export, "Write a model as safetensors, torchvision, ONNX or .pt2.")
+    p = add("export", cmd_export,
+            "Write a model as safetensors, torchvision, ONNX, .pt2 or OpenVINO IR.")  # fmt: skip
     p.add_argument("source", help="a run directory or a resnetlab .safetensors file")
     p.add_argument("--format", required=True, metavar="FORMAT",
-                   help="safetensors | torchvision | onnx | torch-export")  # fmt: skip
-    p.add_argument("--output", required=True, metavar="PATH", help="the file to write")
-    p.add_argument("--dynamic-batch", action="store_true",
-                   help="a free batch dimension (onnx, torch-export)")  # fmt: skip
+                   help="safetensors | torchvision | onnx | torch-export | openvino")  # fmt: skip
+    p.add_argument("--output", required=True, metavar="PATH",
+                   help="the file to write (openvino: a folder or a .xml path)")  # fmt: skip
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--static-batch", action="store_true",
+                       help="fix the batch dimension at 1 (onnx, torch-export, openvino; "
+                       "default: free)")  # fmt: skip
+    batch.add_argument("--dynamic-batch", action="store_true",
+                       help="a free batch dimension: the default, kept for older command "
+                       "lines")  # fmt: skip
     p.add_argument("--no-verify", action="store_true", help="skip reading it back and comparing")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 17)")
     # `models --paper`: the same command, with the papers' figures beside the measured ones.
@@ -592,14 +602,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate (0.1, Nesterov, x0.1 at 50%% and 75%%)")  # fmt: skip
 
     p = add("bench", cmd_bench, "Inference speed of a model: resnetlab fp32/bf16/int8 vs "
-            "torchvision and onnxruntime, side by side.")  # fmt: skip
+            "torchvision, onnxruntime and OpenVINO, side by side.")  # fmt: skip
     p.add_argument("model", help="a model name, a run directory or a resnetlab .safetensors")
     p.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per batch (16)")
     p.add_argument("--precision", default="fp32,bf16,int8", metavar="LIST",
                    help="resnetlab precisions to time, comma-separated (fp32,bf16,int8)")  # fmt: skip
-    p.add_argument("--compare", default="eager,torchvision,onnxruntime", metavar="LIST",
+    p.add_argument("--compare", default="eager,torchvision,onnxruntime,openvino", metavar="LIST",
                    help="baselines, comma-separated: eager (the model as it is), torchvision, "
-                   "onnxruntime (default: all three; none)")  # fmt: skip
+                   "onnxruntime, openvino (default: all four; none)")  # fmt: skip
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
                    help="input shape (default: the model's native one)")  # fmt: skip
     p.add_argument("--iters", type=int, default=10, metavar="N", help="timed batches (10)")

@@ -1,4 +1,5 @@
-"""Inference speed, side by side: resnetlab's optimized models, torchvision, onnxruntime.
+"""Inference speed, side by side: resnetlab's optimized models, torchvision, onnxruntime,
+OpenVINO.
 
 :func:`bench_model` builds every system for one model and batch size, times them in one
 process with the same inputs (alternating between systems when ``rounds > 1``), and
@@ -16,9 +17,15 @@ returns one :class:`BenchRow` each:
   :func:`gemm_gflops`): fp32 ``torch.matmul`` for fp32 systems, bf16 for bf16 ones, and
   int8 x int8 -> int32 (``torch._int_mm``) for int8 ones. Where this torch has no int8 GEMM
   on the CPU, int8 rows have no ``peak_fraction`` (an fp32 peak would put them at 1000%+);
-* ``max_rel_error`` of its logits against the model's own fp32 eager output.
+* ``max_rel_error`` of its logits against the model's own fp32 eager output;
+* ``precision``: what the row computed in. OpenVINO's CPU plugin picks its own precision
+  unless told (bf16 on CPUs with native bf16): its "default hint" row records the one it
+  picked (``INFERENCE_PRECISION_HINT`` of the compiled model);
+* ``cpu``: the CPU's tier (:func:`cpu_tier`: AVX2, AVX512, AVX512-VNNI, AVX512-BF16 or
+  AMX), which decides what bf16 and int8 can gain.
 
-A system that cannot run here is still a row, with ``skipped=True`` and a note saying why.
+A system that cannot run here is still a row, with ``skipped=True`` and a note saying why
+(a runtime that is not installed, a model torchvision does not have).
 """
 
 from __future__ import annotations
@@ -26,12 +33,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import io
+import logging
 import os
 import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +51,15 @@ from torch import nn
 
 from ..errors import ResnetlabError
 from ..models import ResNet, create_model, load_model, model_info, to_torchvision_state_dict
-from .export import ExportError, _torchvision_builder, export_model, rel_error
+from .export import (
+    ExportError,
+    _torchvision_builder,
+    convert_openvino,
+    export_model,
+    import_openvino,
+    openvino_config,
+    rel_error,
+)
 from .meta import describe_model
 from .optimize import PRECISIONS, has_native_bf16, optimize_for_inference
 
@@ -51,12 +68,15 @@ __all__ = [
     "BenchError",
     "BenchRow",
     "bench_model",
+    "cpu_tier",
     "format_bench",
     "gemm_gflops",
 ]
 
-COMPARE = ("eager", "torchvision", "onnxruntime")
+COMPARE = ("eager", "torchvision", "onnxruntime", "openvino")
 BENCH_SEED = 0
+#: The precision of a system that picks its own (OpenVINO's default hint), until it has.
+AUTO = "auto"
 Runner = Callable[[torch.Tensor], Any]
 
 
@@ -83,6 +103,7 @@ class BenchRow:
     max_rel_error: float | None = None
     timed_batches: int = 0
     build_s: float | None = None
+    cpu: str = ""
     skipped: bool = False
     note: str = ""
     latencies_ms: list[float] = field(default_factory=list, repr=False)
@@ -146,6 +167,53 @@ def gemm_gflops(
     return 2 * n**3 / best / 1e9
 
 
+# --- the CPU -------------------------------------------------------------------------------
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _torch_says(name: str) -> bool:
+    check = getattr(torch.cpu, name, None)
+    return bool(check()) if check is not None else False
+
+
+def cpu_tier() -> str:
+    """The CPU's instruction tier for inference, e.g. ``"AVX512-BF16 (torch: AVX512)"``.
+
+    The highest of AMX (``amx_int8``/``amx_bf16``: int8 and bf16 tile matrix units),
+    AVX512-BF16 (native bf16 dot products), AVX512-VNNI (int8 dot products), AVX512 and
+    AVX2, read from ``/proc/cpuinfo``'s flags (or torch's own CPU checks where there is no
+    ``/proc``); in parentheses, the kernels torch dispatches to
+    (``torch.backends.cpu.get_cpu_capability()``).
+    """
+    flags = _cpu_flags()
+    capability = torch.backends.cpu.get_cpu_capability()
+    if flags:
+        amx = bool(flags & {"amx_int8", "amx_bf16", "amx_tile"})
+        bf16, vnni = "avx512_bf16" in flags, "avx512_vnni" in flags
+        avx512, avx2 = "avx512f" in flags, "avx2" in flags
+    else:
+        amx = _torch_says("_is_amx_tile_supported")
+        bf16 = _torch_says("_is_avx512_bf16_supported")
+        vnni = _torch_says("_is_vnni_supported")
+        avx512 = capability.startswith("AVX512")
+        avx2 = avx512 or capability == "AVX2"
+    tier = next(
+        (name for name, has in (("AMX", amx), ("AVX512-BF16", bf16), ("AVX512-VNNI", vnni),
+                                ("AVX512", avx512), ("AVX2", avx2)) if has),
+        capability,
+    )  # fmt: skip
+    return f"{tier} (torch: {capability})"
+
+
 # --- memory -------------------------------------------------------------------------------
 
 
@@ -200,6 +268,9 @@ def _build(s: _System, batch_size: int) -> bool:
         s.row.skipped, s.row.note = True, f"skipped: {e}"
         return False
     s.row.build_s = time.perf_counter() - t
+    if s.precision == AUTO:  # a system that picks its own precision says which it took
+        s.row.precision = getattr(s.run, "precision", AUTO)
+    s.row.note = getattr(s.run, "note", "")
     _trim_heap()
     s.peak_reset = _reset_peak_rss()
     return True
@@ -330,6 +401,98 @@ def _build_onnxruntime_int8(
     return _ort_runner(_ort_session(int8))
 
 
+# OpenVINO's names for the precisions, and the bench's.
+_OV_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
+
+class _OpenVINORunner:
+    """One synchronous infer request of a compiled model, and the precision it runs in."""
+
+    def __init__(self, compiled: Any, note: str = "") -> None:
+        self.request = compiled.create_infer_request()
+        picked = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.precision = _OV_PRECISIONS.get(picked, picked)
+        self.note = note
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        self.request.infer({0: x.numpy()}, share_inputs=True)
+        # A copy: the request's output tensor is overwritten by its next call.
+        return self.request.get_output_tensor(0).data.copy()
+
+
+def _openvino_model(model: ResNet, shape: tuple[int, ...], cache: dict[str, Any]) -> Any:
+    """The model converted once per bench (batch free), a copy of it fixed to ``shape``."""
+    if "model" not in cache:
+        example = _random_batches((2, *shape[1:]), 1, BENCH_SEED)[0]
+        cache["model"] = convert_openvino(model, example, dynamic_batch=True)
+    return cache["model"].clone()
+
+
+def _compile_openvino(
+    ov: Any, converted: Any, shape: tuple[int, ...], precision: str | None
+) -> Any:
+    # Compiled for the bench's batch shape, as a deployment would: the CPU plugin's
+    # kernels for a static shape are faster than its dynamic-shape path.
+    converted.reshape(list(shape))
+    try:
+        return ov.Core().compile_model(converted, "CPU", openvino_config(precision))
+    except RuntimeError as e:
+        raise LookupError(f"OpenVINO's CPU plugin could not compile the model: {e}") from None
+
+
+def _build_openvino(
+    model: ResNet, shape: tuple[int, ...], cache: dict[str, Any], precision: str | None
+) -> Runner:
+    ov = import_openvino()
+    converted = _openvino_model(model, shape, cache)
+    runner = _OpenVINORunner(_compile_openvino(ov, converted, shape, precision))
+    if precision is None:
+        runner.note = (
+            f"OpenVINO's default precision on this CPU: {runner.precision} "
+            "(INFERENCE_PRECISION_HINT)"
+        )
+    return runner
+
+
+@contextlib.contextmanager
+def _quiet_nncf() -> Iterator[None]:
+    """NNCF logs to stdout and draws progress bars there: keep both out of the bench's
+    output (which may be JSON)."""
+    loggers = [logging.getLogger(n) for n in ("nncf", "torch.utils.cpp_extension")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _build_openvino_int8(
+    model: ResNet, shape: tuple[int, ...], cache: dict[str, Any], calibration: list[torch.Tensor]
+) -> Runner:
+    ov = import_openvino()
+    converted = _openvino_model(model, shape, cache)
+    # Post-training static quantization on the batch-free model, so that calibration
+    # batches of any size fit; then fixed to the bench's shape like the fp32 rows.
+    with _quiet_nncf():
+        try:
+            import nncf
+        except ImportError:
+            raise LookupError("NNCF int8 needs the nncf package: pip install nncf") from None
+        data = nncf.Dataset([x.numpy() for x in calibration])
+        try:
+            quantized = nncf.quantize(converted, data, subset_size=len(calibration))
+        except (RuntimeError, ValueError) as e:
+            raise LookupError(f"NNCF could not quantize the model: {e}") from None
+    # The ops NNCF leaves in float run in fp32, as in the other int8 rows.
+    compiled = _compile_openvino(ov, quantized, shape, "f32")
+    return _OpenVINORunner(compiled, note="NNCF static int8, other ops fp32")
+
+
 def _random_batches(shape: tuple[int, ...], count: int, seed: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(*shape, generator=g) for _ in range(count)]
@@ -343,6 +506,7 @@ def _systems(
     calibration: list[torch.Tensor],
     workdir: Path,
     compile: Sequence[str],
+    batch_size: int,
 ) -> list[_System]:
     def ours(precision: str, comp: bool) -> Callable[[], Runner]:
         def build() -> Runner:
@@ -383,6 +547,22 @@ def _systems(
                     "onnxruntime int8 (static QDQ)",
                     "int8",
                     lambda: _build_onnxruntime_int8(model, size, workdir, calibration),
+                )
+            )
+    if "openvino" in compare:
+        shape, cache = (batch_size, *size), {}
+        systems += [
+            _System("openvino (hint f32)", "fp32",
+                    lambda: _build_openvino(model, shape, cache, "f32")),
+            _System("openvino (default hint)", AUTO,
+                    lambda: _build_openvino(model, shape, cache, None)),
+        ]  # fmt: skip
+        if "int8" in precisions:
+            systems.append(
+                _System(
+                    "openvino int8 (NNCF)",
+                    "int8",
+                    lambda: _build_openvino_int8(model, shape, cache, calibration),
                 )
             )
     return systems
@@ -439,13 +619,19 @@ def bench_model(
     variants), and from ``compare``: ``eager``, the model as it is (fp32, NCHW);
     ``torchvision``, its twin in torchvision (or a skipped row saying why there is none);
     ``onnxruntime``, the ONNX export in fp32, plus static int8 when ``int8`` is among the
-    precisions. Every row's ``max_rel_error`` is against the model's own eager output.
+    precisions; ``openvino``, the model converted to OpenVINO and compiled for the CPU at
+    the bench's batch shape, with the fp32 precision hint, with the plugin's default hint
+    (the row's precision is the one it picked: bf16 on CPUs with native bf16), and NNCF
+    static int8 (float ops in fp32) when ``int8`` is among the precisions. A runtime that
+    is not installed gives rows that say so. Every row's ``max_rel_error`` is against the
+    model's own eager output.
     ``input_size`` (C, H, W) defaults to the model's native size. The first round times ``iters`` batches after ``warmup`` untimed ones
     (fewer once either has taken ``max_seconds``); ``rounds > 1`` alternates the systems,
     the later rounds timing the warm systems again.
     ``calibration``: image batches for int8 (default: random ones, which measure speed,
-    not accuracy). ``probe``: measure the GEMM peak for ``peak_fraction``. ``threads``:
-    intra-op threads of torch and onnxruntime for the run (default: torch's setting).
+    not accuracy); onnxruntime's and NNCF's int8 use the same batches. ``probe``: measure
+    the GEMM peak for ``peak_fraction``. ``threads``: intra-op threads of torch,
+    onnxruntime and OpenVINO for the run (default: torch's setting).
     """
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
@@ -522,7 +708,7 @@ def _bench(
         reference = net(x)
 
     with tempfile.TemporaryDirectory(prefix="resnetlab-bench-") as tmp:
-        systems = _systems(net, precisions, compare, size, calib, Path(tmp), compile)
+        systems = _systems(net, precisions, compare, size, calib, Path(tmp), compile, batch_size)
         for r in range(rounds):
             for s in systems:
                 if s.row is not None and s.row.skipped:
@@ -538,10 +724,16 @@ def _bench(
                         s.row.mem_mb = (peak - s.base_kb) / 1024
                 s.row.latencies_ms += [1000 * t for t in times]
 
+    # bf16 that only a system's own choice brought in (OpenVINO's default): its probe now.
+    chose_bf16 = any(s.row.precision == "bf16" and not s.row.skipped for s in systems)
+    if probe and chose_bf16 and "bf16" not in probes:
+        say("GEMM probe (bf16)")
+        probes["bf16"] = gemm_gflops(torch.bfloat16)
+    tier = cpu_tier()
     rows = []
     for s in systems:
         row = s.row
-        row.model, row.input_size = net.name, size
+        row.model, row.input_size, row.cpu = net.name, size, tier
         notes = [row.note] if row.note else []
         if not row.skipped:
             lat = row.latencies_ms
@@ -585,6 +777,8 @@ def format_bench(rows: Sequence[BenchRow], title: str | None = None) -> str:
     if title is None and rows:
         c, h, w = rows[0].input_size or (0, 0, 0)
         title = f"{rows[0].model}, batch {rows[0].batch_size}, input {c}x{h}x{w}"
+        if rows[0].cpu:
+            title += f", CPU {rows[0].cpu}"
     lines = [title] if title else []
     for i, row in enumerate(table):
         pairs = enumerate(zip(row, widths, strict=True))
