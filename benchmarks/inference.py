@@ -176,8 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if not a.quick:
         r50 = {k[2]: v for k, v in ratios.items() if k[:2] == ("resnet50", 16)}
-        int8 = r50.get("resnetlab int8 (FX x86, static)")
-        int8c = r50.get("resnetlab int8 (FX x86, static) + torch.compile")
+        int8 = r50.get("resnetlab int8 (PT2E, inductor)")
         ort8 = r50.get("onnxruntime int8 (static QDQ)")
         bf16 = r50.get("resnetlab optimized bf16 (BN folded, channels_last)")
         native = "native" if has_native_bf16() else "emulated: this CPU has no AVX512-BF16/AMX"
@@ -188,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
 
         body.append(
             f"Targets (resnet50, batch 16, throughput over onnxruntime fp32's): int8 >= 2.5x: "
-            f"got {x(int8)} eager, {x(int8c)} with torch.compile (onnxruntime's own int8: "
+            f"got {x(int8)} (PT2E, compiled by inductor; onnxruntime's own int8: "
             f"{x(ort8)}; OpenVINO NNCF int8: {x(ov['int8 (NNCF)'])}); bf16 >= 3x (needs native "
             f"bf16): got {x(bf16)} ({native}). OpenVINO fp32 hint: {x(ov['(hint f32)'])}, "
             f"its default hint: {x(ov['(default hint)'])}."

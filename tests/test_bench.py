@@ -34,7 +34,7 @@ def test_rows_have_every_field(rows):
         "torchvision eager (NCHW)",
         "resnetlab optimized (BN folded, channels_last)",
         "resnetlab optimized bf16 (BN folded, channels_last)",
-        "resnetlab int8 (FX x86, static)",
+        "resnetlab int8 (PT2E, inductor)",
         "onnxruntime",
         "onnxruntime int8 (static QDQ)",
         "openvino (hint f32)",
@@ -55,8 +55,8 @@ def test_rows_have_every_field(rows):
     assert by_name["resnetlab eager (NCHW, BN)"].max_rel_error == 0
     assert by_name["resnetlab optimized (BN folded, channels_last)"].max_rel_error < 1e-4
     assert by_name["onnxruntime"].max_rel_error < 1e-4
-    assert by_name["resnetlab int8 (FX x86, static)"].max_rel_error < 0.2
-    assert "random inputs" in by_name["resnetlab int8 (FX x86, static)"].note
+    assert by_name["resnetlab int8 (PT2E, inductor)"].max_rel_error < 0.2
+    assert "random inputs" in by_name["resnetlab int8 (PT2E, inductor)"].note
 
 
 def test_torchvision_lacking_the_net_is_a_skipped_row_with_a_note(rows):

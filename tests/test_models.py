@@ -1,5 +1,7 @@
 """The zoo: every named net builds, runs, has the papers' sizes and the documented options."""
 
+from collections import Counter
+
 import pytest
 import torch
 from torch import nn
@@ -118,8 +120,24 @@ def test_plain_net_has_no_shortcut_in_forward():
     net = create_model("plain20").eval()
     blk = net.layer1[0]
     x = torch.randn(1, 16, 8, 8)
-    expected = blk.relu(blk.bn2(blk.conv2(blk.relu(blk.bn1(blk.conv1(x))))))
+    expected = blk.relu2(blk.bn2(blk.conv2(blk.relu1(blk.bn1(blk.conv1(x))))))
     assert torch.equal(blk(x), expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "stages"), [("resnet20", 3), ("resnet18", 4), ("resnet50", 4), ("resnext29_8x64d", 3)]
+)
+def test_every_relu_module_is_called_once(name, stages):
+    # Graph-level tools (PT2E quantization) see a module called twice as one node with two
+    # outputs; each ReLU call site has a module of its own, and no state-dict key of one.
+    model = create_model(name, num_classes=3, layers=(1,) * stages).eval()
+    calls = Counter()
+    for mod_name, m in model.named_modules():
+        if isinstance(m, nn.ReLU):
+            m.register_forward_hook(lambda *_, n=mod_name: calls.update([n]))
+    model(small_input(model, batch=1))
+    assert calls and set(calls.values()) == {1}, calls
+    assert not any("relu" in k for k in model.state_dict())
 
 
 def test_resnext_width_rule():

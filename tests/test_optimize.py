@@ -8,6 +8,7 @@ from torch import nn
 
 from conftest import randomize, rel_err
 from resnetlab import ModelConfig, create_model
+from resnetlab.errors import ConfigError
 from resnetlab.inference import (
     EmulatedPrecisionWarning,
     InferenceModel,
@@ -17,6 +18,8 @@ from resnetlab.inference import (
     has_native_bf16,
     optimize_for_inference,
 )
+from resnetlab.inference import optimize as optimize_module
+from resnetlab.inference.optimize import Int8FallbackWarning, auto_precision
 
 
 def _inputs(n: int, seed: int, size: int = 16) -> torch.Tensor:
@@ -140,6 +143,13 @@ def test_int8_takes_image_label_pairs_and_preact_nets():
         ({"precision": "int8"}, "int8 needs calibration data"),
         ({"precision": "int8", "calibration": []}, "no batches"),
         ({"precision": "int8", "calibration": [torch.zeros(3, 16, 16)]}, "NxCxHxW"),
+        (
+            {
+                "precision": "int8",
+                "calibration": [torch.zeros(2, 3, 16, 16), torch.zeros(2, 3, 8, 8)],
+            },
+            "different image sizes",
+        ),
     ],
 )
 def test_bad_requests_say_what_to_do(tiny, kwargs, message):
@@ -157,3 +167,102 @@ def test_predictor_runs_an_int8_model():
                                                      "image_size": 16})  # fmt: skip
     out = pred.predict([torch.rand(3, 16, 16)], topk=2)
     assert len(out) == 1 and len(out[0]["topk"]) == 2
+
+
+def _quantized_graph_ops(opt: InferenceModel) -> set[str]:
+    return {str(n.target) for n in opt.module.graph.nodes if n.op == "call_function"}
+
+
+def test_int8_is_pt2e_lowered_by_inductor_for_any_batch_size(tiny):
+    opt = optimize_for_inference(tiny, "int8", calibration=_calibration())
+    assert opt.backend == "pt2e-x86-inductor" and opt.compiled and opt.compile_seconds > 0
+    assert isinstance(opt.module, torch.fx.GraphModule)
+    ops = _quantized_graph_ops(opt)
+    assert any("quantize_per_tensor" in op for op in ops)
+    assert any("dequantize_per_channel" in op for op in ops), "weights quantized per channel"
+    assert not any("batch_norm" in op for op in ops)
+    assert opt.folded_bn == _bn_count(tiny) and opt.input_shape == (3, 16, 16)
+    x = _inputs(5, 11)
+    with torch.inference_mode():
+        expected = tiny(x)
+        # One export serves every batch size: calibrated at 16, run at 5 and at 1.
+        assert rel_err(expected, opt(x)) < 0.15
+        assert rel_err(expected[:1], opt(x[:1])) < 0.15
+    with pytest.raises(ConfigError, match="takes 3x16x16 images"):
+        opt(_inputs(2, 0, size=32))
+    assert "backend=pt2e-x86-inductor" in repr(opt)
+
+
+FAMILIES = {
+    "v1-basic-imagenet": lambda: create_model("resnet18", num_classes=5, layers=(1, 1, 1, 1)),
+    "v1.5-bottleneck": lambda: create_model(
+        "resnet50", num_classes=5, layers=(1, 1), widths=(8, 16), stem_width=8
+    ),
+    "v1-bottleneck": lambda: create_model(
+        "resnet50_v1", num_classes=5, layers=(1, 1), widths=(8, 16), stem_width=8
+    ),
+    "v2-bottleneck": lambda: create_model("resnet164_v2", depth=11, num_classes=4),
+    "resnext": lambda: create_model(BOTTLENECK),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_int8_pt2e_for_every_family(family):
+    model = randomize(FAMILIES[family](), seed=4)
+    calib = [_inputs(8, 20 + i, size=32) for i in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Int8FallbackWarning)
+        opt = optimize_for_inference(model, "int8", calibration=calib)
+    assert opt.backend == "pt2e-x86-inductor"
+    x = _inputs(32, 30, size=32)
+    with torch.inference_mode():
+        expected, got = model(x), opt(x)
+    assert rel_err(expected, got) < 0.15
+    assert (got.argmax(1) == expected.argmax(1)).float().mean().item() >= 0.85
+
+
+def _no_torchao():
+    raise ImportError("No module named 'torchao'")
+
+
+def _export_fails(*args, **kwargs):
+    raise RuntimeError("cannot export this model")
+
+
+@pytest.mark.parametrize(
+    ("target", "replacement", "reason"),
+    [
+        ("_pt2e_api", _no_torchao, "pip install torchao"),
+        ("torch.export.export", _export_fails, "RuntimeError: cannot export this model"),
+    ],
+    ids=["no-torchao", "export-fails"],
+)
+def test_int8_falls_back_to_fx_with_a_warning(tiny, monkeypatch, target, replacement, reason):
+    if "." in target:
+        monkeypatch.setattr(target, replacement)
+    else:
+        monkeypatch.setattr(optimize_module, target, replacement)
+    with pytest.warns(Int8FallbackWarning, match=reason):
+        opt = optimize_for_inference(tiny, "int8", calibration=_calibration())
+    assert opt.backend == "fx-x86" and not opt.compiled and opt.input_shape is None
+    assert not any(type(m) is nn.Conv2d for m in opt.modules()), "convs must be quantized"
+    x = _inputs(16, 5)
+    with torch.no_grad():
+        assert rel_err(tiny(x), opt(x)) < 0.15
+
+
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_auto_picks_bf16_only_where_it_is_fast_and_never_int8(tiny, monkeypatch, fast_bf16):
+    monkeypatch.setattr(optimize_module, "cpu_bf16_is_fast", lambda: fast_bf16)
+    expected = "bf16" if fast_bf16 else "fp32"
+    assert auto_precision("cpu") == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmulatedPrecisionWarning)
+        # Calibration data does not make "auto" choose int8: only asking for it does.
+        opt = optimize_for_inference(tiny, "auto", calibration=_calibration())
+    assert opt.precision == expected and opt.backend == "eager" and _bn_count(opt) == 0
+    assert next(opt.parameters()).dtype == (torch.bfloat16 if fast_bf16 else torch.float32)
+    x = _inputs(4, 6)
+    with torch.no_grad():
+        assert rel_err(tiny(x), opt(x)) < (5e-2 if fast_bf16 else 1e-4)

@@ -529,11 +529,11 @@ def _systems(
     labels = {
         "fp32": "resnetlab optimized (BN folded, channels_last)",
         "bf16": "resnetlab optimized bf16 (BN folded, channels_last)",
-        "int8": "resnetlab int8 (FX x86, static)",
+        "int8": "resnetlab int8 (PT2E, inductor)",  # always compiled: inductor lowers it to int8 kernels
     }
     for precision in precisions:
         systems.append(_System(labels[precision], precision, ours(precision, False)))
-        if precision in compile:
+        if precision in compile and precision != "int8":
             systems.append(
                 _System(labels[precision] + " + torch.compile", precision, ours(precision, True))
             )

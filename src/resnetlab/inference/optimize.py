@@ -13,17 +13,27 @@ precision's tolerance (:data:`TOLERANCES`).
 * ``channels_last`` (NHWC) is the layout oneDNN's CPU convolutions and tensor cores prefer.
 * ``bf16`` casts weights and activations to bfloat16: fast on CPUs with AVX512-BF16 or AMX
   and on GPUs from Ampere on; elsewhere it is emulated, slow, and a warning says so.
-* ``int8`` quantizes weights (per channel) and activations (per tensor) with scales
-  calibrated on the user's own images, conv + BN + ReLU and add + ReLU fused into single
-  quantized ops; CPU only.
+* ``int8`` quantizes weights (per channel, symmetric) and activations (per tensor) with
+  scales calibrated on the user's own images, CPU only. It is PyTorch's PT2E flow:
+  ``torch.export`` captures the graph (batch size dynamic), torchao's
+  ``X86InductorQuantizer`` annotates it, ``prepare_pt2e`` / ``convert_pt2e`` calibrate and
+  insert the quantize/dequantize pairs, and ``torch.compile`` (inductor, with freezing)
+  lowers conv + BN + ReLU and add + ReLU to oneDNN int8 kernels. Without torchao, or where
+  export fails, FX graph mode quantization (deprecated in torch) takes over and
+  :class:`Int8FallbackWarning` says why.
+* ``auto`` picks fp32 or bf16 by the hardware (see :func:`auto_precision`); int8 is never
+  chosen for the caller, as it needs calibration data and changes the outputs most.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import threading
+import time
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -31,20 +41,29 @@ from torch import fx, nn
 from torch.ao.nn import quantized as nnq
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..device import cpu_bf16_is_fast
 from ..errors import ConfigError
 from ..models.blocks import BatchNormAct2d
 
 __all__ = [
+    "BACKENDS",
     "PRECISIONS",
     "TOLERANCES",
     "EmulatedPrecisionWarning",
     "InferenceModel",
+    "Int8FallbackWarning",
+    "auto_precision",
     "fold_batchnorm",
     "has_native_bf16",
     "optimize_for_inference",
 ]
 
 PRECISIONS = ("fp32", "bf16", "int8")
+# What optimize_for_inference accepts: the precisions, and "auto" (resolved to one of them).
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+# How an InferenceModel runs (its ``backend``): eager PyTorch, torch.compile, the PT2E int8
+# graph lowered by inductor, or FX graph mode int8 (fbgemm/x86 quantized modules).
+BACKENDS = ("eager", "inductor", "pt2e-x86-inductor", "fx-x86")
 # Largest max|optimized - model| / max|model| expected on a trained net. fp32 folding only
 # reorders float arithmetic; bf16 keeps 8 bits of mantissa (relative rounding 2^-9 per op,
 # accumulated over the depth); int8 is checked by top-1 accuracy rather than logits.
@@ -52,10 +71,17 @@ TOLERANCES = {"fp32": 1e-4, "bf16": 5e-2, "int8": 2e-1}
 # Attributes that describe the model (its sidecar), carried over so that describe_model,
 # Predictor.from_model and export see the same architecture, classes and preprocessing.
 DESCRIPTIVE_ATTRS = ("config", "name", "num_classes", "meta", "features_only")
+# Held while a PT2E int8 model runs with inductor's freezing switched on (_compile_pt2e).
+_FREEZING_LOCK = threading.Lock()
 
 
 class EmulatedPrecisionWarning(UserWarning):
     """The precision asked for has no hardware support here: it runs, but slowly."""
+
+
+class Int8FallbackWarning(UserWarning):
+    """int8 could not use the PT2E flow (torchao missing, or export failed) and used FX
+    graph mode quantization, which PyTorch has deprecated."""
 
 
 def has_native_bf16(device: torch.device | str = "cpu") -> bool:
@@ -66,6 +92,23 @@ def has_native_bf16(device: torch.device | str = "cpu") -> bool:
     if device.type != "cpu":
         return False
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def auto_precision(device: torch.device | str = "cpu") -> str:
+    """The precision ``optimize_for_inference(precision="auto")`` picks for ``device``.
+
+    The fastest precision that keeps the model's accuracy with no data to check it on:
+    ``bf16`` where bf16 is faster than fp32 (a CPU with AMX, :func:`~resnetlab.device.
+    cpu_bf16_is_fast`; a CUDA GPU with native bf16, Ampere on), else ``fp32`` (BN folded,
+    channels_last). AVX512-BF16 without AMX counts as fp32: bf16 measured slower there.
+    ``int8`` is never picked: it needs calibration images and is only used when asked for.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if has_native_bf16(device) else "fp32"
+    if device.type == "cpu" and cpu_bf16_is_fast():
+        return "bf16"
+    return "fp32"
 
 
 class _BatchNormLeafTracer(fx.Tracer):
@@ -152,17 +195,118 @@ def _calibration_batches(calibration: Any) -> Iterator[torch.Tensor]:
         yield x.float()
 
 
-def _quantize_int8(
-    model: nn.Module, example: torch.Tensor, calibration: Iterable[Any]
+class _ChannelAffine(nn.Module):
+    """An eval-mode BatchNorm2d (optionally + ReLU) as ``x * scale + shift``.
+
+    What stays of the BNs after folding (a pre-activation unit's first BN, the final one)
+    normalises a sum, not a conv. PT2E's ``convert_pt2e`` looks for conv-BN pairs to fold
+    wherever a BN is left in the graph, exporting some hundred pattern graphs to do so
+    (some twenty seconds); a per-channel multiply-add computes the same and leaves none.
+    """
+
+    def __init__(self, bn: nn.BatchNorm2d, relu: bool) -> None:
+        super().__init__()
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.affine:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale
+        if bn.affine:
+            shift = shift + bn.bias
+        self.register_buffer("scale", scale.detach().reshape(1, -1, 1, 1).clone())
+        self.register_buffer("shift", shift.detach().reshape(1, -1, 1, 1).clone())
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * self.scale + self.shift
+        return torch.relu(x) if self.relu else x
+
+
+def _bn_to_affine(model: nn.Module) -> None:
+    """Replace each (eval-mode) BatchNorm2d of ``model`` by a :class:`_ChannelAffine`."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.BatchNorm2d):
+            relu = isinstance(module, BatchNormAct2d)
+            _set_submodule(model, name, _ChannelAffine(module, relu))
+
+
+def _pt2e_api() -> tuple[Any, Any, Any]:
+    """``prepare_pt2e``, ``convert_pt2e`` and a configured ``X86InductorQuantizer``.
+
+    They live in torchao (``torchao.quantization.pt2e``) since torch 2.10 removed
+    ``torch.ao.quantization.quantize_pt2e``. Raises ImportError without torchao.
+    """
+    # torchao's import logs a deprecation notice about torch internals; not the user's
+    # concern, so that logger is quiet while it loads.
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer,
+            get_default_x86_inductor_quantization_config,
+        )
+    finally:
+        pytree_log.setLevel(level)
+    quantizer = X86InductorQuantizer()
+    # Per-channel symmetric int8 weights, per-tensor uint8 activations, static scales.
+    quantizer.set_global(get_default_x86_inductor_quantization_config())
+    return prepare_pt2e, convert_pt2e, quantizer
+
+
+def _quantize_pt2e(
+    model: nn.Module, example: torch.Tensor, calibration: list[torch.Tensor]
+) -> tuple[fx.GraphModule, int]:
+    """The PT2E int8 graph of ``model`` (changed in place; not yet lowered) and the
+    number of BNs folded.
+
+    BNs are folded into their convs first (the quantizer would do the same), the others
+    become per-channel multiply-adds (:class:`_ChannelAffine`). Exported with a dynamic
+    batch dimension, so one graph serves every batch size; the image size (and channels)
+    are the example's. A batch of one is doubled for the export, as a dimension of size 1
+    would be specialised to 1.
+    """
+    prepare_pt2e, convert_pt2e, quantizer = _pt2e_api()
+    folded = fold_batchnorm(model)
+    _bn_to_affine(model)
+    if example.shape[0] == 1:
+        example = torch.cat([example, example])
+    batch = torch.export.Dim("batch", min=1)
+    exported = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    prepared = prepare_pt2e(exported.module(), quantizer)
+    with torch.no_grad():
+        for x in calibration:
+            prepared(x)
+    converted = convert_pt2e(prepared)
+    _int32_weight_zero_points(converted)
+    return converted, folded
+
+
+def _int32_weight_zero_points(graph: fx.GraphModule) -> None:
+    """Store the weights' zero points (all 0: symmetric) as int32, in place.
+
+    oneDNN's int8 convolution takes int32 zero points; inductor converts int64 ones itself
+    while lowering, with a ``torch.tensor(tensor)`` that warns at every compilation.
+    """
+    for node in graph.graph.nodes:
+        if node.op != "call_function" or "dequantize_per_channel" not in str(node.target):
+            continue
+        zero_point = node.args[2] if len(node.args) > 2 else None
+        if isinstance(zero_point, fx.Node) and zero_point.op == "get_attr":
+            value = getattr(graph, zero_point.target)
+            if isinstance(value, torch.Tensor) and value.dtype == torch.int64:
+                setattr(graph, zero_point.target, value.to(torch.int32))
+
+
+def _quantize_fx(
+    model: nn.Module, example: torch.Tensor, calibration: list[torch.Tensor]
 ) -> tuple[nn.Module, int]:
-    # Which int8 flow: torch 2.14 dropped torch.ao.quantization.quantize_pt2e in favour of
-    # torchao's PT2E flow, but torchao 0.18's X86InductorQuantizer cannot annotate these
-    # nets under torch 2.14: its conv + add + ReLU pattern matching of the residual sum
-    # fails with "Input partition has more than one output node" (resnetlab's resnet18 and
-    # resnet20, as torchvision's resnet50). FX graph mode quantization with the
-    # x86 backend (fbgemm kernels, per-channel int8 weights, uint8 activations) is still in
-    # torch 2.14, deprecated but working: it fuses conv + ReLU and the residual add + ReLU
-    # into quantized ops and needs no extra dependency. Its deprecation notices are hidden.
+    """FX graph mode int8 (the fallback): fbgemm/x86 quantized modules, run eagerly.
+
+    Per-channel int8 weights and uint8 activations; conv + BN + ReLU and the residual
+    add + ReLU fuse into quantized ops. Deprecated in torch but still shipped; its
+    deprecation notices are hidden. Returns the model and the number of BNs folded.
+    """
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
@@ -177,28 +321,83 @@ def _quantize_int8(
         )
     if torch.backends.quantized.engine not in ("x86", "fbgemm"):
         torch.backends.quantized.engine = backend
+    # The quantization flow folds conv + BN (+ ReLU) itself, into one quantized op; BN
+    # folded beforehand would leave an Identity between conv and ReLU and no fusion.
+    _split_bn_act(model)
+    before = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*reduce_range will be deprecated")
         warnings.filterwarnings("ignore", message=".*quantized tensor creation functions")
         prepared = prepare_fx(model, get_default_qconfig_mapping(backend), (example,))
-        seen = 0
         with torch.no_grad():
-            for x in _calibration_batches(calibration):
+            for x in calibration:
                 prepared(x)
-                seen += 1
-        if not seen:
-            raise ConfigError("int8 calibration got no batches: pass some of your own images")
-        return convert_fx(prepared), seen
+        quantized = convert_fx(prepared)
+    return quantized, before - sum(isinstance(m, nnq.BatchNorm2d) for m in quantized.modules())
+
+
+def _compile_pt2e(graph: fx.GraphModule) -> Callable[[torch.Tensor], Any]:
+    """``graph`` (a converted PT2E graph) compiled by inductor, which lowers each
+    dequantize -> conv -> quantize pattern to a oneDNN int8 convolution.
+
+    Freezing (weights as constants) is what enables that lowering, as in PyTorch's x86 int8
+    recipe. It is switched on around each call rather than for the whole process, which
+    would change every other ``torch.compile`` of the program; ``options={"freezing":
+    True}`` is not enough (torch 2.14 then fails to lower the weight prepacking). Calls run
+    without autograd: freezing needs it, and a call with grad enabled would compile a
+    second, slower graph. They run in inference mode, on inference tensors: the compiled
+    graph is specialised to the kind of tensor it was compiled for, and Predictor, serve
+    and bench call models in inference mode. ``dynamic=True``: one graph per range of
+    batch sizes that inductor's kernel choice distinguishes, not one per batch size.
+    """
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(graph, dynamic=True)
+
+    def run(x: torch.Tensor) -> Any:
+        # The config is global: one call at a time, or a thread leaving its patch would
+        # switch freezing off under another one's compilation.
+        with _FREEZING_LOCK, inductor_config.patch(freezing=True), torch.inference_mode():
+            if not x.is_inference():
+                x = x.clone()
+            return compiled(x)
+
+    return run
+
+
+def _quantize_int8(
+    model: nn.Module, example: torch.Tensor, calibration: list[torch.Tensor]
+) -> tuple[nn.Module, int, str]:
+    """``model`` quantized to int8: (module, BNs folded, backend)."""
+    # PT2E first. Each failure to set it up is a reason to use the FX flow, not an error
+    # of the user's: say which, and go on.
+    try:
+        graph, folded = _quantize_pt2e(copy.deepcopy(model), example, calibration)
+    except ImportError as e:
+        reason = f"torchao could not be imported ({e}); pip install torchao"
+    except Exception as e:  # export and the quantizer raise many types; all mean the same
+        reason = f"PT2E quantization failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+    else:
+        return graph, folded, "pt2e-x86-inductor"
+    warnings.warn(
+        f"int8 through FX graph mode quantization (deprecated in torch): {reason}",
+        Int8FallbackWarning,
+        stacklevel=3,
+    )
+    quantized, folded = _quantize_fx(model, example, calibration)
+    return quantized, folded, "fx-x86"
 
 
 class InferenceModel(nn.Module):
     """A model prepared by :func:`optimize_for_inference`.
 
     Takes fp32 NCHW batches (it converts them to its dtype and layout) and returns fp32
-    logits. ``precision``, ``channels_last``, ``folded_bn`` (BNs folded into convs),
-    ``calibration_batches`` (int8) and ``compiled`` say what was done; the model's
-    ``config``, ``name``, ``num_classes`` and ``meta`` are carried over.
+    logits. ``precision``, ``backend`` (one of :data:`BACKENDS`), ``channels_last``,
+    ``folded_bn`` (BNs folded into convs), ``calibration_batches`` (int8), ``compiled``
+    and ``compile_seconds`` (the first compilation, where it was done up front) say what
+    was done; ``input_shape`` is the one ``(C, H, W)`` a PT2E int8 model takes (None: any).
+    The model's ``config``, ``name``, ``num_classes`` and ``meta`` are carried over.
     """
 
     def __init__(
@@ -210,6 +409,8 @@ class InferenceModel(nn.Module):
         folded_bn: int,
         calibration_batches: int = 0,
         compiled: bool = False,
+        backend: str = "eager",
+        input_shape: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.module = module
@@ -219,24 +420,49 @@ class InferenceModel(nn.Module):
         self.folded_bn = folded_bn
         self.calibration_batches = calibration_batches
         self.compiled = compiled
+        self.backend = backend
+        self.input_shape = input_shape
+        self.compile_seconds: float | None = None
         # What forward calls: the module itself or its torch.compile wrapper. Kept out of
         # the module tree, so the state dict and repr show the module once.
         object.__setattr__(self, "_run", module)
 
-    def forward(self, x: torch.Tensor) -> Any:
+    def train(self, mode: bool = True) -> InferenceModel:
+        """Record ``mode`` only: the wrapped module stays in eval mode (its BNs are folded
+        or fixed, and an exported int8 graph cannot switch modes at all)."""
+        self.training = mode
+        return self
+
+    def _convert(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != self.dtype:
             x = x.to(self.dtype)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self._run(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> Any:
+        if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
+            raise ConfigError(
+                f"this int8 model takes {'x'.join(map(str, self.input_shape))} images (any "
+                f"batch size), the size it was calibrated at; got input {tuple(x.shape)}: "
+                "resize the images, or quantize again with calibration images of this size"
+            )
+        if self.backend == "pt2e-x86-inductor":
+            # Converted in inference mode: the converted copy is then the inference tensor
+            # the compiled graph takes (see _compile_pt2e), with no second copy.
+            with torch.inference_mode():
+                out = self._run(self._convert(x))
+        else:
+            out = self._run(self._convert(x))
         if isinstance(out, (list, tuple)):
             return [o.float() for o in out]
         return out.float()
 
     def extra_repr(self) -> str:
         return (
-            f"precision={self.precision}, channels_last={self.channels_last}, "
-            f"folded_bn={self.folded_bn}, compiled={self.compiled}"
+            f"precision={self.precision}, backend={self.backend}, "
+            f"channels_last={self.channels_last}, folded_bn={self.folded_bn}, "
+            f"compiled={self.compiled}"
         )
 
 
@@ -251,22 +477,40 @@ def optimize_for_inference(
 ) -> InferenceModel:
     """A copy of ``model`` that computes the same outputs faster (the model is not changed).
 
-    ``precision``: ``fp32`` (BN folded, channels_last; outputs equal within 1e-4),
-    ``bf16`` (as fp32, then weights and activations in bfloat16; a warning where the
-    device has no native bf16) or ``int8`` (CPU; needs ``calibration``: an iterable of image
-    batches, or ``(images, labels)`` pairs, preprocessed as for the model; a few hundred
-    images are enough). ``example_inputs``: one input batch, used to trace the int8
-    graph (default: the first calibration batch). ``compile``: wrap the result in
-    ``torch.compile`` (inductor); the first call then takes seconds to minutes.
+    ``precision``:
+
+    * ``fp32``: BN folded, channels_last; outputs equal within 1e-4.
+    * ``bf16``: as fp32, then weights and activations in bfloat16; a warning where the
+      device has no native bf16.
+    * ``int8`` (CPU): needs ``calibration``, an iterable of image batches or
+      ``(images, labels)`` pairs, preprocessed as for the model; a few hundred images are
+      enough. Quantized by PT2E (``torch.export`` with a dynamic batch dimension, torchao's
+      ``X86InductorQuantizer``, ``prepare_pt2e`` / ``convert_pt2e``) and lowered by
+      ``torch.compile`` (inductor, freezing) to oneDNN int8 kernels: it is always compiled,
+      whatever ``compile`` says. The first compilation runs here, on the example batch
+      (seconds to a minute); a batch size inductor treats differently (1, small, large)
+      compiles once more on its first call. Takes any batch size, but only images of the
+      calibration size. Without torchao (or where export fails) it falls back to FX graph
+      mode quantization, run eagerly, with an :class:`Int8FallbackWarning`.
+    * ``auto``: ``bf16`` where bf16 is faster than fp32 on the model's device (a CPU with
+      AMX, a GPU from Ampere on), else ``fp32``; never ``int8``, which changes outputs more
+      and needs calibration images: ask for it by name (:func:`auto_precision`). The
+      result's ``precision`` says which was picked.
+
+    ``example_inputs``: one input batch, used to export (int8) and to compile the graph
+    up front (default: the first calibration batch). ``compile``: wrap the fp32/bf16 result
+    in ``torch.compile`` (inductor); its first call then takes seconds to minutes.
     """
-    if precision not in PRECISIONS:
+    if precision not in PRECISION_CHOICES:
         raise ConfigError(
-            f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}"
+            f"unknown precision {precision!r}: expected one of {', '.join(PRECISION_CHOICES)}"
         )
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize_for_inference takes an nn.Module, got {type(model).__name__}")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
+    if precision == "auto":
+        precision = auto_precision(device)
     if precision == "int8":
         if calibration is None:
             raise ConfigError(
@@ -287,24 +531,31 @@ def optimize_for_inference(
 
     work = copy.deepcopy(model).eval()
     batches = 0
+    backend = "inductor" if compile else "eager"
+    input_shape = None
     if precision == "int8":
         calibration = list(_calibration_batches(calibration))
+        if not calibration:
+            raise ConfigError("int8 calibration got no batches: pass some of your own images")
         if example_inputs is None:
-            if not calibration:
-                raise ConfigError("int8 calibration got no batches: pass some of your own images")
             example_inputs = calibration[0]
         example = example_inputs[0] if isinstance(example_inputs, tuple) else example_inputs
-        # The quantization flow folds conv + BN (+ ReLU) itself, into one quantized op; BN
-        # folded beforehand would leave an Identity between conv and ReLU and no fusion.
-        _split_bn_act(work)
-        before = sum(isinstance(m, nn.BatchNorm2d) for m in work.modules())
-        work, batches = _quantize_int8(work, example.float(), calibration)
-        folded = before - sum(isinstance(m, nnq.BatchNorm2d) for m in work.modules())
+        example = example.float()
+        bad = [tuple(x.shape) for x in calibration if x.shape[1:] != example.shape[1:]]
+        if bad:
+            raise ConfigError(
+                f"int8 calibration batches of different image sizes ({bad[0]} and "
+                f"{tuple(example.shape)}): use one size, the one the model will be given"
+            )
+        work, folded, backend = _quantize_int8(work, example, calibration)
+        batches = len(calibration)
+        if backend == "pt2e-x86-inductor":
+            input_shape = tuple(example.shape[1:])
     else:
         folded = fold_batchnorm(work)
     if precision == "bf16":
         work = work.to(torch.bfloat16)
-    if channels_last:
+    if channels_last and backend != "pt2e-x86-inductor":
         work = work.to(memory_format=torch.channels_last)
     for p in work.parameters():
         p.requires_grad_(False)
@@ -314,11 +565,18 @@ def optimize_for_inference(
         channels_last=channels_last,
         folded_bn=folded,
         calibration_batches=batches,
-        compiled=compile,
+        compiled=compile or backend == "pt2e-x86-inductor",
+        backend=backend,
+        input_shape=input_shape,
     )
     for attr in DESCRIPTIVE_ATTRS:
         if hasattr(model, attr):
             setattr(result, attr, getattr(model, attr))
-    if compile:
+    if backend == "pt2e-x86-inductor":
+        object.__setattr__(result, "_run", _compile_pt2e(work))
+        start = time.perf_counter()
+        result(example)
+        result.compile_seconds = time.perf_counter() - start
+    elif compile:
         object.__setattr__(result, "_run", torch.compile(work, options={"freezing": True}))
     return result

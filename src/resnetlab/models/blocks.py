@@ -12,7 +12,10 @@ parameter-free, option B projects only where the shape changes, option C project
 everywhere; ``none`` removes the shortcut (the paper's "plain" nets).
 
 Module names follow torchvision (v1 blocks) and timm ``resnetv2`` (pre-activation blocks)
-so that their state dicts load key for key.
+so that their state dicts load key for key. Unlike torchvision, each ReLU call has its own
+``nn.ReLU`` (``relu1``, ``relu2``, ...; no parameters, so the state dict is the same): a
+module called at several places is one node with several outputs to graph-level tools, and
+PT2E quantization then cannot fuse each conv + ReLU and add + ReLU on its own.
 """
 
 from __future__ import annotations
@@ -116,9 +119,10 @@ class BasicBlock(nn.Module):
         self.residual = shortcut != "none"
         self.conv1 = conv3x3(in_chs, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu1 = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, out_chs)
         self.bn2 = nn.BatchNorm2d(out_chs)
+        self.relu2 = nn.ReLU(inplace=True)
         self.downsample = make_shortcut(shortcut, in_chs, out_chs, stride, preact=False)
         self.drop_path = drop_path(drop_path_rate)
 
@@ -130,11 +134,11 @@ class BasicBlock(nn.Module):
             nn.init.zeros_(self.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.drop_path(self.bn2(self.conv2(out)))
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
+        return self.relu2(out)
 
 
 class Bottleneck(nn.Module):
@@ -172,7 +176,9 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, out_chs)
         self.bn3 = nn.BatchNorm2d(out_chs)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.relu3 = nn.ReLU(inplace=True)
         self.downsample = make_shortcut(shortcut, in_chs, out_chs, stride, preact=False)
         self.drop_path = drop_path(drop_path_rate)
 
@@ -182,12 +188,12 @@ class Bottleneck(nn.Module):
             nn.init.zeros_(self.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
         out = self.drop_path(self.bn3(self.conv3(out)))
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
+        return self.relu3(out)
 
 
 class PreActBasic(nn.Module):
