@@ -367,26 +367,37 @@ def _compile_pt2e(graph: fx.GraphModule) -> Callable[[torch.Tensor], Any]:
 
 
 def _quantize_int8(
-    model: nn.Module, example: torch.Tensor, calibration: list[torch.Tensor]
-) -> tuple[nn.Module, int, str]:
-    """``model`` quantized to int8: (module, BNs folded, backend)."""
+    model: nn.Module,
+    example: torch.Tensor,
+    calibration: list[torch.Tensor],
+    channels_last: bool,
+) -> tuple[nn.Module, int, str, Callable[[torch.Tensor], Any] | None]:
+    """``model`` quantized to int8: (module, BNs folded, backend, its compiled runner).
+
+    A PT2E graph is compiled and run once on ``example`` here (in the layout the model will
+    be called with), so that a lowering that fails on this model also falls back: inductor's
+    int8 convolution fails on 1-channel (gray) inputs in torch 2.14, for one.
+    """
     # PT2E first. Each failure to set it up is a reason to use the FX flow, not an error
     # of the user's: say which, and go on.
     try:
         graph, folded = _quantize_pt2e(copy.deepcopy(model), example, calibration)
+        run = _compile_pt2e(graph)
+        x = example.contiguous(memory_format=torch.channels_last) if channels_last else example
+        run(x)
     except ImportError as e:
         reason = f"torchao could not be imported ({e}); pip install torchao"
-    except Exception as e:  # export and the quantizer raise many types; all mean the same
+    except Exception as e:  # export, the quantizer and inductor raise many types
         reason = f"PT2E quantization failed ({type(e).__name__}: {str(e).splitlines()[0]})"
     else:
-        return graph, folded, "pt2e-x86-inductor"
+        return graph, folded, "pt2e-x86-inductor", run
     warnings.warn(
         f"int8 through FX graph mode quantization (deprecated in torch): {reason}",
         Int8FallbackWarning,
         stacklevel=3,
     )
     quantized, folded = _quantize_fx(model, example, calibration)
-    return quantized, folded, "fx-x86"
+    return quantized, folded, "fx-x86", None
 
 
 class InferenceModel(nn.Module):
@@ -532,7 +543,7 @@ def optimize_for_inference(
     work = copy.deepcopy(model).eval()
     batches = 0
     backend = "inductor" if compile else "eager"
-    input_shape = None
+    input_shape, compile_seconds = None, None
     if precision == "int8":
         calibration = list(_calibration_batches(calibration))
         if not calibration:
@@ -547,7 +558,9 @@ def optimize_for_inference(
                 f"int8 calibration batches of different image sizes ({bad[0]} and "
                 f"{tuple(example.shape)}): use one size, the one the model will be given"
             )
-        work, folded, backend = _quantize_int8(work, example, calibration)
+        start = time.perf_counter()
+        work, folded, backend, run = _quantize_int8(work, example, calibration, channels_last)
+        compile_seconds = time.perf_counter() - start
         batches = len(calibration)
         if backend == "pt2e-x86-inductor":
             input_shape = tuple(example.shape[1:])
@@ -573,10 +586,8 @@ def optimize_for_inference(
         if hasattr(model, attr):
             setattr(result, attr, getattr(model, attr))
     if backend == "pt2e-x86-inductor":
-        object.__setattr__(result, "_run", _compile_pt2e(work))
-        start = time.perf_counter()
-        result(example)
-        result.compile_seconds = time.perf_counter() - start
+        object.__setattr__(result, "_run", run)  # compiled and run once already
+        result.compile_seconds = compile_seconds
     elif compile:
         object.__setattr__(result, "_run", torch.compile(work, options={"freezing": True}))
     return result
