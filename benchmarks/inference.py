@@ -139,18 +139,20 @@ def accuracy_rows(run: str, calib_images: int, bf16_images: int) -> list[list]:
                 warnings.simplefilter("ignore")
                 m = optimize_for_inference(model, precision, **kwargs)
             acc, speed = top1(m, x[:n], y[:n])
+            if precision == "int8":
+                label += f", backend {m.backend}"  # (PT2E, or FX where inductor cannot lower it)
         rows.append([label, f"{acc:.2f}", f"{acc - ref[n][0]:+.2f}", n, speed])
         print(f"  accuracy {label}: {acc:.2f}% on {n} images ({speed:.0f} img/s)", flush=True)
     if n_bf16 < len(x):
         acc, speed = ref[n_bf16]
         rows.append([f"as trained (eager fp32), first {n_bf16} images", f"{acc:.2f}", "+0.00",
                      n_bf16, speed])  # fmt: skip
-    return rows
+    return rows, model
 
 
 def main(argv: list[str] | None = None) -> None:
     p = benchmark_parser(__doc__)
-    p.add_argument("--run", help="a resnet20 run directory trained on Fashion-MNIST")
+    p.add_argument("--run", help="a run directory trained on Fashion-MNIST (1x28x28)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per config (2)")
     p.add_argument("--threads", type=int, help="torch/onnxruntime threads (default: torch's)")
     p.add_argument("--calib-images", type=int, default=512)
@@ -194,14 +196,15 @@ def main(argv: list[str] | None = None) -> None:
         )
     if a.run:
         print("accuracy", flush=True)
-        acc = accuracy_rows(a.run, a.calib_images, a.bf16_images)
+        acc, trained = accuracy_rows(a.run, a.calib_images, a.bf16_images)
+        name = getattr(trained, "name", None) or "the model"
         acc_table = markdown_table(
-            ["resnet20 on Fashion-MNIST test", "top-1 %", "vs fp32 (points)", "images", "img/s"],
+            [f"{name} on Fashion-MNIST test", "top-1 %", "vs fp32 (points)", "images", "img/s"],
             acc,
         )
         print(acc_table)
         body += [
-            f"Accuracy kept: the run {Path(a.run).name} (resnet20, 1x28x28) on the "
+            f"Accuracy kept: the run {Path(a.run).name} ({name}, 1x28x28) on the "
             "Fashion-MNIST test set; 'vs fp32' compares with the trained model on the same "
             "images.",
             acc_table,

@@ -266,3 +266,18 @@ def test_auto_picks_bf16_only_where_it_is_fast_and_never_int8(tiny, monkeypatch,
     x = _inputs(4, 6)
     with torch.no_grad():
         assert rel_err(tiny(x), opt(x)) < (5e-2 if fast_bf16 else 1e-4)
+
+
+def test_int8_of_a_gray_model_works_whichever_backend_lowers_it():
+    """1-channel (gray) inputs: inductor's int8 convolution cannot lower them in torch 2.14;
+    the model then falls back to FX (with a warning) instead of failing at the first call."""
+    torch.manual_seed(0)
+    model = create_model("resnet8_pool", num_classes=4, in_chans=1).eval()
+    calibration = [torch.randn(8, 1, 16, 16) for _ in range(2)]
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        q = optimize_for_inference(model, "int8", calibration=calibration)
+    assert q.backend in ("pt2e-x86-inductor", "fx-x86")
+    for batch in (8, 3):
+        x = torch.randn(batch, 1, 16, 16)
+        assert q(x).shape == (batch, 4)
