@@ -19,7 +19,7 @@ precision's tolerance (:data:`TOLERANCES`).
   ``X86InductorQuantizer`` annotates it, ``prepare_pt2e`` / ``convert_pt2e`` calibrate and
   insert the quantize/dequantize pairs, and ``torch.compile`` (inductor, with freezing)
   lowers conv + BN + ReLU and add + ReLU to oneDNN int8 kernels. Without torchao, or where
-  export fails, FX graph mode quantization (deprecated in torch) takes over and
+  export or the lowering fails, FX graph mode quantization (deprecated in torch) takes over and
   :class:`Int8FallbackWarning` says why.
 * ``auto`` picks fp32 or bf16 by the hardware (see :func:`auto_precision`); int8 is never
   chosen for the caller, as it needs calibration data and changes the outputs most.
@@ -80,8 +80,9 @@ class EmulatedPrecisionWarning(UserWarning):
 
 
 class Int8FallbackWarning(UserWarning):
-    """int8 could not use the PT2E flow (torchao missing, or export failed) and used FX
-    graph mode quantization, which PyTorch has deprecated."""
+    """int8 could not use the PT2E flow (torchao missing; export, quantization or
+    inductor's lowering failed, e.g. on 1-channel inputs) and used FX graph mode
+    quantization, which PyTorch has deprecated."""
 
 
 def has_native_bf16(device: torch.device | str = "cpu") -> bool:
