@@ -128,6 +128,18 @@ def _checkpoint_with(change: Callable[[dict], None]) -> Callable[[Path], None]:
     return _copy_run("copy", edit)
 
 
+def _damaged_checkpoints(damage: Callable[[Path, Path], bytes]) -> Callable[[Path], None]:
+    """A copy of the finished run, cut before its end, whose checkpoints hold ``damage``'s
+    bytes (given each checkpoint's path and the run)."""
+
+    def edit(run: Path) -> None:
+        (run / "summary.json").unlink()  # a run killed before its end: resume would load
+        for path in (run / "checkpoints").glob("*.pt"):
+            path.write_bytes(damage(path, run))
+
+    return _copy_run("copy", edit)
+
+
 def _fifo(rel: str) -> Callable[[Path], None]:
     def setup(d: Path) -> None:
         shutil.copytree(d / "done", d / "copy")
@@ -345,24 +357,12 @@ CASES: list[Case] = [
     Case(
         "checkpoint that is a malicious pickle",
         lambda d: ["train", "--resume", str(d / "copy")],
-        _copy_run(
-            "copy",
-            lambda r: [
-                (r / "summary.json").unlink(),
-                *[p.write_bytes(_evil_pickle(r.parent)) for p in (r / "checkpoints").glob("*.pt")],
-            ],
-        ),
+        _damaged_checkpoints(lambda path, run: _evil_pickle(run.parent)),
     ),
     Case(
         "checkpoints cut short",
         lambda d: ["train", "--resume", str(d / "copy")],
-        _copy_run(
-            "copy",
-            lambda r: [
-                (r / "summary.json").unlink(),
-                *[p.write_bytes(p.read_bytes()[:500]) for p in (r / "checkpoints").glob("*.pt")],
-            ],
-        ),
+        _damaged_checkpoints(lambda path, run: path.read_bytes()[:500]),
     ),
     Case(
         "a FIFO named like the newest checkpoint",

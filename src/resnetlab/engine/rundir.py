@@ -94,7 +94,7 @@ def is_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` is a resnetlab run (it holds a run's ``config.yaml``)."""
     try:
         return run_dir.is_dir() and read_run_config(run_dir) is not None
-    except Exception:  # an unreadable config.yaml: not something we may delete
+    except TrainingError:  # an unreadable config.yaml: not something we may delete
         return False
 
 
