@@ -203,7 +203,7 @@ def test_progress_off_a_terminal_is_lines_not_redraws(tmp_path):
 def test_full_disk_during_the_final_export_keeps_the_run_finishable(tmp_path, monkeypatch):
     import errno
 
-    from resnetlab.engine import trainer
+    from resnetlab.engine import tasks
 
     run = tmp_path / "run"
 
@@ -211,7 +211,7 @@ def test_full_disk_during_the_final_export_keeps_the_run_finishable(tmp_path, mo
         raise OSError(errno.ENOSPC, "No space left on device", str(run / "model.safetensors"))
 
     with monkeypatch.context() as patch:
-        patch.setattr(trainer, "save_weights", full)
+        patch.setattr(tasks, "save_weights", full)
         with pytest.raises(TrainingError, match=r"no space left on device: .*model\.safetensors"
                            r".*last checkpoint is intact.*--resume"):  # fmt: skip
             train(job(run, epochs=1), progress=False)

@@ -246,6 +246,12 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 MILESTONE_UNITS = ("epoch", "iter")
+TASKS = ("classification", "detection", "segmentation")
+# The heads each dense task can put on a backbone (torchvision's models; models/dense.py).
+DENSE_HEADS = {
+    "detection": ("fasterrcnn", "maskrcnn", "retinanet", "fcos"),
+    "segmentation": ("deeplabv3", "fcn"),
+}
 
 
 @dataclass(frozen=True)
@@ -354,6 +360,39 @@ class FinetuneConfig:
         _validate(self, "finetune.")
 
 
+@dataclass(frozen=True)
+class DenseConfig:
+    """Detection and segmentation (``task`` other than classification): the dense model.
+
+    ``head`` None: fasterrcnn for detection, deeplabv3 for segmentation. ``output_stride``
+    None: 32 for detection (FPN), 16 for segmentation (dilated last stage). ``trainable_layers``
+    (0..5, counted from the top as in torchvision) None: all without ``weights``, 3 with.
+    ``frozen_bn`` None: frozen BatchNorm when starting from ``weights``. ``score_threshold``:
+    the detections drawn on images.
+    """
+
+    head: str | None = _opt(
+        None,
+        check=lambda v: any(v in heads for heads in DENSE_HEADS.values()),
+        allowed="fasterrcnn, maskrcnn, retinanet, fcos (detection), deeplabv3 or fcn (segmentation)",
+    )
+    output_stride: int | None = _opt(
+        None, check=lambda v: v in (8, 16, 32), allowed="8, 16, 32 or null"
+    )
+    trainable_layers: int | None = _opt(
+        None, check=lambda v: 0 <= v <= 5, allowed="an integer in 0..5 or null"
+    )
+    frozen_bn: bool | None = None
+    score_threshold: float = _opt(0.5, check=_in(0, 1, closed=True), allowed="a score in [0, 1]")
+
+    def __post_init__(self) -> None:
+        _validate(self, "dense.")
+
+    def head_for(self, task: str) -> str:
+        """The head a ``task`` run uses: ``head``, else the task's first (its default)."""
+        return self.head if self.head is not None else DENSE_HEADS[task][0]
+
+
 # The model options a training config may set (``model_args``): the architecture's fields
 # and the papers' ``depth``; the classifier's size always comes from the data.
 MODEL_ARG_DEPTH = "an integer >= 1 (the papers' depth rules set the layers)"
@@ -389,6 +428,8 @@ def _check_model_args(args: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # classification, or a dense task on the model as backbone (``dense`` says how)
+    task: str = _opt("classification", choices=TASKS)
     model: str = _opt("resnet20", allowed="a name from `resnetlab models`")
     model_args: dict = dataclasses.field(default_factory=dict)
     # Pretrained weights to start from: a file, a run directory, or a named weight such as
@@ -397,6 +438,7 @@ class TrainConfig:
         None, allowed="a file, a run directory or a name from `resnetlab weights`"
     )
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    dense: DenseConfig = dataclasses.field(default_factory=DenseConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
@@ -432,6 +474,27 @@ class TrainConfig:
         if not all(isinstance(k, str) for k in self.model_args):
             _fail("model_args", self.model_args, "expected a mapping of model option names")
         object.__setattr__(self, "model_args", _check_model_args(self.model_args))
+        if self.task != "classification":
+            self._check_dense()
+
+    def _check_dense(self) -> None:
+        head = self.dense.head
+        if head is not None and head not in DENSE_HEADS[self.task]:
+            _fail("dense.head", head, f"a {self.task} head is one of "
+                  f"{', '.join(DENSE_HEADS[self.task])}")  # fmt: skip
+        if self.task == "detection" and self.dense.output_stride not in (None, 32):
+            _fail("dense.output_stride", self.dense.output_stride,
+                  "detection uses FPN on strides 4..32: leave it null (32)")  # fmt: skip
+        for key in ("label_smoothing", "mixup_alpha", "cutmix_alpha"):
+            if getattr(self, key):
+                _fail(key, getattr(self, key), f"classification only; set {key}=0 for {self.task}")
+        if self.tta_flip:
+            _fail("tta_flip", True, f"classification only; set tta_flip=false for {self.task}")
+        if self.finetune != FinetuneConfig():
+            raise ConfigError(
+                f"finetune.* applies to classification; for {self.task} say which stages train "
+                "with dense.trainable_layers and dense.frozen_bn"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

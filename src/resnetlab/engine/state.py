@@ -99,7 +99,7 @@ class TrainState:
     epoch: int = 0  # epochs completed
     batch: int = 0  # batches of the current epoch completed
     step: int = 0  # optimizer steps in all
-    best: float | None = None  # best test top-1 so far
+    best: float | None = None  # best headline metric so far (the task's primary, e.g. top-1)
     # Running train loss/accuracy sums of the current epoch: {"loss_sum", "correct", "seen"},
     # reduced over ranks when saved, so that a mid-epoch resume logs exact epoch metrics.
     sums: dict[str, Any] | None = None

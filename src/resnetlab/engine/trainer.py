@@ -18,33 +18,26 @@ import signal
 import sys
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig, build_dataclass
-from ..data import build_loaders
-from ..data.build import DEFAULT_BATCH_SIZE
 from ..device import keep_freed_host_memory, resolve_device
 from ..errors import TrainingError, TrainingInterrupted
 from ..formatting import dumps_json, round_floats
 from ..io import atomic_write_text
-from ..models import create_model, save_weights
-from ..models.weights import weights_meta
 from . import checkpoint as ckpt
 from . import distributed as dist
 from . import rundir
-from .finetune import FineTuning, weights_card
-from .metrics import evaluate
+from .finetune import FineTuning
 from .optim import build_optimizer, build_scheduler
-from .report import plot_confusion, plot_curves, read_metrics, write_report
+from .report import plot_curves, read_metrics, write_report
 from .rundir import CONFIG_FILE, METRICS_FILE, RESUMABLE_CHANGES, SUMMARY_FILE
 from .state import (
     Precision,
@@ -54,6 +47,7 @@ from .state import (
     seed_everything,
     set_rng_state,
 )
+from .tasks import Task, build_task
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "RESUMABLE_CHANGES", "Precision", "TrainState",
            "TrainingError", "TrainingInterrupted", "resolve_precision", "rng_state",
@@ -116,20 +110,6 @@ def train(
         dist.cleanup()
 
 
-def _mixer(cfg: TrainConfig, num_classes: int):
-    """Mixup/CutMix on batches (torchvision transforms v2), or None."""
-    from torchvision.transforms import v2
-
-    ops = []
-    if cfg.mixup_alpha > 0:
-        ops.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes))
-    if cfg.cutmix_alpha > 0:
-        ops.append(v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes))
-    if not ops:
-        return None
-    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
-
-
 @dataclass
 class Job:
     """What stays fixed while a run trains: the config, data, device and the step's parts."""
@@ -141,12 +121,12 @@ class Job:
     train_loader: Any
     eval_loader: Any
     info: Any
+    task: Task
     forward: nn.Module  # the model as called (DDP-wrapped, compiled)
     run_dir: Path
     total_steps: int
     epochs: int
     finetune: FineTuning | None = None
-    mixer: Callable | None = None
     progress: bool = True
     epoch_lines: bool = True
     wall_start: float = field(default_factory=time.perf_counter)
@@ -216,8 +196,6 @@ def _build(
     cfg: TrainConfig, dinfo: dist.DistInfo, device: torch.device, *, progress: bool
 ) -> tuple[Job, TrainState]:
     """Loaders, model, optimizer and schedule of ``cfg``: the job and its starting state."""
-    from .evaluator import loader_kwargs
-
     main = dinfo.is_main
     run_dir = Path(cfg.output)
     # Ranks training side by side on one CPU take their share of its cores (distributed.py).
@@ -228,25 +206,13 @@ def _build(
         torch.set_num_threads(threads)
     precision = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)
-    # Pretrained weights say how their images were prepared and how many channels they take.
-    card = weights_card(cfg.weights) if cfg.weights else None
-    in_chans = cfg.model_args.get("in_chans") or (card["in_chans"] if card else None)
-    kwargs = {**loader_kwargs(cfg.data), "num_workers": loader_workers}
-    train_loader, eval_loader, info = build_loaders(
-        cfg.data.spec, **kwargs, in_chans=in_chans, seed=cfg.seed, rank=dinfo.rank,
-        world_size=dinfo.world_size, device=device, channels_last=cfg.channels_last,
-        preprocessing=card["preprocessing"] if card else None,
-    )  # fmt: skip
-    if main and info.plan:
-        _record_data_scan(run_dir, info)
-    if main and cfg.data.batch_size is None and train_loader.batch_size != DEFAULT_BATCH_SIZE:
-        print(f"batch size {train_loader.batch_size}: {train_loader.dataset_size} training images "
-              f"give {len(train_loader)} steps per epoch (data.batch_size overrides)",
-              file=sys.stderr)  # fmt: skip
-    model = _build_model(cfg, info, card, verbose=main).to(device)
+    task = build_task(cfg)
+    train_loader, eval_loader, info = task.build_data(dinfo, device, loader_workers, run_dir,
+                                                      verbose=main)  # fmt: skip
+    model = task.build_model(info, verbose=main).to(device)
     if cfg.sync_bn and dinfo.enabled:
         dist.convert_sync_batchnorm(model)
-    finetune = FineTuning(model, cfg.finetune) if cfg.weights else None
+    finetune = task.finetuning(model)
     if main and finetune is not None:
         print(f"fine-tuning: {finetune.describe(0)}", file=sys.stderr)
     if cfg.channels_last:
@@ -280,9 +246,9 @@ def _build(
         )
     if cfg.compile:
         forward = torch.compile(forward)
-    job = Job(cfg, dinfo, device, precision, train_loader, eval_loader, info, forward, run_dir,
-              total_steps, math.ceil(total_steps / steps_per_epoch), finetune,
-              _mixer(cfg, info.num_classes), progress, loader_workers=loader_workers)  # fmt: skip
+    job = Job(cfg, dinfo, device, precision, train_loader, eval_loader, info, task, forward,
+              run_dir, total_steps, math.ceil(total_steps / steps_per_epoch), finetune, progress,
+              loader_workers=loader_workers)  # fmt: skip
     return job, TrainState(model, optimizer, scheduler, ema, precision.scaler)
 
 
@@ -328,21 +294,17 @@ def _stop_on_signal(*, enabled: bool) -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
-def train_step(job: Job, st: TrainState, images: torch.Tensor, labels: torch.Tensor):
-    """One optimizer step (mixup/cutmix, autocast, scaling, clipping, schedule, EMA).
+def train_step(job: Job, st: TrainState, images: Any, targets: Any) -> tuple[torch.Tensor, Any]:
+    """One optimizer step: the task's loss under autocast, scaling, clipping, schedule, EMA.
 
-    Returns the (detached) loss and the logits.
+    Returns the (detached) loss and the model's output.
     """
     cfg, precision = job.cfg, job.precision
-    targets = labels
-    if job.mixer is not None:
-        images, targets = job.mixer(images, labels)
     amp = (
         torch.autocast(job.device.type, dtype=precision.dtype) if precision.dtype else nullcontext()
     )
     with amp:
-        logits = job.forward(images)
-        loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+        loss, output = job.task.loss(job.forward, images, targets)
     if not torch.isfinite(loss):
         raise TrainingError(
             f"the loss became {loss.item()} at step {st.step} (epoch {st.epoch + 1}): "
@@ -366,7 +328,7 @@ def train_step(job: Job, st: TrainState, images: torch.Tensor, labels: torch.Ten
     if st.ema is not None:
         st.ema.update_parameters(st.model)
     st.step += 1
-    return loss.detach(), logits
+    return loss.detach(), output
 
 
 def train_one_epoch(job: Job, st: TrainState, *, stop: threading.Event | None = None) -> bool:
@@ -396,15 +358,17 @@ def train_one_epoch(job: Job, st: TrainState, *, stop: threading.Event | None = 
         st.sums = None
     images_before, train_s0, images0 = seen, st.timing.train_s, st.timing.images
     with _Progress(job, st, total=spe - st.batch) as bar:
-        for images, labels in job.train_loader.iter_from(st.batch):
-            loss, logits = train_step(job, st, images, labels)
+        for images, targets in job.train_loader.iter_from(st.batch):
+            loss, output = train_step(job, st, images, targets)
             st.batch += 1
-            n = labels.shape[0]
+            n = job.task.batch_size(targets)
             if job.first_step is None:
                 job.first_step = (time.perf_counter() - t0, n * job.dinfo.world_size)
             seen += n
             loss_sum += loss * n
-            correct += (logits.argmax(1) == labels).sum()
+            hits = job.task.correct(output, targets)
+            if hits is not None:
+                correct += hits
             bar.update(loss_sum, correct, seen - images_before, st)
             interrupted = stop is not None and stop.is_set()
             done = st.step >= job.total_steps
@@ -468,10 +432,11 @@ class _Progress:
         elif now - self.last_line < LOG_EVERY_S:
             return
         n = max(int(st.batch), 1)
-        stats = {"loss": f"{loss_sum.item() / max(seen, 1):.3f}",
-                 "acc": f"{correct.item() / max(seen, 1):.3f}",
-                 "lr": f"{st.scheduler.get_last_lr()[0]:.3g}",
-                 "img_s": f"{seen / max(now - self.t0, 1e-9):.0f}"}  # fmt: skip
+        stats = {"loss": f"{loss_sum.item() / max(seen, 1):.3f}"}
+        if self.job.task.has_train_acc:
+            stats["acc"] = f"{correct.item() / max(seen, 1):.3f}"
+        stats.update(lr=f"{st.scheduler.get_last_lr()[0]:.3g}",
+                     img_s=f"{seen / max(now - self.t0, 1e-9):.0f}")  # fmt: skip
         if self.bar is not None:
             self.bar.set_postfix(stats)
         else:
@@ -483,13 +448,9 @@ class _Progress:
 
 def _evaluate(job: Job, st: TrainState) -> dict[str, Any]:
     t0 = time.perf_counter()
-    tally = evaluate(
-        st.eval_model, job.eval_loader, num_classes=job.info.num_classes, device=job.device,
-        autocast_dtype=job.precision.dtype, tta_flip=job.cfg.tta_flip,
-        reduce=dist.all_reduce_sum,
-    )  # fmt: skip
+    result = job.task.evaluate(job, st.eval_model)
     st.timing.eval_s += time.perf_counter() - t0
-    return tally.result(job.info.class_names)
+    return result
 
 
 def _end_epoch(job: Job, st: TrainState, writer: Any, *, final: bool) -> dict[str, Any]:
@@ -501,15 +462,14 @@ def _end_epoch(job: Job, st: TrainState, writer: Any, *, final: bool) -> dict[st
         "epoch": st.epoch + (1 if st.batch else 0),  # a run may end inside an epoch
         "step": st.step,
         "train_loss": float(sums["loss_sum"]) / seen,
-        "train_acc": float(sums["correct"]) / seen,
+        "train_acc": float(sums["correct"]) / seen if job.task.has_train_acc else None,
         "lr": st.scheduler.get_last_lr()[0],
     }
     row.update(epoch_time=epoch_time, img_per_s=epoch_images / epoch_time if epoch_time else None)
     last_eval: dict[str, Any] = {}
     if cfg.eval_every and (st.epoch % cfg.eval_every == 0 or final):
         last_eval = _evaluate(job, st)
-        row.update(test_loss=last_eval["loss"], test_top1=last_eval["top1"],
-                   test_top5=last_eval["top5"])  # fmt: skip
+        row.update(job.task.eval_row(last_eval))
     # Wall time of the run, evaluations excluded: with test_top1, the time-to-accuracy curve.
     row["wall_s"] = job.wall() - st.timing.eval_s
     if job.main:
@@ -517,9 +477,10 @@ def _end_epoch(job: Job, st: TrainState, writer: Any, *, final: bool) -> dict[st
     if job.epoch_lines:
         shown = {k: round(v, 4) for k, v in row.items() if isinstance(v, float)}
         print(json.dumps({"epoch": row["epoch"], "step": st.step, **shown}), flush=True)
-    is_best = "test_top1" in row and (st.best is None or row["test_top1"] > st.best)
+    score = row.get(job.task.primary)
+    is_best = score is not None and (st.best is None or score > st.best)
     if is_best:
-        st.best = row["test_top1"]
+        st.best = score
     _save(job, st, best=is_best)
     return last_eval
 
@@ -539,9 +500,7 @@ def _save(job: Job, st: TrainState, *, best: bool = False) -> None:
     st.timing.wall_s = job.wall()
     state = {
         **st.state_dict(),
-        "model_meta": weights_meta(
-            st.model, preprocessing=job.info.preprocessing(), class_names=job.info.class_names
-        ),  # fmt: skip
+        "model_meta": job.task.model_meta(st.model, job.info),
         "config": job.cfg.to_dict(),
     }
     directory = job.run_dir / "checkpoints"
@@ -560,18 +519,19 @@ def _summary(job: Job, st: TrainState, last_eval: dict[str, Any]) -> dict[str, A
         first_s, first_images = job.first_step
         if t.train_s > first_s and t.images > first_images:
             steady = (t.images - first_images) / (t.train_s - first_s)
+    task = {} if cfg.task == "classification" else {"task": cfg.task,
+                                                   "head": cfg.dense.head_for(cfg.task)}  # fmt: skip
     return {
         "model": cfg.model,
+        **task,
         "data": cfg.data.spec,
-        # What test_top1 was measured on: the split, and whether flipped images were averaged.
+        # What the test metrics were measured on: the split, and whether flipped images were
+        # averaged.
         "eval_split": job.info.eval_split,
         "tta_flip": cfg.tta_flip,
         "epochs": st.epoch,
         "steps": st.step,
-        "test_top1": last_eval.get("top1"),
-        "test_top5": last_eval.get("top5"),
-        "test_loss": last_eval.get("loss"),
-        "eval_n": last_eval.get("n"),
+        **job.task.summary(last_eval),
         "train_time_s": t.train_s,
         "wall_time_s": t.wall_s,
         "eval_time_s": t.eval_s,
@@ -603,17 +563,15 @@ def _finish_run(job: Job, final_model: nn.Module, last_eval: dict[str, Any],
     """The run's final weights, plots, summary and report (rank 0)."""
     cfg, info, run_dir = job.cfg, job.info, job.run_dir
     try:
-        save_weights(final_model, run_dir / "model.safetensors",
-                     preprocessing=info.preprocessing(), class_names=info.class_names)  # fmt: skip
+        job.task.save_final(final_model, run_dir / "model.safetensors", info)
         rows = read_metrics(run_dir / METRICS_FILE)
         plot_curves(rows, run_dir / "curves.png", title=f"{cfg.model} on {cfg.data.spec}",
                     eval_split=info.eval_split)  # fmt: skip
-        if last_eval:
-            plot_confusion(last_eval["confusion"], list(info.class_names),
-                           run_dir / "confusion.png")  # fmt: skip
+        job.task.plots(job, final_model, last_eval)
         atomic_write_text(run_dir / SUMMARY_FILE, dumps_json(summary, digits=None, indent=2))
         report = getattr(final_model, "load_report", None)
-        write_report(run_dir, summary, cfg.to_dict(), data_plan=info.plan, data_scan=info.scan,
+        write_report(run_dir, summary, cfg.to_dict(), data_plan=info.plan,
+                     data_scan=getattr(info, "scan", None),
                      weights_report=str(report) if cfg.weights and report else None)  # fmt: skip
     except OSError as e:
         where = e.filename or run_dir
@@ -622,43 +580,6 @@ def _finish_run(job: Job, final_model: nn.Module, last_eval: dict[str, Any],
             f"{reason}: {where}. Training is complete and its last checkpoint is intact; free "
             f"space or fix permissions, then finish the run with: resnetlab train --resume {run_dir}"
         ) from None
-
-
-def _build_model(
-    cfg: TrainConfig, info: Any, card: dict[str, Any] | None, *, verbose: bool
-) -> nn.Module:
-    """The model of ``cfg`` for the data's classes and channels, from ``cfg.weights`` if set."""
-    model_args = {k: v for k, v in cfg.model_args.items() if k != "in_chans"}
-    if "weights" in model_args:
-        raise TrainingError("model_args.weights: give pretrained weights as weights=SOURCE "
-                            "(--weights SOURCE)")  # fmt: skip
-    meta = card["meta"] if card else None
-    if meta and meta.get("architecture") not in (None, "custom", cfg.model):
-        raise TrainingError(
-            f"{cfg.weights} holds a {meta['architecture']}, not a {cfg.model}: pass "
-            f"--model {meta['architecture']} (and its model_args) to fine-tune it"
-        )
-    with warnings.catch_warnings():
-        # the load report below says what a warning would (e.g. the head re-initialised)
-        warnings.filterwarnings("ignore", message="classifier re-initialised")
-        model = create_model(cfg.model, num_classes=info.num_classes,
-                             in_chans=info.model_channels, weights=cfg.weights, **model_args)  # fmt: skip
-    report = getattr(model, "load_report", None)
-    if verbose and report is not None:
-        print(str(report), file=sys.stderr)
-        if report.reinitialized:
-            print(f"new head: {info.num_classes} classes ({', '.join(info.class_names[:5])}"
-                  f"{', ...' if info.num_classes > 5 else ''})", file=sys.stderr)  # fmt: skip
-    return model
-
-
-def _record_data_scan(run_dir: Path, info: Any) -> None:
-    """Say how an image folder is read (one line, and its warnings) and keep the scan."""
-    print(info.plan, file=sys.stderr)
-    for warning in info.scan["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
-    text = json.dumps({"plan": info.plan, **info.scan}, indent=2)
-    atomic_write_text(run_dir / "data_scan.json", text)
 
 
 def _log_row(run_dir: Path, writer: Any, row: dict[str, Any]) -> None:
