@@ -37,6 +37,10 @@ then: create_model("resnet50", weights="torchvision:resnet50.IMAGENET1K_V2"), or
       --data imagefolder:photos --epochs 5 --freeze stage2 --backbone-lr-scale 0.1
   resnetlab train --model resnet8_pool --weights runs/pre --data imagefolder:few \\
       --head-epochs 2 --freeze-bn          # fine-tune a run of your own
+  resnetlab train --task detection --model resnet18 --data fashion-mnist-scenes \
+      --config configs/scenes_detection.yaml --output runs/det   # Faster R-CNN + FPN
+  resnetlab train --task segmentation --head deeplabv3 --model resnext50_32x4d \
+      --data coco:my_set --config configs/scenes_segmentation.yaml --output runs/seg
 image folders: small images (<= 64 px) train at their own size in memory with pad + crop +
   flip, larger ones with the ImageNet pipeline at 224 (the line printed at the start says
   which and why; data.pipeline, data.image_size, data.in_memory override)
@@ -203,6 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"nothing to resume in {args.resume}: no config.yaml of a run there (a run "
                 "directory is what `resnetlab train --output DIR` made)"
             )
+    dense = {"head": args.head, "output_stride": args.output_stride}
     data = {"spec": args.data, "data_dir": args.data_dir, "batch_size": args.batch_size,
             "skip_bad_images": True if args.skip_bad_images else None}  # fmt: skip
     finetune = {"freeze": args.freeze, "backbone_lr_scale": args.backbone_lr_scale,
@@ -210,6 +215,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_train_config(
         preset,
         args.overrides,
+        task=args.task,
         model=args.model,
         epochs=args.epochs,
         seed=args.seed,
@@ -222,6 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         optim={"lr": args.lr} if args.lr is not None else {},
         weights=args.weights,
         finetune={k: v for k, v in finetune.items() if v is not None},
+        dense={k: v for k, v in dense.items() if v is not None},
     )
     summary = train(
         cfg,
@@ -232,19 +239,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if summary["rank"] != 0:
         return 0
-    top1, speed = summary["test_top1"], summary["train_img_per_s"]
+    speed = summary["train_img_per_s"]
     print(
         f"done: {summary['model']} on {summary['data']}, {summary['epochs']} epochs in "
         f"{summary['train_time_s']:.0f} s"
         + (f" ({speed:.0f} img/s), " if speed else ", ")
-        + (
-            f"{summary['eval_split']} top-1 {100 * top1:.2f}%"
-            if top1 is not None
-            else "no evaluation"
-        )
+        + _headline(summary)
         + f"\nreport: {summary['run_dir']}/report.md  plot: {summary['run_dir']}/curves.png"
     )
     return 0
+
+
+# The headline metric of each task's summary and how `train` names it.
+HEADLINES = (("test_top1", "top-1"), ("test_map", "box mAP"), ("test_miou", "mIoU"))
+
+
+def _headline(summary: dict) -> str:
+    for key, name in HEADLINES:
+        if summary.get(key) is not None:
+            return f"{summary['eval_split']} {name} {100 * summary[key]:.2f}%"
+    return "no evaluation"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -281,6 +295,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         as_json=args.json,
         batch_size=args.batch_size,
         device=args.device,
+        output=args.output,
+        score_threshold=args.score_threshold,
     )
 
 
@@ -399,9 +415,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("train", cmd_train, "Train a model on a dataset; writes a self-describing run dir.")
     p.add_argument("--config", help="a YAML preset (see configs/; its keys: `resnetlab config`)")
+    p.add_argument("--task", help="classification (default) | detection | segmentation: "
+                   "the model is then the backbone")  # fmt: skip
+    p.add_argument("--head", help="detection: fasterrcnn (default) | maskrcnn | retinanet | "
+                   "fcos; segmentation: deeplabv3 (default) | fcn")  # fmt: skip
+    p.add_argument("--output-stride", type=int, metavar="S",
+                   help="segmentation: 8 | 16 (default) | 32, dilation instead of stride")  # fmt: skip
     p.add_argument("--model", help="model name (default: the preset's, else resnet20)")
     p.add_argument("--data", help="fashion-mnist | mnist | cifar10 | cifar100 | "
-                   "imagefolder:PATH | synthetic")  # fmt: skip
+                   "imagefolder:PATH | synthetic; detection/segmentation: coco:PATH | "
+                   "fashion-mnist-scenes")  # fmt: skip
     p.add_argument("--data-dir", help="where datasets live (default $RESNETLAB_DATA or "
                    "~/.cache/resnetlab)")  # fmt: skip
     p.add_argument("--epochs", type=int, help="passes over the training set (10)")
@@ -454,10 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="where to write confusion-<split>.png and eval-<split>.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = add("predict", cmd_predict, "Classify image files with a run directory or weights.")
+    p = add("predict", cmd_predict, "Classify image files (a detection or segmentation model "
+            "draws its boxes and masks on them) with a run directory or weights.")  # fmt: skip
     p.usage = (
         "%(prog)s (RUN_DIR | --weights FILE | --model NAME) INPUTS... [--topk K] [--json] "
-        "[--batch-size B] [--device DEVICE]"
+        "[--batch-size B] [--device DEVICE] [--output DIR] [--score-threshold S]"
     )
     p.add_argument("inputs", nargs="+", metavar="INPUTS",
                    help="image files, folders (searched recursively) or glob patterns; "
@@ -470,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--batch-size", type=int, default=32, metavar="B", help="images per batch")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--output", metavar="DIR", help="detection/segmentation: where the drawn "
+                   "images go (predictions/)")  # fmt: skip
+    p.add_argument("--score-threshold", type=float, default=0.5, metavar="S",
+                   help="detection: draw and list boxes scoring at least S (0.5)")  # fmt: skip
 
     p = add("serve", cmd_serve, "Serve a model over HTTP (JSON, KServe v2, Prometheus).")
     p.add_argument("source", nargs="?", metavar="SOURCE",

@@ -163,6 +163,18 @@ def evaluate_source(
                 f"with resnetlab train --resume {src}"
             )
     run = read_run(src)
+    from .dense import dense_weights_path, evaluate_dense_source
+
+    dense = dense_weights_path(src)
+    if dense is not None:  # a detection or segmentation model: mAP or mIoU
+        result = evaluate_dense_source(
+            dense, run, data, split=split, data_dir=data_dir, batch_size=batch_size,
+            device=device, precision=precision, progress=progress,
+        )  # fmt: skip
+        result = round_floats(result, None)
+        _write_outputs(result, [], Path(output) if output else None,
+                       run_dir=src if src.is_dir() else src.parent)  # fmt: skip
+        return result
     if data is None:
         if run is None:
             raise ConfigError(
@@ -281,12 +293,10 @@ def _write_outputs(
     split = result["split"]
     out_dir = output or run_dir
     result.update(confusion_png=None, eval_json=None)
+    files = f"eval-{split}.json" + (f" and confusion-{split}.png" if "confusion" in result else "")
 
     def skip(reason: str) -> None:
-        note = (
-            f"{out_dir} is {reason}: eval-{split}.json and confusion-{split}.png not written "
-            "(pass --output DIR to keep them)"
-        )
+        note = f"{out_dir} is {reason}: {files} not written (pass --output DIR to keep them)"
         result["note"] = note
         print(f"note: {note}", file=sys.stderr)
 
@@ -295,9 +305,11 @@ def _write_outputs(
         return
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        png = plot_confusion(result["confusion"], names, out_dir / f"confusion-{split}.png")
+        if "confusion" in result:
+            png = plot_confusion(result["confusion"], names, out_dir / f"confusion-{split}.png")
+            result["confusion_png"] = str(png)
         json_path = out_dir / f"eval-{split}.json"
-        result.update(confusion_png=str(png), eval_json=str(json_path))
+        result["eval_json"] = str(json_path)
         atomic_write_text(json_path, dumps_json(result, digits=None, indent=2))
     except OSError as e:
         result.update(confusion_png=None, eval_json=None)
@@ -311,6 +323,10 @@ def _write_outputs(
 
 def format_result(result: dict[str, Any]) -> str:
     """The evaluation as text: one headline, per-class accuracy, where the PNG went."""
+    if result.get("task") in ("detection", "segmentation"):
+        from .dense import format_dense_result
+
+        return format_dense_result(result)
     how = [result["split"], f"n={result['n']}"]
     if result.get("tta_flip"):
         how.append("test-time flip")

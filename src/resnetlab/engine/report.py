@@ -24,10 +24,19 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# The right-hand panel of curves.png for the headline metrics of the dense tasks (in %).
+METRIC_LABELS = {"test_map": "box mAP@[.5:.95]", "test_miou": "mIoU"}
+
+
 def plot_curves(
-    rows: list[dict[str, Any]], path: Path, title: str = "", eval_split: str = "test"
+    rows: list[dict[str, Any]],
+    path: Path,
+    title: str = "",
+    eval_split: str = "test",
+    metric: str = "test_top1",
 ) -> Path:
-    """Train and evaluation loss and error (%) against epoch.
+    """Train and evaluation loss, and top-1 error (%) against epoch; for another headline
+    ``metric`` (``test_map``, ``test_miou``) that metric (%) instead of the error.
 
     The ``test_*`` metrics are those of the evaluation split, named in the legend as it is
     (``val`` for an image folder without a ``test/``).
@@ -35,20 +44,32 @@ def plot_curves(
     plt = _pyplot()
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [r["epoch"] for r in rows]
+
+    def points(key: str, scale) -> list[tuple[Any, float]]:
+        return [(e, scale(r[key])) for e, r in zip(epochs, rows, strict=True)
+                if r.get(key) is not None]  # fmt: skip
+
     for key, label, style in (("train_loss", "train", "--"), ("test_loss", eval_split, "-")):
-        pts = [(e, r[key]) for e, r in zip(epochs, rows, strict=True) if r.get(key) is not None]
+        pts = points(key, float)
         if pts:
             ax_loss.plot(*zip(*pts, strict=True), style, marker="o", label=label)
-    for key, label, style in (("train_acc", "train", "--"), ("test_top1", eval_split, "-")):
-        pts = [(e, 100 * (1 - r[key])) for e, r in zip(epochs, rows, strict=True)
-               if r.get(key) is not None]  # fmt: skip
+    if metric == "test_top1":
+        curves = (("train_acc", "train", "--"), ("test_top1", eval_split, "-"))
+        scale, ylabel, panel = (lambda v: 100 * (1 - v)), "error (%)", "top-1 error"
+    else:
+        curves = ((metric, eval_split, "-"),)
+        label = METRIC_LABELS.get(metric, metric)
+        scale, ylabel, panel = (lambda v: 100 * v), f"{label} (%)", label
+    for key, label, style in curves:
+        pts = points(key, scale)
         if pts:
             ax_err.plot(*zip(*pts, strict=True), style, marker="o", label=label)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_err.set(xlabel="epoch", ylabel="error (%)", title="top-1 error")
+    ax_err.set(xlabel="epoch", ylabel=ylabel, title=panel)
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()

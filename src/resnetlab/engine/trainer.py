@@ -566,7 +566,7 @@ def _finish_run(job: Job, final_model: nn.Module, last_eval: dict[str, Any],
         job.task.save_final(final_model, run_dir / "model.safetensors", info)
         rows = read_metrics(run_dir / METRICS_FILE)
         plot_curves(rows, run_dir / "curves.png", title=f"{cfg.model} on {cfg.data.spec}",
-                    eval_split=info.eval_split)  # fmt: skip
+                    eval_split=info.eval_split, metric=job.task.primary)  # fmt: skip
         job.task.plots(job, final_model, last_eval)
         atomic_write_text(run_dir / SUMMARY_FILE, dumps_json(summary, digits=None, indent=2))
         report = getattr(final_model, "load_report", None)

@@ -409,10 +409,15 @@ def run_predict(
     as_json: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
+    output: str | None = None,
+    score_threshold: float = 0.5,
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
 ) -> int:
     """The ``predict`` command: predict every image ``inputs`` name, one line each.
+
+    A detection or segmentation model draws its boxes and masks on each image into
+    ``output`` (default ``predictions/``), keeping those scoring ``score_threshold`` or more.
 
     The model is ``--model NAME`` (with ``--weights FILE`` for a state dict that does not
     name its architecture), ``--weights FILE`` alone (resnetlab weights), or else the first
@@ -441,6 +446,17 @@ def run_predict(
     files, missing = find_images(inputs)
     if not files:
         raise NoImagesError("no images found: " + "; ".join(_why_no_images(str(i)) for i in inputs))
+    from ..engine.dense import dense_weights_path
+
+    dense = dense_weights_path(source) if model is None and source is not None else None
+    if dense is not None:
+        from .dense_predict import run_dense_predict
+
+        for spec in missing:
+            print(f"error: {_why_no_images(spec)}", file=err, flush=True)
+        code = run_dense_predict(dense, files, output=output, score_threshold=score_threshold,
+                                 as_json=as_json, device=device, stdout=out, stderr=err)  # fmt: skip
+        return 1 if missing else code
     if model is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RandomWeightsWarning)

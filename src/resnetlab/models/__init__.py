@@ -21,6 +21,7 @@ from .resnet import ResNet
 from .weights import (
     LoadReport,
     WeightsError,
+    WeightsFile,
     config_from_meta,
     load_weights,
     read_weights,
@@ -58,9 +59,10 @@ def create_model(
     *,
     num_classes: int | None = None,
     in_chans: int | None = None,
-    weights: str | os.PathLike | PretrainedWeights | None = None,
+    weights: str | os.PathLike | PretrainedWeights | WeightsFile | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] | list[int] | None = None,
+    output_stride: int | None = None,
     **overrides: Any,
 ) -> ResNet:
     """Build a named model (or one from a ``ModelConfig``), optionally loading weights.
@@ -71,24 +73,29 @@ def create_model(
     a different ``num_classes`` the head is re-initialised (and a warning says so).
     ``weights`` may name pretrained weights (``"torchvision:resnet50.IMAGENET1K_V2"``, see
     :func:`list_pretrained`): they are downloaded into the torch hub cache once, must be
-    weights of this model, and their card becomes the model's ``pretrained_card``.
+    weights of this model, and their card becomes the model's ``pretrained_card``; a
+    :class:`WeightsFile` already read by :func:`read_weights` is used as it is.
+    ``output_stride`` dilates the last stages instead of striding them (see
+    :class:`ResNet`; weights fit every output stride).
     """
     if isinstance(name, ModelConfig):
         label, cfg = "custom", name.replace(**overrides)
     else:
         label, cfg = name, get_config(name, **overrides)
-    card = None
+    card = weights.card if isinstance(weights, WeightsFile) else None
     if isinstance(weights, PretrainedWeights) or is_pretrained_name(weights):
-        card = resolve_pretrained(weights)  # checked before anything is downloaded
-        if label != "custom" and card.model != label:
-            fits = [c.name for c in list_pretrained(label)] if label in MODEL_CONFIGS else []
-            raise WeightsError(
-                f"{card.name} are weights of {card.model}, not {label}: "
-                + (f"named weights of {label}: {', '.join(fits)}" if fits
-                   else f"{label} has no named pretrained weights (`resnetlab weights` lists them)")
-            )  # fmt: skip
-        weights = card
-    source = read_weights(weights) if weights is not None else None
+        card = weights = resolve_pretrained(weights)  # checked before anything is downloaded
+    if card is not None and label != "custom" and card.model != label:
+        fits = [c.name for c in list_pretrained(label)] if label in MODEL_CONFIGS else []
+        raise WeightsError(
+            f"{card.name} are weights of {card.model}, not {label}: "
+            + (f"named weights of {label}: {', '.join(fits)}" if fits
+               else f"{label} has no named pretrained weights (`resnetlab weights` lists them)")
+        )  # fmt: skip
+    if isinstance(weights, WeightsFile) or weights is None:
+        source = weights
+    else:
+        source = read_weights(weights)
     head = num_classes
     if head is None and source is not None and source.num_classes is not None:
         head = source.num_classes
@@ -96,7 +103,13 @@ def create_model(
         cfg = cfg.replace(in_chans=in_chans)
     if head is not None:
         cfg = cfg.replace(num_classes=head)
-    model = ResNet(cfg, name=label, features_only=features_only, out_indices=out_indices)
+    model = ResNet(
+        cfg,
+        name=label,
+        features_only=features_only,
+        out_indices=out_indices,
+        output_stride=output_stride,
+    )
     if source is not None:
         fmt = card.source if card is not None else "auto"
         model.load_report = load_weights(

@@ -11,6 +11,15 @@ Shortcuts (2015 paper, section 3.3 and Table 3): option A pads with zeros and is
 parameter-free, option B projects only where the shape changes, option C projects
 everywhere; ``none`` removes the shortcut (the paper's "plain" nets).
 
+Dilation (``dilation``, ``first_dilation``): a unit of a stage whose stride was replaced
+by dilation (the atrous algorithm; ``ResNet(output_stride=...)``) runs every conv up to and
+including the one that held the stride at the previous dilation, ``first_dilation``, and
+every later conv at the new one. That makes the dilated net compute the strided net's
+outputs at every position instead of every other one (torchvision's
+``replace_stride_with_dilation`` and timm's ``output_stride`` place the dilation the same
+way; for the stride-on-the-1x1 bottleneck the 3x3 comes after the stride and so takes the
+new dilation).
+
 Module names follow torchvision (v1 blocks) and timm ``resnetv2`` (pre-activation blocks)
 so that their state dicts load key for key. Unlike torchvision, each ReLU call has its own
 ``nn.ReLU`` (``relu1``, ``relu2``, ...; no parameters, so the state dict is the same): a
@@ -63,8 +72,13 @@ class BatchNormAct2d(nn.BatchNorm2d):
         return F.relu(super().forward(x), inplace=True)
 
 
-def conv3x3(in_chs: int, out_chs: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_chs, out_chs, 3, stride, padding=1, groups=groups, bias=False)
+def conv3x3(
+    in_chs: int, out_chs: int, stride: int = 1, groups: int = 1, dilation: int = 1
+) -> nn.Conv2d:
+    # padding = dilation keeps the size of a stride-1 output equal to its input's.
+    return nn.Conv2d(
+        in_chs, out_chs, 3, stride, padding=dilation, dilation=dilation, groups=groups, bias=False
+    )
 
 
 def conv1x1(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
@@ -72,15 +86,17 @@ def conv1x1(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
 
 
 def make_shortcut(
-    kind: str, in_chs: int, out_chs: int, stride: int, *, preact: bool
+    kind: str, in_chs: int, out_chs: int, stride: int, *, preact: bool, dilated: bool = False
 ) -> nn.Module | None:
     """The shortcut of a unit, or ``None`` for the identity (and for ``kind == "none"``).
 
     Projections are 1x1 convs; v1 units follow them with BN (torchvision's
     ``downsample.0/1``), pre-activation units feed them the shared pre-activation and use
     no BN of their own (timm's ``downsample.conv``).
+    ``dilated``: the unit's stride was replaced by dilation. It keeps the projection it
+    would have with its stride, so one set of weights fits every output stride.
     """
-    changes_shape = stride != 1 or in_chs != out_chs
+    changes_shape = stride != 1 or dilated or in_chs != out_chs
     if kind == "none" or (kind in ("A", "B") and not changes_shape):
         return None
     if kind == "A":
@@ -113,17 +129,23 @@ class BasicBlock(nn.Module):
         *,
         shortcut: str = "B",
         drop_path_rate: float = 0.0,
+        dilation: int = 1,
+        first_dilation: int | None = None,
     ) -> None:
         super().__init__()
+        first_dilation = first_dilation or dilation
+        dilated = first_dilation != dilation
         out_chs = planes * self.expansion
         self.residual = shortcut != "none"
-        self.conv1 = conv3x3(in_chs, planes, stride)
+        self.conv1 = conv3x3(in_chs, planes, stride, dilation=first_dilation)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu1 = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, out_chs)
+        self.conv2 = conv3x3(planes, out_chs, dilation=dilation)
         self.bn2 = nn.BatchNorm2d(out_chs)
         self.relu2 = nn.ReLU(inplace=True)
-        self.downsample = make_shortcut(shortcut, in_chs, out_chs, stride, preact=False)
+        self.downsample = make_shortcut(
+            shortcut, in_chs, out_chs, stride, preact=False, dilated=dilated
+        )
         self.drop_path = drop_path(drop_path_rate)
 
     def zero_init_last(self) -> None:
@@ -164,22 +186,30 @@ class Bottleneck(nn.Module):
         stride_on: str = "3x3",
         shortcut: str = "B",
         drop_path_rate: float = 0.0,
+        dilation: int = 1,
+        first_dilation: int | None = None,
     ) -> None:
         super().__init__()
+        first_dilation = first_dilation or dilation
+        dilated = first_dilation != dilation
         width = planes * base_width // 64 * groups
         out_chs = planes * self.expansion
         stride_1x1, stride_3x3 = (stride, 1) if stride_on == "1x1" else (1, stride)
+        # The 3x3 holds the stride (v1.5) or comes after it (v1): see the module's doc.
+        dilation_3x3 = dilation if stride_on == "1x1" else first_dilation
         self.residual = shortcut != "none"
         self.conv1 = conv1x1(in_chs, width, stride_1x1)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, stride_3x3, groups)
+        self.conv2 = conv3x3(width, width, stride_3x3, groups, dilation_3x3)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, out_chs)
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.relu1 = nn.ReLU(inplace=True)
         self.relu2 = nn.ReLU(inplace=True)
         self.relu3 = nn.ReLU(inplace=True)
-        self.downsample = make_shortcut(shortcut, in_chs, out_chs, stride, preact=False)
+        self.downsample = make_shortcut(
+            shortcut, in_chs, out_chs, stride, preact=False, dilated=dilated
+        )
         self.drop_path = drop_path(drop_path_rate)
 
     def zero_init_last(self) -> None:
@@ -214,15 +244,21 @@ class PreActBasic(nn.Module):
         *,
         shortcut: str = "B",
         drop_path_rate: float = 0.0,
+        dilation: int = 1,
+        first_dilation: int | None = None,
     ) -> None:
         super().__init__()
+        first_dilation = first_dilation or dilation
+        dilated = first_dilation != dilation
         out_chs = planes * self.expansion
         self.residual = shortcut != "none"
-        self.downsample = make_shortcut(shortcut, in_chs, out_chs, stride, preact=True)
+        self.downsample = make_shortcut(
+            shortcut, in_chs, out_chs, stride, preact=True, dilated=dilated
+        )
         self.norm1 = BatchNormAct2d(in_chs)
-        self.conv1 = conv3x3(in_chs, planes, stride)
+        self.conv1 = conv3x3(in_chs, planes, stride, dilation=first_dilation)
         self.norm2 = BatchNormAct2d(planes)
-        self.conv2 = conv3x3(planes, out_chs)
+        self.conv2 = conv3x3(planes, out_chs, dilation=dilation)
         self.drop_path = drop_path(drop_path_rate)
 
     def zero_init_last(self) -> None:
@@ -255,17 +291,24 @@ class PreActBottleneck(nn.Module):
         stride_on: str = "3x3",
         shortcut: str = "B",
         drop_path_rate: float = 0.0,
+        dilation: int = 1,
+        first_dilation: int | None = None,
     ) -> None:
         super().__init__()
+        first_dilation = first_dilation or dilation
+        dilated = first_dilation != dilation
         width = planes * base_width // 64 * groups
         out_chs = planes * self.expansion
         stride_1x1, stride_3x3 = (stride, 1) if stride_on == "1x1" else (1, stride)
+        dilation_3x3 = dilation if stride_on == "1x1" else first_dilation  # as in Bottleneck
         self.residual = shortcut != "none"
-        self.downsample = make_shortcut(shortcut, in_chs, out_chs, stride, preact=True)
+        self.downsample = make_shortcut(
+            shortcut, in_chs, out_chs, stride, preact=True, dilated=dilated
+        )
         self.norm1 = BatchNormAct2d(in_chs)
         self.conv1 = conv1x1(in_chs, width, stride_1x1)
         self.norm2 = BatchNormAct2d(width)
-        self.conv2 = conv3x3(width, width, stride_3x3, groups)
+        self.conv2 = conv3x3(width, width, stride_3x3, groups, dilation_3x3)
         self.norm3 = BatchNormAct2d(width)
         self.conv3 = conv1x1(width, out_chs)
         self.drop_path = drop_path(drop_path_rate)

@@ -4,6 +4,11 @@ One class serves every net of the family (He et al. 2015; He et al. 2016; Xie et
 2017); the ``ModelConfig`` says which blocks, stem and shortcuts it is built from. Module
 names are torchvision's (``conv1``, ``bn1``, ``layer1``..., ``fc``), so torchvision and timm
 v1 state dicts load without renaming.
+
+``output_stride`` replaces the stride of the last stages by dilation (the atrous algorithm
+of Chen et al., "DeepLab", 2016; torchvision's ``replace_stride_with_dilation``, timm's
+``output_stride``) for dense prediction: the parameters are the same, so are the state-dict
+keys, and the features keep a finer resolution.
 """
 
 from __future__ import annotations
@@ -21,7 +26,15 @@ from .blocks import BLOCK_TYPES, BatchNormAct2d
 
 
 def _make_stage(
-    cfg: ModelConfig, in_chs: int, planes: int, num_blocks: int, stride: int, rates: list[float]
+    cfg: ModelConfig,
+    in_chs: int,
+    planes: int,
+    num_blocks: int,
+    stride: int,
+    rates: list[float],
+    *,
+    dilation: int = 1,
+    first_dilation: int = 1,
 ) -> nn.Sequential:
     block_cls = BLOCK_TYPES[cfg.block]
     extra = {}
@@ -35,11 +48,40 @@ def _make_stage(
             stride if i == 0 else 1,
             shortcut=cfg.shortcut,
             drop_path_rate=rates[i],
+            # torchvision's convention: the first unit keeps the previous stage's dilation
+            # where the stride used to be, every later one takes the stage's own.
+            dilation=dilation,
+            first_dilation=first_dilation if i == 0 else dilation,
             **extra,
         )
         for i in range(num_blocks)
     ]
     return nn.Sequential(*blocks)
+
+
+# How much each stem reduces the input: 7x7/2 conv + 3x3/2 max-pool, 3x3 conv + 2x2/2
+# max-pool, a lone 3x3 conv.
+STEM_REDUCTION = {"imagenet": 4, "cifar_pool": 2, "cifar": 1}
+
+
+def allowed_output_strides(cfg: ModelConfig) -> list[int]:
+    """The output strides a net of ``cfg`` can be built with, largest (no dilation) first."""
+    stem_reduction = STEM_REDUCTION[cfg.stem]
+    strided = len(cfg.layers) - 1  # every stage but the first halves the resolution
+    return [stem_reduction * 2 ** (strided - k) for k in range(strided + 1)]
+
+
+def _check_output_stride(value: int | None, cfg: ModelConfig, name: str) -> int:
+    allowed = allowed_output_strides(cfg)
+    if value is None:
+        return allowed[0]
+    if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
+        raise ConfigError(
+            f"invalid output_stride={value!r} for {name}: allowed are "
+            f"{', '.join(map(str, allowed))} (its full reduction {allowed[0]} divided by 2**k "
+            f"for k = 0..{len(allowed) - 1}, one per strided stage that dilates instead)"
+        )
+    return value
 
 
 class ResNet(nn.Module):
@@ -48,6 +90,12 @@ class ResNet(nn.Module):
     ``forward(x) == forward_head(forward_features(x))``. With ``features_only=True`` the
     model has no head and ``forward`` returns the feature maps at ``out_indices``
     (0 = stem output, i = output of stage i; for a 4-stage ImageNet net, 1..4 are C2..C5).
+
+    ``output_stride`` (None: the net's full reduction, 32 for ImageNet nets, 4 for CIFAR
+    nets) is the reduction of the last stage's output: the net's full reduction divided by
+    2**k, k = 0..(number of strided stages); the last k strided stages dilate instead of
+    striding. ``feature_info`` gives every level's ``num_chs``, true ``reduction`` and the
+    ``module`` whose output it is.
     """
 
     def __init__(
@@ -57,6 +105,7 @@ class ResNet(nn.Module):
         name: str = "custom",
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
+        output_stride: int | None = None,
     ) -> None:
         super().__init__()
         self.config = cfg
@@ -84,18 +133,28 @@ class ResNet(nn.Module):
         # Stages. Stochastic depth grows linearly with depth (Huang et al. 2016).
         total = sum(cfg.layers)
         rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
-        stem_reduction = {"imagenet": 4, "cifar_pool": 2}.get(cfg.stem, 1)
-        self.feature_info = [dict(num_chs=cfg.stem_width, reduction=stem_reduction, module="stem")]
+        stem_reduction = STEM_REDUCTION[cfg.stem]
+        self.output_stride = _check_output_stride(output_stride, cfg, name)
+        self.feature_info = [
+            dict(num_chs=cfg.stem_width, reduction=stem_reduction, module="maxpool")
+        ]
         in_chs = cfg.stem_width
         self.stage_names: list[str] = []
+        reduction, dilation = stem_reduction, 1
         for i, (planes, n) in enumerate(zip(cfg.widths, cfg.layers, strict=True)):
-            stage = _make_stage(cfg, in_chs, planes, n, 1 if i == 0 else 2, rates[:n])
+            stride, first_dilation = 1 if i == 0 else 2, dilation
+            if stride > 1 and reduction >= self.output_stride:
+                stride, dilation = 1, dilation * stride  # dilate instead of striding
+            reduction *= stride
+            stage = _make_stage(
+                cfg, in_chs, planes, n, stride, rates[:n],
+                dilation=dilation, first_dilation=first_dilation,
+            )  # fmt: skip
             rates = rates[n:]
             name = f"layer{i + 1}"
             self.add_module(name, stage)
             self.stage_names.append(name)
             in_chs = planes * cfg.expansion
-            reduction = stem_reduction * 2**i
             self.feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=name))
         self.num_features = in_chs
         # Pre-activation nets end with BN-ReLU before pooling (2016 paper, appendix).
