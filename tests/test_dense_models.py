@@ -57,7 +57,7 @@ FAMILIES = {
     "resnext29_8x64d": dict(_C, widths=(8, 16, 32)),
     "resnet8_pool": {},  # CIFAR stem with a max-pool
 }
-SMALL_DET = dict(backbone_args=dict(widths=(16, 32, 64, 128)), fpn_channels=32, min_size=64,
+SMALL_DET = dict(backbone_args=dict(widths=(16, 32, 64, 128)), fpn_channels=64, min_size=64,
                  max_size=64)  # fmt: skip
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -331,7 +331,8 @@ def test_deeplab_rates_follow_the_paper_scaled_to_the_feature_map():
     (dict(backbone_args={"num_classes": 5}), "backbone_args key"),
     (dict(backbone_args={"widht": 3}), "unknown model option"),
     (dict(min_size=64, max_size=32), "max_size=32: expected >= min_size=64"),
-    (dict(fpn_channels=40), "fpn_channels=40: expected a multiple of 16"),
+    (dict(fpn_channels=40), "fpn_channels=40: expected a multiple of 32, >= 64"),
+    (dict(fpn_channels=32), "fpn_channels=32: expected a multiple of 32, >= 64"),
     (dict(frozen_bn="yes"), "frozen_bn='yes': expected true or false"),
     (dict(anchors=3), "unknown dense spec key"),
 ])  # fmt: skip

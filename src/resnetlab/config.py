@@ -367,8 +367,8 @@ class DenseConfig:
     ``head`` None: fasterrcnn for detection, deeplabv3 for segmentation. ``output_stride``
     None: 32 for detection (FPN), 16 for segmentation (dilated last stage). ``trainable_layers``
     (0..5, counted from the top as in torchvision) None: all without ``weights``, 3 with.
-    ``frozen_bn`` None: frozen BatchNorm when starting from ``weights``. ``score_threshold``:
-    the detections drawn on images.
+    ``frozen_bn`` None: frozen BatchNorm when starting from ``weights``. ``fpn_channels``: the
+    width of the detectors' feature pyramid. ``score_threshold``: the detections drawn on images.
     """
 
     head: str | None = _opt(
@@ -383,6 +383,10 @@ class DenseConfig:
         None, check=lambda v: 0 <= v <= 5, allowed="an integer in 0..5 or null"
     )
     frozen_bn: bool | None = None
+    # detection: the channels of every FPN level (torchvision: 256; narrower for small nets)
+    fpn_channels: int = _opt(
+        256, check=lambda v: v >= 64 and v % 32 == 0, allowed="a multiple of 32, >= 64"
+    )
     score_threshold: float = _opt(0.5, check=_in(0, 1, closed=True), allowed="a score in [0, 1]")
 
     def __post_init__(self) -> None:

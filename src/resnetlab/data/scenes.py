@@ -40,6 +40,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -402,7 +403,10 @@ def _write_scene_set(
     try:
         tmp.mkdir()
         with tqdm(
-            total=sum(counts.values()), desc=SCENES_NAME, disable=not progress, leave=False
+            total=sum(counts.values()),
+            desc=SCENES_NAME,
+            disable=not (progress and sys.stderr.isatty()),  # off a terminal: only redraws
+            leave=False,
         ) as bar:
             stats = {
                 split: _render_split(

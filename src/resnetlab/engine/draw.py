@@ -104,9 +104,14 @@ def draw_semantic(image: torch.Tensor, mask: torch.Tensor, num_classes: int) -> 
 
 
 def encode_png(image: torch.Tensor) -> bytes:
-    from torchvision.io import encode_png as _encode
+    """A uint8 [3, H, W] image as PNG bytes (Pillow: torchvision.io's encoders are deprecated)."""
+    import io
 
-    return _encode(image.contiguous()).numpy().tobytes()
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def save_png(image: torch.Tensor, path: Path) -> Path:

@@ -62,6 +62,10 @@ class Task:
         """What to freeze when, for runs from pretrained weights; None: nothing."""
         return None
 
+    def channels_last(self, device: torch.device) -> bool:
+        """Whether the model trains in channels_last when the config asks for it."""
+        return self.cfg.channels_last
+
     def loss(self, forward: nn.Module, images: Any, targets: Any) -> tuple[torch.Tensor, Any]:
         """The training loss of a batch (called under autocast) and the model's output."""
         raise NotImplementedError

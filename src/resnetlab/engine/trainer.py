@@ -215,7 +215,7 @@ def _build(
     finetune = task.finetuning(model)
     if main and finetune is not None:
         print(f"fine-tuning: {finetune.describe(0)}", file=sys.stderr)
-    if cfg.channels_last:
+    if task.channels_last(device):
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(
         model, cfg.optim, backbone_lr_scale=cfg.finetune.backbone_lr_scale if finetune else 1.0

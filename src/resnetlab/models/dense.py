@@ -140,8 +140,8 @@ class DenseSpec:
     backbone) with backbone weights only. ``min_size``/``max_size``: detection resizes
     images to them (torchvision's 800/1333 are far too big for small images);
     segmentation sizes DeepLabV3's atrous rates for images of ``min_size`` px.
-    ``fpn_channels``: the pyramid's width (detection; a multiple of 16 for FCOS's
-    GroupNorm). ``mean``/``std`` normalise the 0..1 input inside the model.
+    ``fpn_channels``: the pyramid's width (detection; a multiple of 32, at least 64: FCOS's
+    heads normalise in 32 groups, and a group needs two values on a 1 x 1 top level). ``mean``/``std`` normalise the 0..1 input inside the model.
     """
 
     task: str = _opt(dataclasses.MISSING, choices=TASKS)
@@ -166,7 +166,7 @@ class DenseSpec:
     )
     in_chans: int = _opt(3, check=lambda v: 1 <= v <= 4, allowed="an integer in [1, 4]")
     fpn_channels: int = _opt(
-        256, check=lambda v: v >= 16 and v % 16 == 0, allowed="a multiple of 16, >= 16"
+        256, check=lambda v: v >= 64 and v % 32 == 0, allowed="a multiple of 32, >= 64"
     )
 
     def __post_init__(self) -> None:
