@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,16 +50,26 @@ def backbone_cost(model: str) -> tuple[float, float]:
     return info["params"] / 1e6, info["macs"] / 1e9
 
 
-def train(output: Path, task: str, model: str, data: str, epochs: int) -> dict:
+def train(output: Path, task: str, model: str, data: str, epochs: int, reuse: bool) -> dict:
+    """A fresh training process; with ``reuse``, a finished run of the same settings in
+    ``output`` (an interrupted benchmark's) is read instead."""
+    done = output / "summary.json"
+    if reuse and done.is_file():
+        summary = json.loads(done.read_text())
+        if (summary.get("data"), summary.get("epochs"), summary.get("model")) == (
+            data,
+            epochs,
+            model,
+        ):
+            print(f"reusing {output}", flush=True)
+            return summary
     cmd = [sys.executable, "-m", "resnetlab", "train", "--config",
            str(ROOT / "configs" / f"scenes_{task}.yaml"), "--model", model, LAYERS, "--data",
            data, "--epochs", str(epochs), "--output", str(output), "--overwrite", "--quiet"]  # fmt: skip
-    start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    summary = json.loads((output / "summary.json").read_text())
-    return {**summary, "process_s": time.perf_counter() - start}
+    return json.loads(done.read_text())
 
 
 def pct(v: float | None) -> str:
@@ -74,15 +83,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val", type=int, default=500, help="val canvases (500)")
     p.add_argument("--epochs", type=int, default=3, help="(3)")
     p.add_argument("--workdir", type=Path, help="where the runs go (a temp dir)")
+    p.add_argument("--reuse", action="store_true",
+                   help="read finished runs of the same settings in --workdir instead of "
+                   "training them again (an interrupted benchmark continues)")  # fmt: skip
     a = parse_args(p, argv)
     work = a.workdir or Path(tempfile.mkdtemp(prefix="dense-"))
     data = f"fashion-mnist-scenes:train={a.train},val={a.val}"
-    sections, verdicts = [], []
     for task in a.tasks:
         rows, results = [], {}
         for label, model in BACKBONES.items():
             run = work / f"{task}-{model}"
-            s = train(run, task, model, data, a.epochs)
+            s = train(run, task, model, data, a.epochs, a.reuse)
             results[label] = (s, run)
             params, macs = backbone_cost(model)
             metrics = ([pct(s["test_map"]), pct(s["test_map50"])] if task == "detection"
@@ -101,28 +112,24 @@ def main(argv: list[str] | None = None) -> None:
             f"{HEADS[task]}: ResNeXt-26 vs ResNet-26 **{100 * (next_ - base):+.1f} points** "
             f"{names[0].split(' %')[0]}, ResNet-26 v2 vs ResNet-26 {100 * (v2 - base):+.1f}."
         )
-        verdicts.append(verdict)
-        sections.append(f"**{task}** ({HEADS[task]}):\n\n{table}")
         print(table)
         print(verdict)
         if a.write:
             FIGURES.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(results["ResNeXt-26 32x4d"][1] / "predictions.png",
-                            FIGURES / f"dense_{task}.png")  # fmt: skip
-    if a.write:
-        figures = " ".join(f"![{t}](docs/figures/dense_{t}.png)" for t in a.tasks)
-        body = (
-            f"Each backbone trained from scratch with `configs/scenes_<task>.yaml` and "
-            f"`--model M {LAYERS} --data {data} --epochs {a.epochs}`, each run a fresh process, "
-            f"one after the other; metrics on the {a.val} val canvases (items from "
-            f"Fashion-MNIST's test set), COCO mAP by torchmetrics/pycocotools.\n\n"
-            + "\n\n".join(sections)
-            + "\n\n"
-            + " ".join(verdicts)
-            + f"\n\nPredictions of the ResNeXt-26 runs (val canvases): {figures}"
-        )
-        write_section("dense", "Detection and segmentation backbones on the scene set", body,
-                      command("dense.py", argv))  # fmt: skip
+            figure = FIGURES / f"dense_{task}.png"
+            shutil.copyfile(results["ResNeXt-26 32x4d"][1] / "predictions.png", figure)
+            body = (
+                f"Each backbone trained from scratch with `configs/scenes_{task}.yaml` and "
+                f"`--model M {LAYERS} --data {data} --epochs {a.epochs}`, each run a fresh "
+                f"process, one after the other; metrics on the {a.val} val canvases (items from "
+                f"Fashion-MNIST's test set)"
+                + (", COCO mAP by torchmetrics/pycocotools" if task == "detection" else
+                   ", mIoU over the 11 classes (background included)")
+                + f".\n\n{table}\n\n{verdict}\n\nPredictions of the ResNeXt-26 run on val "
+                f"canvases: ![{task}](docs/figures/dense_{task}.png)"
+            )  # fmt: skip
+            write_section(f"dense_{task}", f"{task.capitalize()} backbones on the scene set "
+                          f"({HEADS[task]})", body, command("dense.py", argv))  # fmt: skip
 
 
 if __name__ == "__main__":

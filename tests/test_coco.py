@@ -421,3 +421,20 @@ def test_bad_arguments(coco):
         with pytest.raises(ConfigError, match=match):
             build_dense_loaders(f"coco:{coco}", **kwargs)
     assert parse_dense_spec("Fashion_MNIST_Scenes:train=10,val=5").scenes.n_train == 10
+
+
+def test_segmentation_training_never_ends_on_a_batch_of_one(tmp_path):
+    """9 images in batches of 4: 4, 4 and not a last batch of 1 (BatchNorm cannot train on it)."""
+    root = tmp_path / "set"
+    for split, n in (("train", 9), ("val", 2)):
+        folder = root / split
+        folder.mkdir(parents=True)
+        images = []
+        for i in range(n):
+            Image.new("RGB", (16, 16)).save(folder / f"{i}.png")
+            images.append({"id": i, "file_name": f"{i}.png", "width": 16, "height": 16})
+        data = {"images": images, "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+        (folder / "instances.json").write_text(json.dumps(data))
+    train, _, _ = build_dense_loaders(f"coco:{root}", task="segmentation", batch_size=4,
+                                      image_size=16)  # fmt: skip
+    assert [len(x) for x, _ in train] == [4, 4] and train.num_samples == 8

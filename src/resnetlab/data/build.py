@@ -280,11 +280,19 @@ def fit_batch_size(batch_size: int | None, n: int, world_size: int, spec: str) -
         # and the step's noise get poor at 1-4 images (12 images: 8, not 12 steps of 1)
         fit = max(fit, MIN_AUTO_BATCH)
         return max(1, min(DEFAULT_BATCH_SIZE, fit, per_rank))
+    return check_batch_fits(batch_size, n, world_size, spec)
+
+
+def check_batch_fits(
+    batch_size: int, n: int, world_size: int, spec: str, unit: str = "samples"
+) -> int:
+    """``batch_size``, or a ConfigError when it exceeds each rank's share of ``n``."""
+    per_rank = n // world_size
     if batch_size > per_rank:
         where = f" per rank ({n} in all, world_size={world_size})" if world_size > 1 else ""
         raise ConfigError(
             f"batch_size={batch_size} is larger than the training set of {spec!r}: {per_rank} "
-            f"samples{where}; use batch_size <= {per_rank}, or leave it out to have one chosen"
+            f"{unit}{where}; use batch_size <= {per_rank}, or leave it out to have one chosen"
         )
     return batch_size
 

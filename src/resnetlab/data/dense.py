@@ -46,12 +46,13 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import ConfigError
+from .build import check_batch_fits
 from .coco import IGNORE_INDEX, CocoDataset, CocoImage, decode_masks, read_coco, semantic_target
 from .errors import DataFormatError
 from .images import load_image
-from .loader import check_start_batch, eval_shard, train_batches
+from .loader import EpochOrder, check_start_batch
 from .scenes import SCENES_NAME, SceneConfig, ensure_scene_set
-from .seeding import derive_seed, generator
+from .seeding import derive_seed
 
 __all__ = [
     "DEFAULT_DENSE_BATCH_SIZE",
@@ -287,7 +288,7 @@ def collate_segmentation(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tupl
     return torch.stack([x for x, _ in batch]), torch.stack([y for _, y in batch])
 
 
-class DenseLoader:
+class DenseLoader(EpochOrder):
     """Batches of a :class:`DenseDataset`, in the order of the module docstring.
 
     ``train=True`` shuffles per epoch, shards by ``rank`` / ``world_size`` and drops the last
@@ -324,31 +325,12 @@ class DenseLoader:
         self.epoch = 0
         self.dataset_size = len(dataset)
         self._collate = collate_detection if dataset.task == "detection" else collate_segmentation
-        if train:
-            per_rank = self.dataset_size // world_size
-            self._num_batches = train_batches(per_rank, self.batch_size)
-            self.num_samples = min(per_rank, self._num_batches * self.batch_size)
-        else:
-            self._shard = eval_shard(self.dataset_size, rank, world_size)
-            self._num_batches = -(-len(self._shard) // self.batch_size)
-            self.num_samples = len(self._shard)
-
-    def __len__(self) -> int:
-        return self._num_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and flips the next iteration uses."""
-        self.epoch = int(epoch)
-
-    def indices(self) -> torch.Tensor:
-        """The dataset indices this rank visits in the current epoch, in order."""
-        if not self.train:
-            return torch.arange(self._shard.start, self._shard.stop)
-        perm = torch.randperm(
-            self.dataset_size, generator=generator(self.seed, self.epoch, "order")
-        )
-        used = (self.dataset_size // self.world_size) * self.world_size
-        return perm[self.rank : used : self.world_size][: self.num_samples]
+        self._plan()
+        if train and self._num_batches > 1 and self.num_samples % self.batch_size == 1:
+            # a last batch of one image: BatchNorm on a 1 x 1 map (DeepLabV3's image
+            # pooling) cannot train on it
+            self._num_batches -= 1
+            self.num_samples -= 1
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         return self.iter_from(0)
@@ -426,13 +408,7 @@ def _batch_size(batch_size: int | None, task: str, n: int, world_size: int, spec
         )
     if batch_size is None:
         return min(DEFAULT_DENSE_BATCH_SIZE[task], per_rank)
-    if batch_size > per_rank:
-        where = f" per rank ({n} in all, world_size={world_size})" if world_size > 1 else ""
-        raise ConfigError(
-            f"batch_size={batch_size} is larger than the training set of {spec!r}: {per_rank} "
-            f"images{where}; use batch_size <= {per_rank}, or leave it out to have one chosen"
-        )
-    return batch_size
+    return check_batch_fits(batch_size, n, world_size, spec, unit="images")
 
 
 def _read(

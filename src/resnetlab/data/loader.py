@@ -98,7 +98,52 @@ def check_start_batch(start_batch: int, num_batches: int) -> None:
         )
 
 
-class InMemoryLoader:
+class EpochOrder:
+    """Which samples a rank visits in an epoch, in what order and in how many batches: the
+    part every loader of the project shares (set up by :meth:`_plan`).
+
+    Training: a seeded permutation per (``seed``, epoch), dealt out to the ranks, the last
+    partial batch dropped when small (:func:`train_batches`). Evaluation: every sample once,
+    in order, in contiguous shards (:func:`eval_shard`).
+    """
+
+    dataset_size: int
+    batch_size: int
+    train: bool
+    seed: int
+    rank: int
+    world_size: int
+    epoch: int
+
+    def _plan(self) -> None:
+        if self.train:
+            per_rank = self.dataset_size // self.world_size
+            self._num_batches = train_batches(per_rank, self.batch_size)
+            self.num_samples = min(per_rank, self._num_batches * self.batch_size)
+        else:
+            self._shard = eval_shard(self.dataset_size, self.rank, self.world_size)
+            self._num_batches = -(-len(self._shard) // self.batch_size)
+            self.num_samples = len(self._shard)
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration uses."""
+        self.epoch = int(epoch)
+
+    def indices(self) -> torch.Tensor:
+        """The dataset indices this rank visits in the current epoch, in order (CPU int64)."""
+        if not self.train:
+            return torch.arange(self._shard.start, self._shard.stop)
+        perm = torch.randperm(
+            self.dataset_size, generator=generator(self.seed, self.epoch, "order")
+        )
+        used = (self.dataset_size // self.world_size) * self.world_size
+        return perm[self.rank : used : self.world_size][: self.num_samples]
+
+
+class InMemoryLoader(EpochOrder):
     """Batches of an in-memory uint8 dataset, augmented and normalized on ``device``.
 
     ``images`` is uint8 (N, C, H, W) and ``labels`` int64 (N,). ``train=True`` shuffles per
@@ -169,31 +214,7 @@ class InMemoryLoader:
         self._resize = info.image_size if info.image_size != images.shape[-1] else None
         self._mean = list(info.mean)
         self._std = list(info.std)
-        if train:
-            per_rank = self.dataset_size // world_size
-            self._num_batches = train_batches(per_rank, self.batch_size)
-            self.num_samples = min(per_rank, self._num_batches * self.batch_size)
-        else:
-            self._shard = eval_shard(self.dataset_size, rank, world_size)
-            self._num_batches = -(-len(self._shard) // self.batch_size)
-            self.num_samples = len(self._shard)
-
-    def __len__(self) -> int:
-        return self._num_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next iteration uses."""
-        self.epoch = int(epoch)
-
-    def indices(self) -> torch.Tensor:
-        """The dataset indices this rank visits in the current epoch, in order (CPU int64)."""
-        if not self.train:
-            return torch.arange(self._shard.start, self._shard.stop)
-        perm = torch.randperm(
-            self.dataset_size, generator=generator(self.seed, self.epoch, "order")
-        )
-        used = (self.dataset_size // self.world_size) * self.world_size
-        return perm[self.rank : used : self.world_size][: self.num_samples]
+        self._plan()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)

@@ -162,6 +162,8 @@ def write_report(
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"| {key} | {shown} |")
     lines += ["", "![curves](curves.png)", ""]
+    if (run_dir / "predictions.png").exists():  # dense tasks: val images drawn
+        lines += ["![predictions](predictions.png)", ""]
     if data_scan:
         lines += data_section(data_plan, data_scan)
     if weights_report:

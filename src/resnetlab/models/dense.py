@@ -69,6 +69,7 @@ from .blocks import BatchNormAct2d
 from .pretrained import _IMAGENET
 from .resnet import ResNet, allowed_output_strides
 from .weights import (
+    DENSE_WEIGHTS_FORMAT,
     SIDECAR_CHECKSUM,
     SIDECAR_FORMAT,
     WEIGHTS_FILENAME,
@@ -108,7 +109,7 @@ HEADS = {"detection": DETECTION_HEADS, "segmentation": SEGMENTATION_HEADS}
 DEFAULT_OUTPUT_STRIDE = {"detection": 32, "segmentation": 16}
 # The sidecar's "format" of dense models, and the key of their description inside the
 # .safetensors file; a classification weights file says "resnetlab-weights".
-DENSE_FORMAT = "resnetlab-dense-weights"
+DENSE_FORMAT = DENSE_WEIGHTS_FORMAT
 DENSE_VERSION = 1
 # See the module's doc: anchor sizes double per pyramid level from this one.
 ANCHOR_BASE_SIZE = 16
@@ -436,7 +437,20 @@ class DenseRetinaNet(_ForegroundOnly, RetinaNet):
 
 
 class DenseFCOS(_ForegroundOnly, FCOS):
-    """torchvision's FCOS whose detections never carry the background label."""
+    """torchvision's FCOS whose detections never carry the background label, with box
+    regression that starts alive.
+
+    torchvision's regression head ends in a ReLU on a conv initialised with std 0.01 and
+    bias 0: from random backbone weights, a distance channel whose output starts negative
+    everywhere gets no gradient and never recovers (the box loss stays at exactly 1.0; it
+    happened to one of three 26-layer backbones trained from scratch here). The FCOS paper
+    predicts exp(s x), which cannot die; a bias of 1 (one stride each way, the targets being
+    normalised by the stride) starts every distance positive and keeps torchvision's head.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        nn.init.constant_(self.head.regression_head.bbox_reg.bias, 1.0)
 
 
 class _NormalizedInput:

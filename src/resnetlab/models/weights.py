@@ -321,6 +321,10 @@ def _check_preprocessing(prep: Any, where: str) -> None:
             raise _bad(where, f"preprocessing.{key}", f"is {_shown(prep[key])}, expected a string")
 
 
+# The format name of a detection/segmentation weights description (models/dense.py).
+DENSE_WEIGHTS_FORMAT = "resnetlab-dense-weights"
+
+
 def validate_meta(meta: Any, where: str) -> dict[str, Any]:
     """Check a weights description (sidecar) key by key; ``where`` names it in errors.
 
@@ -332,6 +336,14 @@ def validate_meta(meta: Any, where: str) -> dict[str, Any]:
             f"bad {where}: it holds {kind.get(type(meta), 'a number')} where a resnetlab "
             "weights description (a JSON object) belongs; restore the file from the run that "
             "wrote it or save the weights again"
+        )
+    if meta.get("format") == DENSE_WEIGHTS_FORMAT:  # models/dense.py's files
+        dense = meta.get("dense") if isinstance(meta.get("dense"), dict) else {}
+        raise WeightsError(
+            f"{where} describes a {meta.get('task', 'dense')} model ({dense.get('head')} on "
+            f"{dense.get('backbone')}), not a classifier: evaluate it with resnetlab eval, "
+            "draw its predictions with resnetlab predict, or load it with "
+            "resnetlab.models.dense.load_dense_model"
         )
     if meta.get("format") != SIDECAR_FORMAT:
         raise _bad(
