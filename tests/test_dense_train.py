@@ -184,7 +184,7 @@ def test_predict_with_a_dense_model_reports_unreadable_images(scenes, tmp_path, 
     assert code == 1 and "broken.png" in captured.err and "1 of 2 images" in captured.err
     assert (tmp_path / "o" / "000001.png").is_file()
     # the classification tools say what the file is and what takes it
-    code = cli.main(["export", str(run), "--format", "onnx", "--output", str(tmp_path / "x")])
+    code = cli.main(["export", str(run), "--format", "onnx", "--output", str(tmp_path / "x.onnx")])
     err = capsys.readouterr().err
     assert code != 0 and "describes a segmentation model (fcn on resnet18)" in err
     assert "resnetlab eval" in err and "Traceback" not in err

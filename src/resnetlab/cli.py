@@ -37,9 +37,9 @@ then: create_model("resnet50", weights="torchvision:resnet50.IMAGENET1K_V2"), or
       --data imagefolder:photos --epochs 5 --freeze stage2 --backbone-lr-scale 0.1
   resnetlab train --model resnet8_pool --weights runs/pre --data imagefolder:few \\
       --head-epochs 2 --freeze-bn          # fine-tune a run of your own
-  resnetlab train --task detection --model resnet18 --data fashion-mnist-scenes \
-      --config configs/scenes_detection.yaml --output runs/det   # Faster R-CNN + FPN
-  resnetlab train --task segmentation --head deeplabv3 --model resnext50_32x4d \
+  resnetlab train --task detection --model resnet18 --data fashion-mnist-scenes \\
+      --config configs/scenes_detection.yaml --output runs/det   # FCOS on an FPN
+  resnetlab train --task segmentation --head deeplabv3 --model resnext50_32x4d \\
       --data coco:my_set --config configs/scenes_segmentation.yaml --output runs/seg
 image folders: small images (<= 64 px) train at their own size in memory with pad + crop +
   flip, larger ones with the ImageNet pipeline at 224 (the line printed at the start says

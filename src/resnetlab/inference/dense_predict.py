@@ -23,6 +23,8 @@ from ..errors import ConfigError
 
 # Larger images are shrunk to this longer side before they reach the model.
 MAX_SIDE = 2048
+# Detections listed per image in the text output (the best first)
+SHOWN = 5
 
 
 class DensePredictor:
@@ -136,8 +138,10 @@ def _unique(stem: str, used: set[str]) -> str:
 def _format(file: Path, result: dict[str, Any], drawn: Path) -> str:
     if "detections" in result:
         found = result["detections"]
-        parts = [f"{d['label']} {d['score']:.2f} at {[int(c) for c in d['box']]}" for d in found]
-        what = f"{len(found)} found" + (": " + "; ".join(parts) if parts else "")
+        parts = [f"{d['label']} {d['score']:.2f} at {[int(c) for c in d['box']]}"
+                 for d in found[:SHOWN]]  # fmt: skip
+        more = f"; {len(found) - SHOWN} more (--json lists all)" if len(found) > SHOWN else ""
+        what = f"{len(found)} found" + (": " + "; ".join(parts) + more if parts else "")
     else:
         areas = sorted(result["areas"].items(), key=lambda kv: -kv[1])
         what = ", ".join(f"{k} {100 * v:.1f}%" for k, v in areas) or "background only"
