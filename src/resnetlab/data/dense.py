@@ -33,14 +33,17 @@ from __future__ import annotations
 
 import difflib
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -294,7 +297,7 @@ class DenseLoader(EpochOrder):
     ``train=True`` shuffles per epoch, shards by ``rank`` / ``world_size`` and drops the last
     partial batch when it is small (:func:`~resnetlab.data.loader.train_batches`);
     ``train=False`` keeps the order and every sample. ``num_workers > 0`` decodes in that
-    many worker processes (a ``torch.utils.data.DataLoader`` per epoch); the batches are
+    many worker threads, a few batches ahead; the batches are
     the same.
     """
 
@@ -346,17 +349,27 @@ class DenseLoader(EpochOrder):
         ]
         return self._batches(keys)
 
+    def _load(self, batch: list[tuple[int, int]]) -> tuple[Any, Any]:
+        return self._collate([self.dataset[k] for k in batch])
+
     def _batches(self, keys: list[list[tuple[int, int]]]) -> Iterator[tuple[Any, Any]]:
         if self.num_workers == 0 or not keys:
             for batch in keys:
-                yield self._collate([self.dataset[k] for k in batch])
+                yield self._load(batch)
             return
-        yield from DataLoader(
-            self.dataset,
-            batch_sampler=keys,
-            collate_fn=self._collate,
-            num_workers=self.num_workers,
-        )
+        # Worker threads, not processes: decoding (Pillow) and the transforms release the
+        # GIL, and a process pool (torch's DataLoader) installs a SIGCHLD handler that, in a
+        # process which also runs inductor/OpenVINO, crashed it with SIGSEGV when a later
+        # subprocess of its own exited. ``2 x num_workers`` batches are decoded ahead.
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="dense-data") as pool:
+            todo = iter(keys)
+            ahead = deque(pool.submit(self._load, b) for b in islice(todo, 2 * self.num_workers))
+            while ahead:
+                batch = ahead.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    ahead.append(pool.submit(self._load, nxt))
+                yield batch
 
 
 def _check_positive(name: str, value: object) -> None:
