@@ -213,7 +213,7 @@ def load_split(
     return images, labels, _info(parsed)
 
 
-def _check_positive_int(name: str, value: object) -> None:
+def check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name}={value!r}: must be a positive integer")
 
@@ -233,9 +233,9 @@ def _validate(
     device: str | torch.device,
 ) -> torch.device:
     if batch_size is not None:
-        _check_positive_int("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
     if eval_batch_size is not None:
-        _check_positive_int("eval_batch_size", eval_batch_size)
+        check_positive_int("eval_batch_size", eval_batch_size)
     if augment not in AUGMENTS:
         raise ConfigError(f"augment={augment!r}: must be one of {', '.join(AUGMENTS)}")
     if pipeline not in PIPELINES:
@@ -246,13 +246,13 @@ def _validate(
         raise ConfigError(f"in_chans={in_chans!r}: must be None, 1 or 3")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError(f"num_workers={num_workers!r}: must be an integer >= 0")
-    _check_positive_int("world_size", world_size)
+    check_positive_int("world_size", world_size)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise ConfigError(
             f"rank={rank!r}: must be in 0..{world_size - 1} (world_size={world_size})"
         )
     if image_size is not None:
-        _check_positive_int("image_size", image_size)
+        check_positive_int("image_size", image_size)
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as exc:

@@ -49,7 +49,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import ConfigError
-from .build import check_batch_fits
+from .build import check_batch_fits, check_positive_int
 from .coco import IGNORE_INDEX, CocoDataset, CocoImage, decode_masks, read_coco, semantic_target
 from .errors import DataFormatError
 from .images import load_image
@@ -314,7 +314,7 @@ class DenseLoader(EpochOrder):
         num_workers: int = 0,
         split: str = "train",
     ) -> None:
-        _check_positive("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
         _check_ranks(rank, world_size)
         self.dataset = dataset
         self.info = info
@@ -372,13 +372,8 @@ class DenseLoader(EpochOrder):
                 yield batch
 
 
-def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name}={value!r}: must be a positive integer")
-
-
 def _check_ranks(rank: object, world_size: object) -> None:
-    _check_positive("world_size", world_size)
+    check_positive_int("world_size", world_size)
     assert isinstance(world_size, int)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise ConfigError(
@@ -406,7 +401,7 @@ def _validate(
         ("image_size", image_size),
     ):
         if value is not None:
-            _check_positive(name, value)
+            check_positive_int(name, value)
     _check_ranks(rank, world_size)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError(f"num_workers={num_workers!r}: must be an integer >= 0")

@@ -131,7 +131,8 @@ def evaluate_source(
     tta_flip: bool | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Top-1, top-5, loss, per-class accuracy and a confusion-matrix PNG.
+    """Top-1, top-5, loss, per-class accuracy and a confusion-matrix PNG; for a detection
+    or segmentation model, COCO mAP or mIoU (``dense.evaluate_dense_source``).
 
     ``source`` is a run directory or a weights file. Every argument left at None is the
     run's own (from its ``config.yaml``): the data, its evaluation split, the evaluation
