@@ -11,6 +11,10 @@ warm-up steps, the trainer after its first step (which holds torch.compile's com
 its time is reported beside).
 
     python benchmarks/train_throughput.py [--config configs/fashion_mnist_fast.yaml] [--steps 100] [--write]
+    python benchmarks/train_throughput.py --variant compile=true --variant data.batch_size=256
+
+``--variant KEY=VALUE[,KEY=VALUE]`` adds a row: the trainer with those settings changed (a
+lever measured beside the preset in the same rounds).
 """
 
 from __future__ import annotations
@@ -98,17 +102,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="also measure the trainer with these settings changed (repeatable)")  # fmt: skip
     a = parse_args(p, argv)
     cfg = load_train_config(a.config)
+    variants = {v: load_train_config(a.config, v.split(",")) for v in a.variant}
     ref0, ref, ours, first, precision = [], [], [], [], "?"
+    extra: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(a.rounds):
         ref0.append(reference_loop(cfg, a.steps, 0))
         ref.append(reference_loop(cfg, a.steps, a.workers))
         o, f, precision = resnetlab_trainer(cfg, a.steps)
         ours.append(o)
         first.append(f)
+        for v, vcfg in variants.items():
+            extra[v].append(resnetlab_trainer(vcfg, a.steps)[0])
+        shown = "".join(f", {v}: {extra[v][-1]:.0f}" for v in variants)
         print(f"round {r + 1}: reference {ref0[-1]:.0f} (0 workers) / {ref[-1]:.0f} "
-              f"({a.workers} workers) img/s, resnetlab {ours[-1]:.0f} img/s")  # fmt: skip
+              f"({a.workers} workers) img/s, resnetlab {ours[-1]:.0f} img/s{shown}")  # fmt: skip
     r0_med, r_med, o_med = (statistics.median(v) for v in (ref0, ref, ours))
     best_ref = max(r0_med, r_med)
     rows = [
@@ -116,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         [f"reference loop, DataLoader with {a.workers} workers", r_med, f"{r_med / best_ref:.2f}x"],
         [f"resnetlab trainer ({trainer_setting(cfg, precision)})", o_med, f"{o_med / best_ref:.2f}x"],
     ]  # fmt: skip
+    for v, values in extra.items():
+        med = statistics.median(values)
+        rows.append([f"resnetlab trainer, {v}", med, f"{med / best_ref:.2f}x"])
     table = markdown_table(["loop", "train img/s (median)", "vs the faster reference"], rows)
     print(table)
     model = cfg.model + (f" {cfg.model_args}" if cfg.model_args else "")

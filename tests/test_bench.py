@@ -14,7 +14,8 @@ import torch
 from conftest import randomize
 from resnetlab import create_model
 from resnetlab.cli import main
-from resnetlab.inference import bench, bench_model, format_bench
+from resnetlab.cli.present import format_bench
+from resnetlab.inference import bench, bench_model
 from resnetlab.models import get_config
 
 FIELDS = ("img_per_s", "p50_ms", "p95_ms", "gflops", "probe_gflops", "peak_fraction",
@@ -306,7 +307,8 @@ def test_time_to_accuracy_leaves_the_record_alone_without_write(tmp_path, monkey
         calls.append(overrides)
         output.mkdir(parents=True, exist_ok=True)
         summary = dict(test_top1=0.5, model="resnet8_pool", data="synthetic", epochs=1,
-                       eval_time_s=0.5, train_img_per_s=100.0, precision="fp32")  # fmt: skip
+                       eval_time_s=0.5, train_img_per_s=100.0, precision="fp32",
+                       eval={"top1": 0.5, "tta_flip": True})  # fmt: skip
         rows = [dict(epoch=1, wall_s=1.0, test_top1=0.5)]
         return dict(summary=summary, rows=rows, wall=3.0, startup=1.0, wall_no_eval=2.5)
 
@@ -324,4 +326,5 @@ def test_time_to_accuracy_leaves_the_record_alone_without_write(tmp_path, monkey
     tta.main([str(preset), "--target", "40", "--budget", "100", "--output", str(run), "--write"])
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "<!-- begin time_to_accuracy_tiny -->" in text and "--write" in text
+    assert "| 50.00 | flip |" in text  # the top-1 of `resnetlab eval`, with its TTA setting
     assert (tmp_path / "docs" / "figures" / "time_to_accuracy_tiny.png").exists()

@@ -114,10 +114,20 @@ def test_round_floats_at_the_json_boundary():
     assert dumps_json({"a": 1 / 3}, indent=None) == '{"a": 0.333333}'
 
 
-def test_help_examples_keep_their_line_continuations():
-    from resnetlab.cli import EPILOGS
+def _epilogs(parser: argparse.ArgumentParser, path: str = "resnetlab"):
+    """(command, epilog) of ``parser`` and every subparser under it."""
+    if parser.epilog:
+        yield path, parser.epilog
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _epilogs(sub, f"{path} {name}")
 
-    for name, text in EPILOGS.items():
+
+def test_help_examples_keep_their_line_continuations():
+    epilogs = dict(_epilogs(build_parser()))
+    assert sum("examples:" in text for text in epilogs.values()) == 14  # every command's
+    for name, text in epilogs.items():
         for line in text.splitlines():
             # a lost "\" joins two example lines into one, with the indent in the middle
             assert not re.search(r"\S {4,}--", line), f"{name}: {line!r}"

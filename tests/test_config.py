@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -188,3 +189,11 @@ def test_cli_config_command(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "resnetlab config" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, key", [("?", "None"), ("1: 2", "1"), ("optim: {3: x}", "optim.3")])
+def test_config_file_keys_that_are_not_text_are_named(tmp_path, text, key):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"unknown config key\(s\) {re.escape(key)}:"):
+        load_train_config(str(path))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from resnetlab.config import DataConfig
 from resnetlab.data import (
     IMAGENET_MEAN,
     DataError,
@@ -129,12 +130,21 @@ def split_tree(tmp_path) -> Path:
     return root
 
 
-def folder_loaders(root: Path, **kwargs):
-    kwargs.setdefault("batch_size", 4)
-    kwargs.setdefault("image_size", 16)
-    kwargs.setdefault("num_workers", 0)
-    kwargs.setdefault("pipeline", "imagenet")  # the streamed path; auto is tested apart
-    return build_loaders(f"imagefolder:{root}", **kwargs)
+def folder_loaders(
+    root: Path,
+    *,
+    in_chans: int | None = None,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    **fields,
+):
+    fields.setdefault("batch_size", 4)
+    fields.setdefault("image_size", 16)
+    fields.setdefault("num_workers", 0)
+    fields.setdefault("pipeline", "imagenet")  # the streamed path; auto is tested apart
+    data = DataConfig(f"imagefolder:{root}", **fields)
+    return build_loaders(data, in_chans=in_chans, seed=seed, rank=rank, world_size=world_size)
 
 
 def test_folder_layout_info_and_batches(split_tree):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
+from resnetlab.config import DataConfig
 from resnetlab.data import DataError, ImageDecodeError, NoImagesError, build_loaders, load_image
 from resnetlab.data import images as images_mod
 from resnetlab.data.build import default_eval_split
@@ -45,12 +46,12 @@ def real(samples) -> list[str]:
     return [os.path.realpath(p) for p, _ in samples]
 
 
-def loaders(root: Path, **kwargs):
-    kwargs.setdefault("batch_size", 4)
-    kwargs.setdefault("image_size", 16)
-    kwargs.setdefault("num_workers", 0)
-    kwargs.setdefault("pipeline", "imagenet")
-    return build_loaders(f"imagefolder:{root}", **kwargs)
+def loaders(root: Path, *, seed: int = 0, **fields):
+    fields.setdefault("batch_size", 4)
+    fields.setdefault("image_size", 16)
+    fields.setdefault("num_workers", 0)
+    fields.setdefault("pipeline", "imagenet")
+    return build_loaders(DataConfig(f"imagefolder:{root}", **fields), seed=seed)
 
 
 # ----------------------------------------------------------------------------- links
@@ -330,7 +331,7 @@ def test_the_evaluated_split_is_named_as_it_is(tmp_path):
     assert test.dataset_size == 2 and "/ 2 test" in info.plan
     _, _, info = loaders(root, eval_split="val")
     assert info.eval_split == "val"
-    assert build_loaders("synthetic:n=64,size=8", batch_size=8)[2].eval_split == "test"
+    assert build_loaders(DataConfig("synthetic:n=64,size=8", batch_size=8))[2].eval_split == "test"
     flat = flat_folder(tmp_path / "flat", n=10)
     assert loaders(flat)[2].eval_split == "val" == default_eval_split(f"imagefolder:{flat}")
 
@@ -346,14 +347,14 @@ def test_the_last_partial_batch_is_kept_when_dropping_it_would_waste_the_epoch(t
     assert train_batches(9, 8) == 1  # a batch of one sample: never (BatchNorm)
     assert train_batches(10, 8) == 2
     assert train_batches(5, 8) == 1  # fewer than one batch: the whole set
-    train, _, _ = build_loaders("synthetic:n=240,size=8,classes=4", batch_size=128)
+    train, _, _ = build_loaders(DataConfig("synthetic:n=240,size=8,classes=4", batch_size=128))
     train.set_epoch(1)
     labels = [y for _, y in train]
     assert [len(y) for y in labels] == [128, 112] and train.num_samples == 240 == len(train) * 120
     seen = []
     for rank in range(2):  # each rank: 1 batch of 100 and its last 20 (17% of 120)
-        shard, _, _ = build_loaders("synthetic:n=240,size=8,classes=4", batch_size=100,
-                                    rank=rank, world_size=2)  # fmt: skip
+        data = DataConfig("synthetic:n=240,size=8,classes=4", batch_size=100)
+        shard, _, _ = build_loaders(data, rank=rank, world_size=2)
         assert [len(y) for _, y in shard] == [100, 20] and shard.num_samples == 120
         seen += shard.indices().tolist()
     assert sorted(seen) == list(range(240))

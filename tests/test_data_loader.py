@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from resnetlab.config import DataConfig
 from resnetlab.data import DataInfo, InMemoryLoader, Loader, build_loaders, load_split
 from resnetlab.data.augment import random_crop, random_erasing, random_hflip
 
@@ -153,7 +154,7 @@ def test_hflip_per_sample_and_erasing_rectangles():
 
 
 def test_synthetic_defaults_and_learnable_signal():
-    train, test, info = build_loaders("synthetic", batch_size=32, augment="none")
+    train, test, info = build_loaders(DataConfig("synthetic", batch_size=32, augment="none"))
     assert (info.num_classes, info.channels, info.image_size) == (10, 3, 32)
     assert train.dataset_size == 512 and test.dataset_size == 256 and len(train) == 16
     x, y, _ = load_split("synthetic", "train")
@@ -179,9 +180,8 @@ def test_val_split_is_stratified_and_disjoint():
     rows = {bytes(r.numpy()) for r in x.flatten(1)}
     parts = [bytes(r.numpy()) for r in torch.cat([xt, xv]).flatten(1)]
     assert len(set(parts)) == 200 and set(parts) == rows
-    train, val, _ = build_loaders(
-        "synthetic:n=200", batch_size=20, eval_split="val", val_fraction=0.1, seed=3
-    )
+    data = DataConfig("synthetic:n=200", batch_size=20, eval_split="val", val_fraction=0.1)
+    train, val, _ = build_loaders(data, seed=3)
     assert val.dataset_size == 20 and train.dataset_size == 180
     assert torch.equal(torch.cat([y for _, y in val]), yv)
 
@@ -204,50 +204,67 @@ def test_flip_only_where_orientation_does_not_matter(tmp_path, name, flips):
     images = np.zeros((64, 28, 28), np.uint8)
     images[:, 14, 0] = 255
     write_mnist_like(tmp_path / name, images, np.arange(64) % 10)
-    train, _, info = build_loaders(name, data_dir=tmp_path, download=False, batch_size=64)
+    data = DataConfig(name, data_dir=str(tmp_path), batch_size=64)
+    train, _, info = build_loaders(data, download=False)
     x, _ = next(iter(train))
     bright = x[:, 0] > 0
     right = bright[:, :, 14:].flatten(1).any(1)
     assert bool(right.any()) is flips
-    train, _, info = build_loaders(
-        name, data_dir=tmp_path, download=False, batch_size=8, in_chans=3, augment="none"
-    )
+    data = DataConfig(name, data_dir=str(tmp_path), batch_size=8, augment="none")
+    train, _, info = build_loaders(data, download=False, in_chans=3)
     x, _ = next(iter(train))
     assert x.shape == (8, 3, 28, 28) and info.in_chans == 3 and info.channels == 1
     assert info.preprocessing()["in_chans"] == 3
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("fields", "arguments", "message"),
     [
-        (dict(batch_size=0), "batch_size=0: must be a positive integer"),
-        (dict(batch_size=-3), "batch_size=-3: must be a positive integer"),
-        (dict(batch_size=600), r"batch_size=600 is larger than the training set .* 512 samples"),
+        # the DataConfig's own checks, at construction
+        (dict(batch_size=0), {}, r"data\.batch_size=0: expected an integer >= 1"),
+        (dict(batch_size=-3), {}, r"data\.batch_size=-3: expected an integer >= 1"),
+        (dict(batch_size=8, eval_batch_size=0), {}, "data.eval_batch_size=0: expected an integer"),
+        (dict(batch_size=8, val_fraction=1.0), {}, r"data\.val_fraction=1.0: .*in \[0, 1\)"),
+        (dict(batch_size=8, random_erasing=1.5), {}, r"data\.random_erasing=1.5: .*probability"),
+        (dict(batch_size=8, num_workers=-1), {}, r"data\.num_workers=-1: expected an integer >= 0"),
+        (dict(batch_size=8, image_size=0), {}, r"data\.image_size=0: expected an integer >= 1"),
+        # what only build_loaders can check
         (
-            dict(batch_size=300, world_size=2, rank=1),
+            dict(batch_size=600),
+            {},
+            r"batch_size=600 is larger than the training set .* 512 samples",
+        ),
+        (
+            dict(batch_size=300),
+            dict(world_size=2, rank=1),
             r"batch_size=300 is larger .* 256 samples per rank \(512 in all, world_size=2\)",
         ),
-        (dict(batch_size=8, eval_batch_size=0), "eval_batch_size=0: must be a positive"),
-        (dict(batch_size=8, eval_split="dev"), "eval_split='dev': must be one of train, val, test"),
-        (dict(batch_size=8, eval_split="val"), r"eval_split='val' needs val_fraction > 0"),
-        (dict(batch_size=8, val_fraction=1.0), r"val_fraction=1.0: must be in \[0, 1\)"),
+        (
+            dict(batch_size=8, eval_split="dev"),
+            {},
+            "eval_split='dev': must be one of train, val, test",
+        ),
+        (dict(batch_size=8, eval_split="val"), {}, r"eval_split='val' needs val_fraction > 0"),
         (
             dict(batch_size=8, augment="heavy"),
+            {},
             "augment='heavy': must be one of none, flip, crop, standard",
         ),
-        (dict(batch_size=8, random_erasing=1.5), r"random_erasing=1.5: must be a probability"),
-        (dict(batch_size=8, in_chans=2), "in_chans=2: must be None, 1 or 3"),
-        (dict(batch_size=8, in_chans=1), r"in_chans=1: synthetic has 3 channel\(s\); use 3"),
-        (dict(batch_size=8, rank=2, world_size=2), r"rank=2: must be in 0\.\.1"),
-        (dict(batch_size=8, world_size=0), "world_size=0: must be a positive integer"),
-        (dict(batch_size=8, num_workers=-1), "num_workers=-1: must be an integer >= 0"),
-        (dict(batch_size=8, device="toaster"), "device='toaster': not a torch device"),
-        (dict(batch_size=8, image_size=0), "image_size=0: must be a positive integer"),
+        (dict(batch_size=8), dict(in_chans=2), "in_chans=2: must be None, 1 or 3"),
+        (dict(batch_size=8), dict(in_chans=1), r"in_chans=1: synthetic has 3 channel\(s\); use 3"),
+        (dict(batch_size=8), dict(rank=2, world_size=2), r"rank=2: must be in 0\.\.1"),
+        (dict(batch_size=8), dict(world_size=0), "world_size=0: must be a positive integer"),
+        (dict(batch_size=8), dict(device="toaster"), "device='toaster': not a torch device"),
     ],
 )
-def test_build_loaders_rejects_bad_arguments(kwargs, message):
+def test_build_loaders_rejects_bad_arguments(fields, arguments, message):
     with pytest.raises(ValueError, match=message):
-        build_loaders("synthetic", **kwargs)
+        build_loaders(DataConfig("synthetic", **fields), **arguments)
+
+
+def test_build_loaders_takes_a_data_config():
+    with pytest.raises(TypeError, match=r"takes a DataConfig \(e\.g\. DataConfig\('synthetic'\)\)"):
+        build_loaders("synthetic")
 
 
 def test_load_split_rejects_bad_arguments(tmp_path):

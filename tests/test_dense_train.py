@@ -7,6 +7,7 @@ through the command line.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -15,10 +16,13 @@ import torch
 from PIL import Image
 
 from resnetlab import cli
+from resnetlab.cli.predict import show_dense_predictions
+from resnetlab.cli.present import format_dense_prediction
 from resnetlab.config import TrainConfig, build_dataclass
 from resnetlab.data import write_scene_set
 from resnetlab.engine import train
 from resnetlab.errors import ConfigError, ResnetlabError
+from resnetlab.inference.dense_predict import run_dense_predict
 from resnetlab.models.dense import read_dense_meta
 from test_scenes import TEST_LEVEL, TRAIN_LEVEL, fake_items, write_idx
 
@@ -183,11 +187,45 @@ def test_predict_with_a_dense_model_reports_unreadable_images(scenes, tmp_path, 
     captured = capsys.readouterr()
     assert code == 1 and "broken.png" in captured.err and "1 of 2 images" in captured.err
     assert (tmp_path / "o" / "000001.png").is_file()
+    # the library returns the results as data and draws only where asked
+    found = run_dense_predict(run, [good, bad])
+    names = read_dense_meta(run / "model.safetensors")["class_names"]
+    assert found["task"] == "segmentation" and found["total"] == 2
+    first, second = list(found["results"])
+    assert first["path"] == str(good) and "drawn" not in first
+    assert first["raw"].shape == (64, 64) and set(first["areas"]) <= set(names)
+    assert set(second) == {"path", "error"} and "broken.png" in second["error"]
+    again = run_dense_predict(run, [good, bad], output=tmp_path / "lib")
+    out, err = io.StringIO(), io.StringIO()
+    assert show_dense_predictions({"missing": []}, again, as_json=True, stdout=out, stderr=err) == 1
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines[0] == {"path": str(good), "areas": first["areas"],
+                        "drawn": str(tmp_path / "lib" / "000001.png")}  # fmt: skip
+    assert lines[1]["path"] == str(bad) and err.getvalue() == "1 of 2 images could not be read\n"
+    with pytest.raises(ConfigError, match=r"--score-threshold 1\.5: must be in \[0, 1\]"):
+        run_dense_predict(run, [good], score_threshold=1.5)
     # the classification tools say what the file is and what takes it
     code = cli.main(["export", str(run), "--format", "onnx", "--output", str(tmp_path / "x.onnx")])
     err = capsys.readouterr().err
     assert code != 0 and "describes a segmentation model (fcn on resnet18)" in err
     assert "resnetlab eval" in err and "Traceback" not in err
+
+
+def test_dense_predictions_read_as_one_line_each():
+    boxes = [{"label": f"c{i}", "score": 0.9 - i / 100, "box": [1.4, 2.6, 30.0, 40.9]}
+             for i in range(7)]  # fmt: skip
+    line = format_dense_prediction({"path": "a.png", "detections": boxes, "drawn": "o/a.png"})
+    assert line == (
+        "a.png: 7 found: c0 0.90 at [1, 2, 30, 40]; c1 0.89 at [1, 2, 30, 40]; c2 0.88 at "
+        "[1, 2, 30, 40]; c3 0.87 at [1, 2, 30, 40]; c4 0.86 at [1, 2, 30, 40]; 2 more "
+        "(--json lists all) -> o/a.png"
+    )
+    assert format_dense_prediction({"path": "b.png", "detections": [], "drawn": "o/b.png"}) == (
+        "b.png: 0 found -> o/b.png"
+    )
+    areas = {"path": "c.png", "areas": {"cat": 0.05, "dog": 0.25}, "drawn": "o/c.png"}
+    assert format_dense_prediction(areas) == "c.png: dog 25.0%, cat 5.0% -> o/c.png"
+    assert format_dense_prediction({"path": "d.png", "areas": {}}) == "d.png: background only"
 
 
 def test_drawing_puts_boxes_in_class_colours():

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from resnetlab import cli
+from resnetlab.cli.present import format_result
 from resnetlab.config import DataConfig, load_train_config
 from resnetlab.data import build_loaders
 from resnetlab.data.build import default_eval_split
-from resnetlab.engine import evaluate_source, format_result, train
+from resnetlab.engine import evaluate_source, train
 from resnetlab.engine import evaluator as evaluator_module
 from resnetlab.engine.evaluator import loader_kwargs, read_run
 
@@ -190,10 +191,11 @@ def test_run_data_config_flows_into_build_loaders(synthetic_run):
     record = read_run(run / "model.safetensors")
     assert record is not None and record.eval_split == "test"
     kwargs = loader_kwargs(record.config.data)
-    params = inspect.signature(build_loaders).parameters.values()
-    accepted = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    data = next(iter(inspect.signature(build_loaders).parameters.values()))
+    assert data.annotation in (DataConfig, "DataConfig")  # build_loaders takes the whole config
     fields = set(DataConfig.__dataclass_fields__) - {"spec"}
-    assert set(kwargs) == fields & accepted
+    assert set(kwargs) == fields
+    assert DataConfig(spec=record.config.data.spec, **kwargs) == record.config.data
     assert {"val_fraction", "eval_split", "pipeline", "in_memory"} <= set(kwargs)
 
 

@@ -14,7 +14,8 @@ import torchvision
 
 from conftest import randomize, rel_err
 from resnetlab import ModelConfig, create_model, load_model, save_weights
-from resnetlab.inference import EXPORT_FORMATS, ExportError, export_model, format_export_result
+from resnetlab.cli.present import format_export_result
+from resnetlab.inference import EXPORT_FORMATS, ExportError, export_model
 from resnetlab.inference import export as export_module
 
 NAMES = ["cat", "dog", "bird"]

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from resnetlab.config import DataConfig
 from resnetlab.data import (
     IMAGENET_MEAN,
     DataError,
@@ -44,10 +45,10 @@ def make_folder(root: Path, *, classes=3, train=12, val=4, size=32, mode="L") ->
     return root
 
 
-def loaders(root: Path, **kwargs):
-    kwargs.setdefault("batch_size", 4)
-    kwargs.setdefault("num_workers", 0)
-    return build_loaders(f"imagefolder:{root}", **kwargs)
+def loaders(root: Path, *, in_chans: int | None = None, **fields):
+    fields.setdefault("batch_size", 4)
+    fields.setdefault("num_workers", 0)
+    return build_loaders(DataConfig(f"imagefolder:{root}", **fields), in_chans=in_chans)
 
 
 def test_small_gray_images_go_to_memory_at_their_own_size(tmp_path):

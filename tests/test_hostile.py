@@ -40,7 +40,7 @@ def test_a_traceback_is_classified_as_one(tmp_path, monkeypatch):
     def boom(args):
         raise IndexError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_models", boom)
+    monkeypatch.setattr(cli.models, "cmd_models", boom)
     case = hostile.Case("bug", lambda d: ["models"])
     done = tmp_path / "done0"
     done.mkdir()

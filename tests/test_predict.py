@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from resnetlab import create_model, save_weights
+from resnetlab.cli.predict import show_predictions
 from resnetlab.data import ImageDecodeError
 from resnetlab.inference import (
     Predictor,
@@ -246,13 +247,16 @@ def test_cli_random_weights_warning(images):
 
 
 def test_run_predict_output_and_errors(tmp_path, run_dir, images):
+    found = run_predict([str(run_dir), str(images / "a_rgb.png"), str(tmp_path / "gone.png")],
+                        topk=1)  # fmt: skip
+    assert found["total"] == 2 and found["dense"] is None and not found["warnings"]
+    assert [m["path"] for m in found["missing"]] == [str(tmp_path / "gone.png")]
     out, err = io.StringIO(), io.StringIO()
-    code = run_predict([str(run_dir), str(images / "a_rgb.png"), str(tmp_path / "gone.png")],
-                       topk=1, stdout=out, stderr=err)  # fmt: skip
+    code = show_predictions(found, stdout=out, stderr=err)  # the CLI's printing
     assert code == 1 and out.getvalue().count("\n") == 1
     assert "gone.png" in err.getvalue()
     with pytest.raises(ValueError, match="no images found"):
-        run_predict([str(run_dir), f"{tmp_path}/*.png"], stdout=out, stderr=err)
+        run_predict([str(run_dir), f"{tmp_path}/*.png"])
     with pytest.raises(ValueError, match="is an image, not a model"):
         run_predict([str(images / "a_rgb.png"), str(images / "b_photo.jpg")])
     with pytest.raises(ValueError, match="then the images"):

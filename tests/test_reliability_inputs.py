@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from resnetlab import create_model
-from resnetlab.config import TrainConfig, load_train_config, parse_override
+from resnetlab.config import DataConfig, TrainConfig, load_train_config, parse_override
 from resnetlab.data import build_loaders
 from resnetlab.data import images as images_mod
 from resnetlab.data.errors import ImageDecodeError
@@ -26,8 +26,7 @@ from resnetlab.models.weights import WeightsError, load_weights, read_weights
 
 FUZZ_EXAMPLES = 200
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])  # fmt: skip
+                suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
 
 
 def noise(w: int, h: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
@@ -179,8 +178,9 @@ def test_dataset_skips_broken_files_with_a_count_instead_of_crashing_a_worker(tm
         (root / "val" / "dog" / f"{name.replace(' ', '_')}.jpg").write_bytes(data)
 
     def val_loader(skip: bool):
-        return build_loaders(f"imagefolder:{root}", batch_size=4, image_size=16, num_workers=1,
-                             skip_bad_images=skip)[1]  # fmt: skip
+        data = DataConfig(f"imagefolder:{root}", batch_size=4, image_size=16, num_workers=1,
+                          skip_bad_images=skip)  # fmt: skip
+        return build_loaders(data)[1]
 
     with caplog.at_level(logging.WARNING):
         n = sum(len(labels) for _, labels in val_loader(True))
@@ -193,16 +193,11 @@ def test_dataset_skips_broken_files_with_a_count_instead_of_crashing_a_worker(tm
 
 # ----------------------------------------------------------------------------- fuzzing
 
-counts: dict[str, int] = {}
 
-
-def count(name: str) -> None:
-    counts[name] = counts.get(name, 0) + 1
-
-
-def report(name: str) -> None:
-    print(f"fuzz {name}: {counts.get(name, 0)} cases")
-    assert counts.get(name, 0) >= FUZZ_EXAMPLES // 2
+def report(name: str, cases: int) -> None:
+    """Print how many hypothesis cases ``name`` ran, and check that most of them did."""
+    print(f"fuzz {name}: {cases} cases")
+    assert cases >= FUZZ_EXAMPLES // 2
 
 
 SAMPLES = {
@@ -231,22 +226,26 @@ image_bytes = st.one_of(
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow/torch on broken files
-@FUZZ
-@given(data=image_bytes, channels=st.sampled_from([1, 3]), max_side=st.sampled_from([None, 8]))
-def test_fuzz_image_loader_raises_only_image_decode_error(tmp_path, data, channels, max_side):
-    count("image loader")
-    path = tmp_path / "fuzz.img"
-    path.write_bytes(data)
-    try:
-        image = load_image(path, channels, max_side=max_side)
-    except ImageDecodeError as e:
-        assert str(path) in str(e)
-    else:
-        assert image.mode == ("L" if channels == 1 else "RGB")
+def test_fuzz_image_loader_raises_only_image_decode_error(tmp_path):
+    cases = 0
 
+    @FUZZ
+    @given(data=image_bytes, channels=st.sampled_from([1, 3]),
+           max_side=st.sampled_from([None, 8]))  # fmt: skip
+    def check(data, channels, max_side):
+        nonlocal cases
+        cases += 1
+        path = tmp_path / "fuzz.img"
+        path.write_bytes(data)
+        try:
+            image = load_image(path, channels, max_side=max_side)
+        except ImageDecodeError as e:
+            assert str(path) in str(e)
+        else:
+            assert image.mode == ("L" if channels == 1 else "RGB")
 
-def test_fuzz_image_loader_count():
-    report("image loader")
+    check()
+    report("image loader", cases)
 
 
 FIELDS = sorted(
@@ -263,52 +262,60 @@ values = st.recursive(
 )  # fmt: skip
 
 
-@FUZZ
-@given(
-    text=st.one_of(
-        st.text(max_size=40),
-        st.tuples(st.sampled_from(FIELDS), values).map(
-            lambda kv: f"{kv[0]}={yaml.safe_dump(kv[1], default_flow_style=True).strip()}"
-        ),
-        st.tuples(st.sampled_from(FIELDS), st.text(max_size=12)).map("=".join),
-    )
+override_texts = st.one_of(
+    st.text(max_size=40),
+    st.tuples(st.sampled_from(FIELDS), values).map(
+        lambda kv: f"{kv[0]}={yaml.safe_dump(kv[1], default_flow_style=True).strip()}"
+    ),
+    st.tuples(st.sampled_from(FIELDS), st.text(max_size=12)).map("=".join),
 )
-def test_fuzz_config_overrides_raise_only_value_error(text):
-    count("config overrides")
-    try:
-        parse_override(text)
-        cfg = load_train_config(None, [text])
-    except ValueError as e:
-        assert str(e)
-    else:
-        assert isinstance(cfg, TrainConfig)
 
 
-def test_fuzz_config_overrides_count():
-    report("config overrides")
+def test_fuzz_config_overrides_raise_only_value_error():
+    cases = 0
+
+    @FUZZ
+    @given(text=override_texts)
+    def check(text):
+        nonlocal cases
+        cases += 1
+        try:
+            parse_override(text)
+            cfg = load_train_config(None, [text])
+        except ValueError as e:
+            assert str(e)
+        else:
+            assert isinstance(cfg, TrainConfig)
+
+    check()
+    report("config overrides", cases)
 
 
-@FUZZ
-@given(
-    doc=st.one_of(
-        st.dictionaries(st.one_of(st.sampled_from(FIELDS), st.text(max_size=8)), values,
-                        max_size=5).map(lambda d: yaml.safe_dump(d).encode()),
-        st.text(max_size=200).map(str.encode),
-        st.binary(max_size=200),
-    )
+config_docs = st.one_of(
+    st.dictionaries(st.one_of(st.sampled_from(FIELDS), st.text(max_size=8)), values,
+                    max_size=5).map(lambda d: yaml.safe_dump(d).encode()),
+    st.text(max_size=200).map(str.encode),
+    st.binary(max_size=200),
 )  # fmt: skip
-def test_fuzz_config_file_raises_only_value_error(tmp_path, doc):
-    count("config file")
-    path = tmp_path / "fuzz.yaml"
-    path.write_bytes(doc)
-    try:
-        load_train_config(str(path))
-    except ValueError as e:
-        assert str(e)
 
 
-def test_fuzz_config_file_count():
-    report("config file")
+def test_fuzz_config_file_raises_only_value_error(tmp_path):
+    cases = 0
+
+    @FUZZ
+    @given(doc=config_docs)
+    def check(doc):
+        nonlocal cases
+        cases += 1
+        path = tmp_path / "fuzz.yaml"
+        path.write_bytes(doc)
+        try:
+            load_train_config(str(path))
+        except ValueError as e:
+            assert str(e)
+
+    check()
+    report("config file", cases)
 
 
 MODEL = create_model("resnet20", num_classes=4, depth=8)
@@ -325,27 +332,30 @@ def weight_file_bytes(ext: str) -> bytes:
     return save({k: v.contiguous() for k, v in OWN.items()})
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow/torch on broken files
-@FUZZ
-@given(
-    ext=st.sampled_from([".pt", ".safetensors", ".pth"]),
-    data=st.one_of(
-        st.binary(max_size=1024),
-        st.sampled_from([".pt", ".safetensors"]).map(weight_file_bytes).flatmap(mutations),
-    ),
+weight_bytes = st.one_of(
+    st.binary(max_size=1024),
+    st.sampled_from([".pt", ".safetensors"]).map(weight_file_bytes).flatmap(mutations),
 )
-def test_fuzz_weight_files_raise_only_weights_error(tmp_path, ext, data):
-    count("weight files")
-    path = tmp_path / f"fuzz{ext}"
-    path.write_bytes(data)
-    try:
-        load_weights(create_model("resnet20", num_classes=4, depth=8), path)
-    except (WeightsError, ValueError) as e:
-        assert str(e)
 
 
-def test_fuzz_weight_files_count():
-    report("weight files")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow/torch on broken files
+def test_fuzz_weight_files_raise_only_weights_error(tmp_path):
+    cases = 0
+
+    @FUZZ
+    @given(ext=st.sampled_from([".pt", ".safetensors", ".pth"]), data=weight_bytes)
+    def check(ext, data):
+        nonlocal cases
+        cases += 1
+        path = tmp_path / f"fuzz{ext}"
+        path.write_bytes(data)
+        try:
+            load_weights(create_model("resnet20", num_classes=4, depth=8), path)
+        except (WeightsError, ValueError) as e:
+            assert str(e)
+
+    check()
+    report("weight files", cases)
 
 
 def tensors_like(shape: tuple[int, ...]) -> st.SearchStrategy[torch.Tensor]:
@@ -366,26 +376,29 @@ state_dicts = st.dictionaries(
 ).map(lambda d: {**(OWN if len(d) % 2 else {}), **d})  # fmt: skip
 
 
-@FUZZ
-@given(state=state_dicts, ext=st.sampled_from([".pt", ".safetensors"]))
-def test_fuzz_state_dicts_raise_only_weights_error(tmp_path, state, ext):
-    count("state dicts")
-    path = tmp_path / f"fuzz{ext}"
-    if ext == ".pt":
-        torch.save(state, path)
-    else:
-        save_file({k: v.contiguous() for k, v in state.items()}, path)
-    model = create_model("resnet20", num_classes=4, depth=8)
-    try:
-        report_ = load_weights(model, path)
-    except (WeightsError, ValueError) as e:
-        assert str(e)
-    else:
-        assert report_.complete
+def test_fuzz_state_dicts_raise_only_weights_error(tmp_path):
+    cases = 0
 
+    @FUZZ
+    @given(state=state_dicts, ext=st.sampled_from([".pt", ".safetensors"]))
+    def check(state, ext):
+        nonlocal cases
+        cases += 1
+        path = tmp_path / f"fuzz{ext}"
+        if ext == ".pt":
+            torch.save(state, path)
+        else:
+            save_file({k: v.contiguous() for k, v in state.items()}, path)
+        model = create_model("resnet20", num_classes=4, depth=8)
+        try:
+            loaded = load_weights(model, path)
+        except (WeightsError, ValueError) as e:
+            assert str(e)
+        else:
+            assert loaded.complete
 
-def test_fuzz_state_dicts_count():
-    report("state dicts")
+    check()
+    report("state dicts", cases)
 
 
 def test_prefixed_state_dicts_load_and_mismatches_name_the_keys(tmp_path):

@@ -116,9 +116,49 @@ def test_all_the_options_run(tmp_path):
                data={**TINY["data"], "random_erasing": 0.5})  # fmt: skip
     summary = train(cfg, progress=False)
     assert summary["steps"] == 8 and summary["test_top1"] is not None
-    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == [
-        "ckpt-00000004.pt"
-    ] or len(list_checkpoints(tmp_path / "run" / "checkpoints")) <= 2
+    kept = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [p.name for p in kept] == ["ckpt-00000006.pt", "ckpt-00000008.pt"]
+    # EMA: the averaged weights differ from the trained ones, and they are what was exported
+    state = load_checkpoint(kept[-1])
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items()}
+    trained = state["model"]
+    assert not torch.equal(ema["fc.weight"], trained["fc.weight"])
+    final = load_model(tmp_path / "run" / "model.safetensors")
+    assert torch.equal(final.state_dict()["fc.weight"], ema["fc.weight"])
+    # test-time flip: averaging with the flipped images changes the logits, hence the loss
+    from resnetlab.engine import evaluate_source
+
+    flip = evaluate_source(str(tmp_path / "run"), tta_flip=True, progress=False)
+    plain = evaluate_source(str(tmp_path / "run"), tta_flip=False, progress=False)
+    assert flip["tta_flip"] and not plain["tta_flip"] and flip["loss"] != plain["loss"]
+    assert flip["top1"] == summary["test_top1"]  # the run evaluated with the flip
+
+
+def test_mixup_and_cutmix_train_on_soft_targets():
+    from resnetlab.config import TrainConfig, build_dataclass
+    from resnetlab.engine.tasks import Classification, _mixer
+
+    images = torch.rand(16, 1, 8, 8)
+    labels = torch.arange(16) % 4
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        cfg = build_dataclass(TrainConfig, {key: 1.0})
+        task = Classification(cfg)
+        task.mixer = _mixer(cfg, 4)
+        seen = []
+
+        def forward(x, seen=seen):
+            seen.append(x)
+            return torch.zeros(x.shape[0], 4, requires_grad=True)
+
+        torch.manual_seed(0)
+        loss, _ = task.loss(forward, images, labels)
+        assert not torch.equal(seen[0], images), key  # the images were mixed
+        # all-zero logits: the loss is log(4) for any targets, hard or soft
+        assert loss.item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
+        torch.manual_seed(0)
+        mixed, soft = task.mixer(images, labels)
+        assert soft.shape == (16, 4) and torch.allclose(soft.sum(1), torch.ones(16))
+        assert ((soft > 0) & (soft < 1)).any(), key  # soft, not one-hot
 
 
 def test_nan_loss_stops_with_clear_message(tmp_path):

@@ -348,14 +348,12 @@ def test_bad_sidecar_reaches_predict_and_export_as_weights_error(tmp_path):
 
 
 def test_sidecar_preprocessing_out_of_range_names_the_weights(tmp_path):
-    from resnetlab.inference import describe_model
-
     _, path, side = _saved(tmp_path)
     prep = {"mean": [0.5] * 3, "std": [0.0] * 3, "image_size": 32}
     side.write_text(json.dumps(_edit(json.loads(side.read_text()), "preprocessing", prep)))
-    model = load_model(tmp_path)
+    # The model's card is built as the weights are read: the error names them at once.
     with pytest.raises(WeightsError, match=rf"bad description of {path}: .*std"):
-        describe_model(model)
+        load_model(tmp_path)
 
 
 def test_fifo_weights_and_sidecar_are_refused_unopened(tmp_path):
@@ -384,3 +382,68 @@ def test_atomic_write_is_still_importable_from_weights():
     from resnetlab.models.weights import atomic_write
 
     assert atomic_write is io.atomic_write
+
+
+def test_bad_arguments_are_project_errors_and_still_value_errors(tmp_path):
+    from resnetlab.errors import ConfigError, ResnetlabError
+    from resnetlab.models.weights import encode_weights, weights_meta
+
+    model = create_model("resnet20", num_classes=3)
+    torch.save(model.state_dict(), tmp_path / "r.pth")
+    cases = [
+        (lambda: load_weights(model, tmp_path / "r.pth", fmt="onnx"), ConfigError,
+         r"invalid fmt='onnx': expected one of auto, resnetlab, torchvision, timm"),
+        (lambda: weights_meta(model, class_names=["a", "b"]), WeightsError,
+         r"^2 class names for a model with 3 classes$"),
+        (lambda: save_weights(model, tmp_path / "m.pt"), WeightsError,
+         r"save_weights writes \.safetensors files, got .*m\.pt$"),
+        (lambda: encode_weights(create_model("resnet20", features_only=True)), WeightsError,
+         r"^save the full model, not a features_only view of it$"),
+    ]  # fmt: skip
+    for call, kind, message in cases:
+        with pytest.raises(kind, match=message) as err:
+            call()
+        assert isinstance(err.value, ResnetlabError) and isinstance(err.value, ValueError)
+    assert not (tmp_path / "m.pt").exists()
+
+
+class _FakeAssets:
+    """Stands in for ``importlib.resources.files('resnetlab')`` with a 3-name class list."""
+
+    def files(self, package):
+        return self
+
+    def joinpath(self, name):
+        return self
+
+    def read_text(self):
+        return "tench\ngoldfish\nshark\n"
+
+
+def test_corrupt_packaged_class_list_is_one_line_from_the_cli(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    from PIL import Image
+
+    from resnetlab import cli
+    from resnetlab.errors import InstallationError
+    from resnetlab.inference import imagenet_class_names
+
+    image = tmp_path / "dog.png"
+    Image.new("RGB", (40, 30), (120, 80, 40)).save(image)
+    # the module that reads the packaged list, wherever the function is defined
+    home = importlib.import_module(imagenet_class_names.__module__)
+    monkeypatch.setattr(home, "resources", _FakeAssets())
+    imagenet_class_names.cache_clear()
+    try:
+        with pytest.raises(InstallationError, match="has 3 names, not 1000") as err:
+            imagenet_class_names()
+        assert isinstance(err.value, RuntimeError)
+        code = cli.main(["predict", "--model", "resnet18", str(image), "--device", "cpu"])
+    finally:
+        imagenet_class_names.cache_clear()
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert (
+        err == "resnetlab predict: error: the packaged ImageNet class list has 3 names, not 1000\n"
+    )

@@ -451,6 +451,13 @@ class TrainConfig:
     max_iters: int | None = _opt(
         None, check=_at_least(1), allowed="an integer >= 1 or null (epochs decide)"
     )
+    # A time budget in seconds: the run's length is set from the measured speed of its first
+    # steps (and re-planned after each epoch) so that training, set-up included and
+    # evaluation excluded, ends after about budget_s; epochs / max_iters are then the most it
+    # may train. None: epochs / max_iters decide.
+    budget_s: float | None = _opt(
+        None, check=lambda v: v > 0, allowed="seconds > 0 or null (epochs decide)"
+    )
     seed: int = _opt(0, check=lambda v: 0 <= v < 2**63, allowed="an integer in [0, 2**63)")
     label_smoothing: float = _opt(0.0, check=_in(0, 1), allowed="a value in [0, 1)")
     mixup_alpha: float = _opt(0.0, check=_at_least(0), allowed="a Beta parameter >= 0 (0: off)")
@@ -635,7 +642,7 @@ def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     if not isinstance(data, dict):
         _fail(prefix.rstrip(".") or "config", data, "expected a mapping of keys to values")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(str(k) for k in set(data) - set(fields))  # (YAML keys may be numbers)
     if unknown:
         raise ConfigError(
             f"unknown config key(s) {', '.join(prefix + k for k in unknown)}: allowed "

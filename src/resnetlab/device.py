@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -109,3 +110,25 @@ def cpu_bf16_is_fast() -> bool:
     slower. ``precision: auto`` of the trainer decides by this.
     """
     return bool(torch.cpu._is_amx_tile_supported())
+
+
+def proc_status_kb(key: str) -> int | None:
+    """A field of ``/proc/self/status`` in KiB (``VmRSS``: this process's resident memory now,
+    ``VmHWM``: its peak), or None where there is none (off Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak RSS (``VmHWM``) to the current RSS, by writing ``5`` to
+    ``/proc/self/clear_refs`` (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return proc_status_kb("VmHWM") is not None

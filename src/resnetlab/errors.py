@@ -16,8 +16,17 @@ class ConfigError(ResnetlabError, ValueError):
     """A config, option or argument is invalid (the message names it and what is allowed)."""
 
 
+class ArchitectureNotDescribedError(ResnetlabError, ValueError):
+    """Weights that do not describe their architecture (a torchvision/timm state dict, no
+    resnetlab sidecar): the model has to be named to build it (``create_model(NAME, ...)``)."""
+
+
 class MissingDependencyError(ResnetlabError, RuntimeError):
     """An optional extra a feature needs is not installed (the message says what to install)."""
+
+
+class InstallationError(ResnetlabError, RuntimeError):
+    """A file the package ships with is missing or damaged: reinstall resnetlab."""
 
 
 class TrainingError(ResnetlabError, RuntimeError):

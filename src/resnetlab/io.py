@@ -19,12 +19,13 @@ blocks forever or never ends, and :func:`read_json` reads a bounded JSON file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "JSONFileError",
     "MAX_JSON_BYTES",
     "StorageError",
+    "atomic_file",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -173,25 +175,39 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[tuple[int, Path]]:
+    """A new temporary file beside ``path``, as ``(fd, tmp)``, renamed to ``path`` when the
+    block ends without an exception and removed when it raises.
+
+    The block writes through ``fd`` (and closes it) or through ``tmp``. Its exceptions pass
+    unchanged, for writers whose content comes from elsewhere (a download's network errors
+    are not storage errors); :func:`atomic_write` is the one to use for files written here.
+    """
+    path = Path(path)
+    ensure_parent_dir(path)
+    fd, tmp = _create_temp(path)
+    try:
+        yield fd, tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def _commit(path: Path, fill: Callable[[int, Path], None]) -> Path:
     """Create a temporary file beside ``path``; ``fill(fd, tmp)`` writes, fsyncs and closes
     it; then rename it to ``path``. On any failure the temporary file is removed."""
     ensure_parent_dir(path)
     existed = os.path.lexists(path)
-    tmp = None
     try:
-        fd, tmp = _create_temp(path)
-        fill(fd, tmp)
-        os.replace(tmp, path)
-        tmp = None
-        fsync_dir(path.parent)
+        with atomic_file(path) as (fd, tmp):
+            fill(fd, tmp)
     except StorageError:
         raise
     except OSError as e:
         raise _write_error(e, path, existed) from e
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
     return path
 
 

@@ -4,7 +4,8 @@
 ``cifar100``, ``imagefolder:PATH``, ``synthetic[:OPTIONS]``.
 
 * :func:`build_loaders` gives the training loader, the evaluation loader and the
-  :class:`DataInfo` (classes, image size, normalization) of a spec.
+  :class:`DataInfo` (classes, image size, normalization) of a
+  :class:`~resnetlab.config.DataConfig`.
 * :func:`load_split` reads one split of an in-memory dataset as uint8 tensors.
 * :func:`load_image` decodes one image file, for prediction on files.
 * :func:`is_image_file` and :data:`IMAGE_EXTENSIONS` say which files are images, for
@@ -13,7 +14,8 @@
   segmentation specs (:func:`parse_dense_spec`): ``coco:PATH`` (:func:`read_coco`) and
   ``fashion-mnist-scenes[:OPTIONS]`` (:func:`write_scene_set`).
 
-This package is the lowest layer of resnetlab: it imports nothing else from it.
+Of the rest of resnetlab this package imports only the configs (:mod:`resnetlab.config`),
+the error base and file I/O (:mod:`resnetlab.io`).
 """
 
 from .build import SPLITS, VALID_SPECS, ParsedSpec, build_loaders, load_split, parse_data_spec

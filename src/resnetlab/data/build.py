@@ -17,15 +17,19 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from ..config import DataConfig
 from ..errors import ConfigError
 from . import catalog
 from .folder import (
     DEFAULT_IMAGE_SIZE,
     FolderLoader,
+    FolderSplits,
     ImageFileDataset,
+    Sample,
     decode_into_memory,
     decode_side,
     default_folder_eval_split,
@@ -34,8 +38,8 @@ from .folder import (
     folder_transforms,
 )
 from .info import DataInfo
-from .loader import AUGMENTS, InMemoryLoader, Loader
-from .scan import PIPELINES, FolderPlan, choose_plan, scan_folder_splits
+from .loader import AUGMENTS, InMemoryLoader, Loader, check_ranks
+from .scan import PIPELINES, FolderPlan, FolderScan, choose_plan, scan_folder_splits
 from .sources import load_official_split
 from .splits import stratified_split
 from .synthetic import SyntheticConfig, make_synthetic, parse_synthetic_options
@@ -75,15 +79,21 @@ def _unknown(spec: str, head: str) -> ConfigError:
     return ConfigError(f"unknown dataset {spec!r}; valid datasets: {', '.join(VALID_SPECS)}.{hint}")
 
 
+def split_spec(spec: str, aliases: dict[str, str]) -> tuple[str, bool, str]:
+    """``"CIFAR_10:train=5"`` -> ``("cifar10", True, "train=5")``: the dataset's name (lower
+    case, ``_`` read as ``-``, then ``aliases``), whether options follow, and the options."""
+    head, sep, rest = spec.strip().partition(":")
+    key = head.strip().lower().replace("_", "-")
+    return aliases.get(key, key), bool(sep), rest
+
+
 def parse_data_spec(spec: str) -> ParsedSpec:
     """Parse a ``--data`` string (see the module docstring); ValueError if it is not valid."""
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(
             f"dataset spec {spec!r} is empty; valid datasets: {', '.join(VALID_SPECS)}"
         )
-    head, sep, rest = spec.strip().partition(":")
-    key = head.strip().lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
+    key, sep, rest = split_spec(spec, _ALIASES)
     if key == "imagefolder":
         if not rest.strip():
             raise ConfigError(f"dataset spec {spec!r}: give the folder, as imagefolder:PATH")
@@ -151,8 +161,6 @@ def _official(
 def _check_split(split: str, val_fraction: float, argument: str = "split") -> None:
     if split not in SPLITS:
         raise ConfigError(f"{argument}={split!r}: must be one of {', '.join(SPLITS)}")
-    if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"val_fraction={val_fraction!r}: must be in [0, 1)")
     if split == "val" and val_fraction == 0:
         raise ConfigError(
             f"{argument}='val' needs val_fraction > 0 (e.g. 0.1 holds out 10% of the official "
@@ -206,6 +214,8 @@ def load_split(
             "use build_loaders"
         )
     _check_split(split, val_fraction)
+    if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction={val_fraction!r}: must be in [0, 1)")
     data = _in_memory_splits(
         parsed, (split,), data_dir=data_dir, download=download, seed=seed, val_fraction=val_fraction
     )
@@ -213,46 +223,26 @@ def load_split(
     return images, labels, _info(parsed)
 
 
-def check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name}={value!r}: must be a positive integer")
-
-
-def _validate(
+def _check_arguments(
+    data: DataConfig,
     *,
-    batch_size: int | None,
-    eval_batch_size: int | None,
-    augment: str,
-    random_erasing: float,
     in_chans: int | None,
-    num_workers: int,
     rank: int,
     world_size: int,
-    image_size: int | None,
-    pipeline: str,
     device: str | torch.device,
 ) -> torch.device:
-    if batch_size is not None:
-        check_positive_int("batch_size", batch_size)
-    if eval_batch_size is not None:
-        check_positive_int("eval_batch_size", eval_batch_size)
-    if augment not in AUGMENTS:
-        raise ConfigError(f"augment={augment!r}: must be one of {', '.join(AUGMENTS)}")
-    if pipeline not in PIPELINES:
-        raise ConfigError(f"pipeline={pipeline!r}: must be one of {', '.join(PIPELINES)}")
-    if not isinstance(random_erasing, (int, float)) or not 0.0 <= random_erasing <= 1.0:
-        raise ConfigError(f"random_erasing={random_erasing!r}: must be a probability in [0, 1]")
+    """The checks :class:`~resnetlab.config.DataConfig` leaves to build time (choices of
+    this module, and the arguments that are not part of the config); the torch device."""
+    if not isinstance(data, DataConfig):
+        hint = f" (e.g. DataConfig({data!r}))" if isinstance(data, str) else ""
+        raise TypeError(f"build_loaders takes a DataConfig{hint}, got {type(data).__name__}")
+    if data.augment not in AUGMENTS:
+        raise ConfigError(f"augment={data.augment!r}: must be one of {', '.join(AUGMENTS)}")
+    if data.pipeline not in PIPELINES:
+        raise ConfigError(f"pipeline={data.pipeline!r}: must be one of {', '.join(PIPELINES)}")
     if in_chans not in (None, 1, 3):
         raise ConfigError(f"in_chans={in_chans!r}: must be None, 1 or 3")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ConfigError(f"num_workers={num_workers!r}: must be an integer >= 0")
-    check_positive_int("world_size", world_size)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ConfigError(
-            f"rank={rank!r}: must be in 0..{world_size - 1} (world_size={world_size})"
-        )
-    if image_size is not None:
-        check_positive_int("image_size", image_size)
+    check_ranks(rank, world_size)
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -297,90 +287,104 @@ def check_batch_fits(
     return batch_size
 
 
+@dataclass(frozen=True)
+class _Placement:
+    """What every loader takes besides the :class:`~resnetlab.config.DataConfig`: the seed
+    of its order and augmentation, this rank's share, and where its batches go."""
+
+    seed: int
+    rank: int
+    world_size: int
+    device: torch.device
+    channels_last: bool
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "device": self.device,
+            "channels_last": self.channels_last,
+        }
+
+
 def build_loaders(
-    spec: str,
+    data: DataConfig,
     *,
-    data_dir: str | Path | None = None,
-    batch_size: int | None = None,
-    eval_batch_size: int | None = None,
-    eval_split: str | None = None,
-    augment: str = "standard",
-    random_erasing: float = 0.0,
     in_chans: int | None = None,
     seed: int = 0,
-    num_workers: int = 2,
     rank: int = 0,
     world_size: int = 1,
     device: str | torch.device = "cpu",
     channels_last: bool = False,
     download: bool = True,
-    val_fraction: float = 0.0,
-    skip_bad_images: bool = False,
-    image_size: int | None = None,
-    pipeline: str = "auto",
-    in_memory: bool | None = None,
-    memory_budget_mb: float = 2048,
     preprocessing: dict | None = None,
 ) -> tuple[Loader, Loader, DataInfo]:
-    """The training loader, the evaluation loader and the :class:`DataInfo` of ``spec``.
+    """The training loader, the evaluation loader and the :class:`DataInfo` of ``data.spec``.
 
+    ``data`` (a :class:`~resnetlab.config.DataConfig`) says what is read and how.
     ``batch_size`` None chooses one for the training set (:func:`fit_batch_size`; the
-    loaders' ``batch_size`` says which). ``eval_split`` defaults to :func:`default_eval_split`
+    loaders' ``batch_size`` says which). ``eval_split`` None is :func:`default_eval_split`
     ("test", or for an image folder without a test/ folder "val"); the returned info's
-    ``eval_split`` names the split the evaluation loader holds. ``augment`` is "none", "flip",
-    "crop" or "standard" (crop + flip); ``random_erasing`` the per-sample probability of
-    erasing a rectangle.
-    ``in_chans=3`` feeds grayscale data to 3-channel models (channel repeated); for image
-    folders ``in_chans=1`` decodes as grayscale. ``image_size`` resizes in-memory data and
-    sets the crop size of image folders (default: chosen from the images).
-    ``num_workers``, ``skip_bad_images``, ``pipeline`` ("auto", "small": own size, pad +
-    crop + flip; "imagenet": RandomResizedCrop at 224), ``in_memory`` (None: decode small
-    images once into memory when they fit ``memory_budget_mb``) and ``preprocessing``
-    (pretrained weights' mean/std/size/interpolation, as in
-    :meth:`DataInfo.preprocessing`) only concern image folders
-    (:mod:`~resnetlab.data.scan`); in-memory loaders work in the calling process. The
-    returned info's ``in_chans`` is the channel count the loaders yield, and for a folder its
-    ``plan`` is the one line saying what was chosen.
+    ``eval_split`` names the split the evaluation loader holds. ``augment`` is "none",
+    "flip", "crop" or "standard" (crop + flip); ``random_erasing`` the per-sample probability
+    of erasing a rectangle. ``image_size`` resizes in-memory data and sets the crop size of
+    image folders (default: chosen from the images). ``num_workers``, ``skip_bad_images``,
+    ``pipeline`` ("auto", "small": own size, pad + crop + flip; "imagenet":
+    RandomResizedCrop at 224) and ``in_memory`` (None: decode small images once into memory
+    when they fit ``memory_budget_mb``) only concern image folders
+    (:mod:`~resnetlab.data.scan`); in-memory loaders work in the calling process.
+
+    The arguments are what the config does not describe: ``in_chans=3`` feeds grayscale data
+    to 3-channel models (channel repeated), and for image folders ``in_chans=1`` decodes as
+    grayscale. ``seed`` seeds the order, the augmentation and a held-out val split; ``rank``
+    of ``world_size`` takes its share; batches go to ``device`` (in ``channels_last``
+    format when asked). ``download`` fetches a built-in dataset that is not on disk.
+    ``preprocessing`` (pretrained weights' mean/std/size/interpolation, as in
+    :meth:`DataInfo.preprocessing`) only concerns image folders. The returned info's
+    ``in_chans`` is the channel count the loaders yield, and for a folder its ``plan`` is
+    the one line saying what was chosen.
     """
-    dev = _validate(
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size,
-        augment=augment,
-        random_erasing=random_erasing,
-        in_chans=in_chans,
-        num_workers=num_workers,
-        rank=rank,
-        world_size=world_size,
-        image_size=image_size,
-        pipeline=pipeline,
-        device=device,
-    )
-    parsed = parse_data_spec(spec)
+    dev = _check_arguments(data, in_chans=in_chans, rank=rank, world_size=world_size, device=device)
+    placement = _Placement(seed, rank, world_size, dev, channels_last)
+    parsed = parse_data_spec(data.spec)
     if parsed.kind == "imagefolder":
-        return _build_folder_loaders(
-            parsed,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            eval_split=eval_split,
-            augment=augment,
-            random_erasing=random_erasing,
-            in_chans=in_chans,
-            num_workers=num_workers,
-            channels_last=channels_last,
-            val_fraction=val_fraction,
-            skip_bad_images=skip_bad_images,
-            image_size=image_size,
-            pipeline=pipeline,
-            in_memory=in_memory,
-            memory_budget_mb=memory_budget_mb,
-            preprocessing=preprocessing,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            device=dev,
-        )
-    eval_split = eval_split or "test"
-    _check_split(eval_split, val_fraction, "eval_split")
+        return _build_folder_loaders(parsed, data, in_chans, preprocessing, placement)
+    return _build_memory_loaders(parsed, data, in_chans, download, placement)
+
+
+def _build_memory_loaders(
+    parsed: ParsedSpec,
+    data: DataConfig,
+    in_chans: int | None,
+    download: bool,
+    placement: _Placement,
+) -> tuple[Loader, Loader, DataInfo]:
+    """The :class:`InMemoryLoader` pair of a built-in or synthetic dataset."""
+    eval_split = data.eval_split or "test"
+    _check_split(eval_split, data.val_fraction, "eval_split")
+    info = _memory_info(parsed, in_chans, eval_split, data.image_size)
+    splits = _in_memory_splits(
+        parsed,
+        ("train", eval_split),
+        data_dir=data.data_dir,
+        download=download,
+        seed=placement.seed,
+        val_fraction=data.val_fraction,
+    )
+    bs = fit_batch_size(data.batch_size, len(splits["train"][1]), placement.world_size, data.spec)
+    hflip, padding = _flip_and_padding(parsed)
+    return _memory_loaders(
+        splits["train"], splits[eval_split], info, data,
+        batch_sizes=(bs, data.eval_batch_size or bs), hflip=hflip, crop_padding=padding,
+        in_chans=in_chans, placement=placement,
+    )  # fmt: skip
+
+
+def _memory_info(
+    parsed: ParsedSpec, in_chans: int | None, eval_split: str, image_size: int | None
+) -> DataInfo:
+    """The info of an in-memory dataset read with ``in_chans`` channels at ``image_size``."""
     info = _info(parsed)
     if in_chans not in (None, info.channels) and not (info.channels == 1 and in_chans == 3):
         raise ConfigError(
@@ -388,57 +392,38 @@ def build_loaders(
             f"use {info.channels}" + (" or 3 (gray repeated)" if info.channels == 1 else "")
         )
     info = replace(info, in_chans=in_chans or info.channels, eval_split=eval_split)
-    data = _in_memory_splits(
-        parsed,
-        ("train", eval_split),
-        data_dir=data_dir,
-        download=download,
-        seed=seed,
-        val_fraction=val_fraction,
-    )
-    if image_size is not None:
-        info = replace(info, image_size=image_size)
-    batch_size = fit_batch_size(batch_size, len(data["train"][1]), world_size, spec)
-    eval_bs = eval_batch_size or batch_size
-    hflip, padding = True, 4
+    return info if image_size is None else replace(info, image_size=image_size)
+
+
+def _flip_and_padding(parsed: ParsedSpec) -> tuple[bool, int]:
+    """Whether training images may be mirrored, and the zero padding of their random crop."""
     if parsed.kind == "builtin":
-        hflip = catalog.CATALOG[parsed.name].hflip
-        padding = catalog.CATALOG[parsed.name].crop_padding
-    elif parsed.kind == "synthetic":
-        hflip = False  # the class patterns are not mirror-symmetric
-    return _memory_loaders(
-        data["train"], data[eval_split], info, batch_size=batch_size, eval_batch_size=eval_bs,
-        augment=augment, random_erasing=random_erasing, hflip=hflip, crop_padding=padding,
-        in_chans=in_chans, channels_last=channels_last, seed=seed, rank=rank,
-        world_size=world_size, device=dev,
-    )  # fmt: skip
+        spec = catalog.CATALOG[parsed.name]
+        return spec.hflip, spec.crop_padding
+    return False, 4  # synthetic: the class patterns are not mirror-symmetric
 
 
 def _memory_loaders(
     train_data: tuple[torch.Tensor, torch.Tensor],
     eval_data: tuple[torch.Tensor, torch.Tensor],
     info: DataInfo,
+    data: DataConfig,
     *,
-    batch_size: int,
-    eval_batch_size: int,
-    augment: str,
-    random_erasing: float,
+    batch_sizes: tuple[int, int],
     hflip: bool,
     crop_padding: int,
     in_chans: int | None,
-    **common: object,
+    placement: _Placement,
 ) -> tuple[Loader, Loader, DataInfo]:
-    """The training and evaluation :class:`InMemoryLoader` of two uint8 splits.
-
-    ``common``: ``channels_last``, ``seed``, ``rank``, ``world_size``, ``device``.
-    """
+    """The training and evaluation :class:`InMemoryLoader` of two uint8 splits."""
+    common = placement.kwargs()
     train = InMemoryLoader(
-        *train_data, info, batch_size=batch_size, train=True, augment=augment,
-        random_erasing=random_erasing, hflip=hflip, crop_padding=crop_padding,
+        *train_data, info, batch_size=batch_sizes[0], train=True, augment=data.augment,
+        random_erasing=data.random_erasing, hflip=hflip, crop_padding=crop_padding,
         in_chans=in_chans, **common,
     )  # fmt: skip
     evaluation = InMemoryLoader(
-        *eval_data, info, batch_size=eval_batch_size, train=False, in_chans=in_chans, **common
+        *eval_data, info, batch_size=batch_sizes[1], train=False, in_chans=in_chans, **common
     )
     return train, evaluation, info
 
@@ -460,107 +445,132 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 
 def _build_folder_loaders(
     parsed: ParsedSpec,
-    *,
-    batch_size: int | None,
-    eval_batch_size: int | None,
-    eval_split: str | None,
-    augment: str,
-    random_erasing: float,
+    data: DataConfig,
     in_chans: int | None,
-    num_workers: int,
-    channels_last: bool,
-    val_fraction: float,
-    skip_bad_images: bool,
-    image_size: int | None,
-    pipeline: str,
-    in_memory: bool | None,
-    memory_budget_mb: float,
     preprocessing: dict | None,
-    seed: int,
-    rank: int,
-    world_size: int,
-    device: torch.device,
+    placement: _Placement,
 ) -> tuple[Loader, Loader, DataInfo]:
-    assert parsed.path is not None
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"val_fraction={val_fraction!r}: must be in [0, 1)")
-    splits = folder_splits(parsed.path, val_fraction=val_fraction, seed=seed)
-    eval_split = eval_split or default_folder_eval_split(parsed.path)
-    if eval_split not in SPLITS:
-        raise ConfigError(f"eval_split={eval_split!r}: must be one of {', '.join(SPLITS)}")
-    eval_samples = {"train": splits.train, "val": splits.val, "test": splits.test}[eval_split]
-    if eval_samples is None:
-        raise ConfigError(
-            f"eval_split='test': {parsed.path} has no test/ folder; use eval_split='val'"
-        )
-    roots = [parsed.path / s for s in ("train", "val", "test") if (parsed.path / s).is_dir()]
+    """The loaders of ``imagefolder:PATH``: its splits are found and scanned, a plan is
+    chosen from the scan (:mod:`~resnetlab.data.scan`), then the images are decoded into
+    memory once or streamed from their files."""
+    root = parsed.path
+    assert root is not None
+    splits = folder_splits(root, val_fraction=data.val_fraction, seed=placement.seed)
+    eval_split = data.eval_split or default_folder_eval_split(root)
+    eval_samples = _folder_eval_samples(root, splits, eval_split)
     scan = scan_folder_splits(
-        parsed.path,
+        root,
         splits.classes,
         {"train": splits.train, eval_split: eval_samples},
-        split_roots=roots if splits.layout == "folders" else [parsed.path],
-        seed=seed,
+        split_roots=_split_roots(root, splits),
+        seed=placement.seed,
         notes=splits.notes,
     )
     prep = preprocessing or {}
     plan = choose_plan(
         scan,
         eval_split=eval_split,
-        pipeline=pipeline,
-        image_size=image_size,
+        pipeline=data.pipeline,
+        image_size=data.image_size,
         in_chans=in_chans,
-        in_memory=in_memory,
-        memory_budget_mb=memory_budget_mb,
+        in_memory=data.in_memory,
+        memory_budget_mb=data.memory_budget_mb,
         default_size=int(prep.get("image_size") or DEFAULT_IMAGE_SIZE),
     )
-    channels = plan.channels
-    spec = f"imagefolder:{parsed.path}"
-    batch_size = fit_batch_size(batch_size, len(splits.train), world_size, spec)
-    eval_batch_size = eval_batch_size or batch_size
+    spec = f"imagefolder:{root}"
+    bs = fit_batch_size(data.batch_size, len(splits.train), placement.world_size, spec)
+    batch_sizes = (bs, data.eval_batch_size or bs)
+    info = _folder_info(root, splits.classes, scan, plan, prep, eval_split)
+    if plan.in_memory:
+        return _folder_in_memory(
+            splits.train, eval_samples, info, plan, data, stats=not prep.get("mean"),
+            batch_sizes=batch_sizes, placement=placement,
+        )  # fmt: skip
+    return _folder_streamed(
+        splits.train, eval_samples, info, plan, data, batch_sizes=batch_sizes, placement=placement
+    )
+
+
+def _folder_eval_samples(root: Path, splits: FolderSplits, eval_split: str) -> list[Sample]:
+    """The samples of the split a folder is evaluated on."""
+    if eval_split not in SPLITS:
+        raise ConfigError(f"eval_split={eval_split!r}: must be one of {', '.join(SPLITS)}")
+    samples = {"train": splits.train, "val": splits.val, "test": splits.test}[eval_split]
+    if samples is None:
+        raise ConfigError(f"eval_split='test': {root} has no test/ folder; use eval_split='val'")
+    return samples
+
+
+def _split_roots(root: Path, splits: FolderSplits) -> list[Path]:
+    """The folders the scan walks: the split folders, or ``root`` when it is split here."""
+    if splits.layout != "folders":
+        return [root]
+    return [root / s for s in SPLITS if (root / s).is_dir()]
+
+
+def _folder_info(
+    root: Path,
+    classes: list[str],
+    scan: FolderScan,
+    plan: FolderPlan,
+    prep: dict[str, Any],
+    eval_split: str,
+) -> DataInfo:
+    """The info of a folder read by ``plan``; pretrained weights' preprocessing ``prep``
+    (mean, std, resize ratio, interpolation) replaces the folder's own where it fits."""
     info = replace(
-        folder_info(parsed.path, splits.classes, image_size=plan.image_size, channels=channels),
-        in_chans=channels,
+        folder_info(root, classes, image_size=plan.image_size, channels=plan.channels),
+        in_chans=plan.channels,
         eval_split=eval_split,
         plan=plan.describe(),
         scan=scan.to_dict(),
     )
     if plan.pipeline == "small":
         info = replace(info, resize=plan.image_size)
-    if prep.get("mean") and len(prep["mean"]) == channels:
-        # Pretrained weights were trained with these statistics (and crop ratio).
-        resize = prep.get("resize") or info.resize
-        if plan.pipeline == "imagenet" and prep.get("image_size") and resize:
-            resize = round(plan.image_size * resize / prep["image_size"])
-        info = replace(
-            info,
-            mean=tuple(prep["mean"]),
-            std=tuple(prep["std"]),
-            resize=resize,
-            interpolation=prep.get("interpolation", info.interpolation),
-        )
-    if plan.in_memory:
-        return _folder_in_memory(
-            splits.train, eval_samples, info, plan, stats=not prep.get("mean"),
-            batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment,
-            random_erasing=random_erasing, num_workers=num_workers,
-            channels_last=channels_last, skip_bad_images=skip_bad_images, seed=seed,
-            rank=rank, world_size=world_size, device=device,
-        )  # fmt: skip
-    loaders = []
+    if not (prep.get("mean") and len(prep["mean"]) == plan.channels):
+        return info
+    # Pretrained weights were trained with these statistics (and crop ratio).
+    resize = prep.get("resize") or info.resize
+    if plan.pipeline == "imagenet" and prep.get("image_size") and resize:
+        resize = round(plan.image_size * resize / prep["image_size"])
+    elif plan.pipeline == "small":
+        resize = info.resize  # the small pipeline resizes to its own size, not the weights'
+    return replace(
+        info,
+        mean=tuple(prep["mean"]),
+        std=tuple(prep["std"]),
+        resize=resize,
+        interpolation=prep.get("interpolation", info.interpolation),
+    )
+
+
+def _folder_streamed(
+    train_samples: list[Sample],
+    eval_samples: list[Sample],
+    info: DataInfo,
+    plan: FolderPlan,
+    data: DataConfig,
+    *,
+    batch_sizes: tuple[int, int],
+    placement: _Placement,
+) -> tuple[Loader, Loader, DataInfo]:
+    """Loaders that decode and transform the image files batch by batch."""
     small = plan.pipeline == "small"
+    loaders = []
     for name, samples, train, bs in (
-        ("train", splits.train, True, batch_size),
-        (eval_split, eval_samples, False, eval_batch_size),
+        ("train", train_samples, True, batch_sizes[0]),
+        (info.eval_split, eval_samples, False, batch_sizes[1]),
     ):
         transform = folder_transforms(
-            info, train=train, augment=augment, random_erasing=random_erasing, small=small
-        )
+            info, train=train, augment=data.augment, random_erasing=data.random_erasing,
+            small=small,
+        )  # fmt: skip
         dataset = ImageFileDataset(
             samples,
             transform,
-            channels=channels,
-            skip_bad_images=skip_bad_images,
-            min_side=decode_side(info, train=train, augment=augment, small=small),
+            channels=plan.channels,
+            skip_bad_images=data.skip_bad_images,
+            min_side=decode_side(info, train=train, augment=data.augment, small=small),
         )
         loaders.append(
             FolderLoader(
@@ -568,36 +578,24 @@ def _build_folder_loaders(
                 info,
                 batch_size=bs,
                 train=train,
-                seed=seed,
-                rank=rank,
-                world_size=world_size,
-                num_workers=num_workers,
-                device=device,
-                channels_last=channels_last,
+                num_workers=data.num_workers,
                 split=name,
+                **placement.kwargs(),
             )
         )
     return loaders[0], loaders[1], info
 
 
 def _folder_in_memory(
-    train_samples: list,
-    eval_samples: list,
+    train_samples: list[Sample],
+    eval_samples: list[Sample],
     info: DataInfo,
     plan: FolderPlan,
+    data: DataConfig,
     *,
     stats: bool,
-    batch_size: int,
-    eval_batch_size: int,
-    augment: str,
-    random_erasing: float,
-    num_workers: int,
-    channels_last: bool,
-    skip_bad_images: bool,
-    seed: int,
-    rank: int,
-    world_size: int,
-    device: torch.device,
+    batch_sizes: tuple[int, int],
+    placement: _Placement,
 ) -> tuple[Loader, Loader, DataInfo]:
     """Decode both splits once and serve them from the in-memory loader."""
     decoded = [
@@ -605,8 +603,8 @@ def _folder_in_memory(
             samples,
             image_size=plan.image_size,
             channels=plan.channels,
-            skip_bad_images=skip_bad_images,
-            num_workers=num_workers,
+            skip_bad_images=data.skip_bad_images,
+            num_workers=data.num_workers,
             desc=f"decoding {name}",
         )
         for name, samples in (("train", train_samples), (info.eval_split, eval_samples))
@@ -615,10 +613,8 @@ def _folder_in_memory(
         mean, std = _channel_stats(decoded[0][0])
         info = replace(info, mean=mean, std=std)
     return _memory_loaders(
-        decoded[0], decoded[1], info, batch_size=batch_size, eval_batch_size=eval_batch_size,
-        augment=augment, random_erasing=random_erasing, hflip=True,
-        crop_padding=max(1, plan.image_size // 8), in_chans=None, channels_last=channels_last,
-        seed=seed, rank=rank, world_size=world_size, device=device,
+        decoded[0], decoded[1], info, data, batch_sizes=batch_sizes, hflip=True,
+        crop_padding=max(1, plan.image_size // 8), in_chans=None, placement=placement,
     )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..models.card import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "CATALOG",
@@ -28,9 +29,8 @@ __all__ = [
     "RemoteFile",
 ]
 
-#: Normalization statistics of ImageNet (RGB, [0, 1] scale), used for ImageFolder data.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# IMAGENET_MEAN/STD: normalization statistics of ImageNet (RGB, [0, 1] scale), used for
+# ImageFolder data; defined with the model card (models/card.py), whose stem defaults they are.
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,8 @@ CIFAR10 = DatasetSpec(
     ),
     channels=3,
     image_size=32,
-    mean=(0.4914, 0.4822, 0.4465),
-    std=(0.2470, 0.2435, 0.2616),
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
     files=(
         RemoteFile(
             "cifar-10-binary.tar.gz",

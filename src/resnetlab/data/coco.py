@@ -35,10 +35,7 @@ do about it.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +45,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, MissingDependencyError
+from ..io import JSONFileError, StorageError, read_json
 from .errors import DataFormatError, MissingDataError
 from .seeding import generator
 
@@ -179,28 +177,15 @@ class CocoDataset:
 
 
 def read_json_file(path: Path, what: str) -> Any:
-    """The JSON value in the regular file ``path``; MissingDataError or DataFormatError else."""
+    """The JSON value in the regular file ``path`` (:func:`~resnetlab.io.read_json`):
+    MissingDataError when it cannot be read, DataFormatError when it holds no JSON."""
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise MissingDataError(f"{what} {path}: {exc.strerror or exc}") from None
-    # A FIFO or a device would block the reader or never end: refused unopened.
-    if not stat.S_ISREG(st.st_mode):
-        raise DataFormatError(f"{what} {path} is not a regular file")
-    if st.st_size > MAX_JSON_BYTES:
-        raise DataFormatError(
-            f"{what} {path} is {st.st_size} bytes, more than the {MAX_JSON_BYTES} read; "
-            "is it the right file?"
-        )
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read(MAX_JSON_BYTES + 1))
-    except OSError as exc:
-        raise MissingDataError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise DataFormatError(
-            f"{what} {path} is not valid JSON ({exc}); fix the file or write it again"
-        ) from None
+        return read_json(path, what, max_bytes=MAX_JSON_BYTES)
+    except StorageError as exc:
+        # no errno: a FIFO, a device or a folder where the file should be
+        raise (MissingDataError if exc.errno is not None else DataFormatError)(str(exc)) from None
+    except JSONFileError as exc:
+        raise DataFormatError(f"{exc}; fix the file or write it again") from None
 
 
 def _load(path: Path) -> dict:
@@ -331,17 +316,40 @@ def read_coco_split(
             "must list the same categories (the same ids and names)"
         )
     label_of = {cid: k + 1 for k, (cid, _) in enumerate(cats)}
-    dirs = image_dirs or (path.parent, path.parent / "images")
-    sizes: dict[int, tuple[int, int]] = {}
-    files: dict[int, Path] = {}
-    order: list[int] = []
+    entries = _image_entries(doc, path, image_dirs or (path.parent, path.parent / "images"))
+    objects: dict[int, list[CocoObject]] = {iid: [] for iid in entries}
+    degenerate = boxless = 0
+    for ann in doc.get("annotations", []):
+        iid, obj = _annotation(ann, path, entries, label_of, cats)
+        if obj is None:
+            degenerate += 1  # torchvision's detectors refuse boxes without area
+            continue
+        boxless += obj.segmentation is None
+        objects[iid].append(obj)
+    images = tuple(
+        CocoImage(iid, file, width, height, tuple(objects[iid]))
+        for iid, (file, height, width) in entries.items()
+    )
+    notes = []
+    if degenerate:
+        notes.append(f"{name}: {degenerate} boxes without area dropped")
+    if boxless:
+        notes.append(f"{name}: {boxless} objects without segmentation use their box as mask")
+    return CocoSplit(name, path, images), cats, notes
+
+
+def _image_entries(
+    doc: dict, path: Path, dirs: tuple[Path, ...]
+) -> dict[int, tuple[Path, int, int]]:
+    """The file's images in its order: id -> (image file, height, width)."""
+    entries: dict[int, tuple[Path, int, int]] = {}
     for entry in doc["images"]:
         if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str):
             raise DataFormatError(
                 f"{path}: each image needs 'id', 'file_name', 'width' and 'height', got {entry!r}"
             )
         iid = _int(entry.get("id"), path, "an image's id")
-        if iid in sizes:
+        if iid in entries:
             raise DataFormatError(f"{path}: image id {iid} is listed twice")
         width = _int(entry.get("width"), path, f"image {iid}'s width")
         height = _int(entry.get("height"), path, f"image {iid}'s height")
@@ -354,62 +362,64 @@ def read_coco_split(
                 f"{', '.join(str(d) for d in dirs)}); put the image there or remove it from "
                 "the file"
             )
-        sizes[iid], files[iid] = (height, width), found
-        order.append(iid)
-    objects: dict[int, list[CocoObject]] = {iid: [] for iid in order}
-    degenerate = boxless = 0
-    for ann in doc.get("annotations", []):
-        if not isinstance(ann, dict):
-            raise DataFormatError(f"{path}: each annotation must be an object, got {ann!r}")
-        aid = _int(ann.get("id", -1), path, "an annotation's id")
-        where = f"annotation {aid}"
-        iid = _int(ann.get("image_id"), path, f"{where}: image_id")
-        if iid not in sizes:
-            raise DataFormatError(
-                f"{path}: {where} refers to image {iid}, which 'images' does not list; add "
-                "the image or remove the annotation"
-            )
-        where = f"annotation {aid} (image {iid})"
-        cid = _int(ann.get("category_id"), path, f"{where}: category_id")
-        if cid not in label_of:
-            raise DataFormatError(
-                f"{path}: {where} has category {cid}, which 'categories' does not list (ids "
-                f"{', '.join(str(c) for c, _ in cats)}); add the category or fix the id"
-            )
-        height, width = sizes[iid]
-        bbox = _numbers(ann.get("bbox"), path, f"{where}: bbox")
-        if len(bbox) != 4 or bbox[2] < 0 or bbox[3] < 0:
-            raise DataFormatError(
-                f"{path}: {where}: bbox must be [x, y, width, height] with width, height >= 0, "
-                f"got {ann.get('bbox')}"
-            )
-        x, y, w, h = bbox
-        t = BOX_TOLERANCE
-        if x < -t or y < -t or x + w > width + t or y + h > height + t:
-            raise DataFormatError(
-                f"{path}: {where}: bbox {ann.get('bbox')} ([x, y, width, height]) reaches outside "
-                f"the {width}x{height} image; fix the box or the image's width and height"
-            )
-        box = (max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h))
-        crowd = ann.get("iscrowd", 0)
-        if crowd not in (0, 1, False, True):
-            raise DataFormatError(f"{path}: {where}: iscrowd must be 0 or 1, got {crowd!r}")
-        seg = _segmentation(ann.get("segmentation"), path, where, height, width)
-        if box[2] <= box[0] or box[3] <= box[1]:
-            degenerate += 1  # torchvision's detectors refuse boxes without area
-            continue
-        boxless += seg is None
-        objects[iid].append(CocoObject(aid, label_of[cid], box, bool(crowd), seg))
-    images = tuple(
-        CocoImage(iid, files[iid], sizes[iid][1], sizes[iid][0], tuple(objects[iid]))
-        for iid in order
-    )
-    notes = []
-    if degenerate:
-        notes.append(f"{name}: {degenerate} boxes without area dropped")
-    if boxless:
-        notes.append(f"{name}: {boxless} objects without segmentation use their box as mask")
-    return CocoSplit(name, path, images), cats, notes
+        entries[iid] = (found, height, width)
+    return entries
+
+
+def _annotation(
+    ann: Any,
+    path: Path,
+    entries: dict[int, tuple[Path, int, int]],
+    label_of: dict[int, int],
+    cats: list[tuple[int, str]],
+) -> tuple[int, CocoObject | None]:
+    """The image id of one annotation and its object; None for a box without area."""
+    if not isinstance(ann, dict):
+        raise DataFormatError(f"{path}: each annotation must be an object, got {ann!r}")
+    aid = _int(ann.get("id", -1), path, "an annotation's id")
+    where = f"annotation {aid}"
+    iid = _int(ann.get("image_id"), path, f"{where}: image_id")
+    if iid not in entries:
+        raise DataFormatError(
+            f"{path}: {where} refers to image {iid}, which 'images' does not list; add "
+            "the image or remove the annotation"
+        )
+    where = f"annotation {aid} (image {iid})"
+    cid = _int(ann.get("category_id"), path, f"{where}: category_id")
+    if cid not in label_of:
+        raise DataFormatError(
+            f"{path}: {where} has category {cid}, which 'categories' does not list (ids "
+            f"{', '.join(str(c) for c, _ in cats)}); add the category or fix the id"
+        )
+    _, height, width = entries[iid]
+    box = _box(ann.get("bbox"), path, where, height, width)
+    crowd = ann.get("iscrowd", 0)
+    if crowd not in (0, 1, False, True):
+        raise DataFormatError(f"{path}: {where}: iscrowd must be 0 or 1, got {crowd!r}")
+    seg = _segmentation(ann.get("segmentation"), path, where, height, width)
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return iid, None
+    return iid, CocoObject(aid, label_of[cid], box, bool(crowd), seg)
+
+
+def _box(
+    bbox: Any, path: Path, where: str, height: int, width: int
+) -> tuple[float, float, float, float]:
+    """A COCO ``[x, y, width, height]`` box as (x1, y1, x2, y2), clipped to the image."""
+    numbers = _numbers(bbox, path, f"{where}: bbox")
+    if len(numbers) != 4 or numbers[2] < 0 or numbers[3] < 0:
+        raise DataFormatError(
+            f"{path}: {where}: bbox must be [x, y, width, height] with width, height >= 0, "
+            f"got {bbox}"
+        )
+    x, y, w, h = numbers
+    t = BOX_TOLERANCE
+    if x < -t or y < -t or x + w > width + t or y + h > height + t:
+        raise DataFormatError(
+            f"{path}: {where}: bbox {bbox} ([x, y, width, height]) reaches outside "
+            f"the {width}x{height} image; fix the box or the image's width and height"
+        )
+    return max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)
 
 
 def _subset(split: CocoSplit, indices: torch.Tensor, name: str) -> CocoSplit:

@@ -49,11 +49,11 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import ConfigError
-from .build import check_batch_fits, check_positive_int
+from .build import check_batch_fits, split_spec
 from .coco import IGNORE_INDEX, CocoDataset, CocoImage, decode_masks, read_coco, semantic_target
 from .errors import DataFormatError
 from .images import load_image
-from .loader import EpochOrder, check_start_batch
+from .loader import EpochOrder, check_positive_int, check_ranks, check_start_batch
 from .scenes import SCENES_NAME, SceneConfig, ensure_scene_set
 from .seeding import derive_seed
 
@@ -109,9 +109,7 @@ def parse_dense_spec(spec: str) -> DenseSource:
     valid = ", ".join(VALID_DENSE_SPECS)
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"dataset spec {spec!r} is empty; valid dense datasets: {valid}")
-    head, sep, rest = spec.strip().partition(":")
-    key = head.strip().lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
+    key, sep, rest = split_spec(spec, _ALIASES)
     if key == "coco":
         if not rest.strip():
             raise ConfigError(f"dataset spec {spec!r}: give the folder, as coco:PATH")
@@ -195,8 +193,7 @@ class DenseDataset(Dataset):
         augment: str = "none",
         seed: int = 0,
     ) -> None:
-        if task not in DENSE_TASKS:
-            raise ConfigError(f"task={task!r}: must be one of {', '.join(DENSE_TASKS)}")
+        _check_task(task)
         if augment not in DENSE_AUGMENTS:
             raise ConfigError(f"augment={augment!r}: must be one of {', '.join(DENSE_AUGMENTS)}")
         if task == "segmentation" and image_size is None:
@@ -315,7 +312,7 @@ class DenseLoader(EpochOrder):
         split: str = "train",
     ) -> None:
         check_positive_int("batch_size", batch_size)
-        _check_ranks(rank, world_size)
+        check_ranks(rank, world_size)
         self.dataset = dataset
         self.info = info
         self.batch_size = int(batch_size)
@@ -372,13 +369,9 @@ class DenseLoader(EpochOrder):
                 yield batch
 
 
-def _check_ranks(rank: object, world_size: object) -> None:
-    check_positive_int("world_size", world_size)
-    assert isinstance(world_size, int)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ConfigError(
-            f"rank={rank!r}: must be in 0..{world_size - 1} (world_size={world_size})"
-        )
+def _check_task(task: str) -> None:
+    if task not in DENSE_TASKS:
+        raise ConfigError(f"task={task!r}: must be one of {', '.join(DENSE_TASKS)}")
 
 
 def _validate(
@@ -390,9 +383,9 @@ def _validate(
     rank: int,
     world_size: int,
     num_workers: int,
+    val_fraction: float,
 ) -> None:
-    if task not in DENSE_TASKS:
-        raise ConfigError(f"task={task!r}: must be one of {', '.join(DENSE_TASKS)}")
+    _check_task(task)
     if augment not in DENSE_AUGMENTS:
         raise ConfigError(f"augment={augment!r}: the dense tasks take {', '.join(DENSE_AUGMENTS)}")
     for name, value in (
@@ -402,9 +395,11 @@ def _validate(
     ):
         if value is not None:
             check_positive_int(name, value)
-    _check_ranks(rank, world_size)
+    check_ranks(rank, world_size)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError(f"num_workers={num_workers!r}: must be an integer >= 0")
+    if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction={val_fraction!r}: must be in [0, 1)")
 
 
 def _batch_size(batch_size: int | None, task: str, n: int, world_size: int, spec: str) -> int:
@@ -469,9 +464,8 @@ def build_dense_loaders(
     split of its own (seeded by ``seed``). ``data_dir``: where the scene set is built and
     Fashion-MNIST looked for (default :func:`~resnetlab.data.sources.default_data_dir`).
     """
-    _validate(task, augment, batch_size, eval_batch_size, image_size, rank, world_size, num_workers)
-    if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"val_fraction={val_fraction!r}: must be in [0, 1)")
+    _validate(task, augment, batch_size, eval_batch_size, image_size, rank, world_size,
+              num_workers, val_fraction)  # fmt: skip
     source = parse_dense_spec(spec)
     data, how = _read(
         source, data_dir=data_dir, download=download, val_fraction=val_fraction, seed=seed
@@ -482,30 +476,55 @@ def build_dense_loaders(
             f"1..{IGNORE_INDEX - 1} ({IGNORE_INDEX} means ignore)"
         )
     canvas = source.scenes.size if source.scenes is not None else None
-    if task == "segmentation":
-        size = image_size or canvas or DEFAULT_SEGMENTATION_SIZE
-        resize: int | None = size
-        geometry = f"segmentation at {size} x {size} px (longer side scaled, padded)"
-    else:
-        resize = image_size
-        largest = max(max(im.width, im.height) for im in data.train.images)
-        size = image_size or canvas or largest
-        geometry = (
-            f"detection, longer side scaled to {size} px"
-            if image_size
-            else f"detection at the images' own size ({size} px)"
-            if canvas
-            else f"detection at the images' own size (up to {size} px)"
-        )
+    size, resize, geometry = _geometry(task, image_size, canvas, data)
     name = spec.strip()
     bs = _batch_size(batch_size, task, len(data.train.images), world_size, name)
-    eval_bs = eval_batch_size or bs
+    info = _dense_info(name, how, task, data, size, f"{geometry}, batch {bs}, augment {augment}")
+    common = {"seed": seed, "rank": rank, "world_size": world_size, "num_workers": num_workers}
+    train = DenseLoader(
+        DenseDataset(data.train.images, task=task, image_size=resize, augment=augment, seed=seed),
+        info, batch_size=bs, train=True, split="train", **common,
+    )  # fmt: skip
+    evaluation = DenseLoader(
+        DenseDataset(data.val.images, task=task, image_size=resize, augment="none", seed=seed),
+        info, batch_size=eval_batch_size or bs, train=False, split="val", **common,
+    )  # fmt: skip
+    return train, evaluation, info
+
+
+def _geometry(
+    task: str, image_size: int | None, canvas: int | None, data: CocoDataset
+) -> tuple[int, int | None, str]:
+    """The info's image size, the size the datasets resize to, and the plan's words for it.
+
+    ``canvas``: the scene set's canvas side (None for a COCO set).
+    """
+    if task == "segmentation":
+        size = image_size or canvas or DEFAULT_SEGMENTATION_SIZE
+        return size, size, f"segmentation at {size} x {size} px (longer side scaled, padded)"
+    largest = max(max(im.width, im.height) for im in data.train.images)
+    size = image_size or canvas or largest
+    geometry = (
+        f"detection, longer side scaled to {size} px"
+        if image_size
+        else f"detection at the images' own size ({size} px)"
+        if canvas
+        else f"detection at the images' own size (up to {size} px)"
+    )
+    return size, image_size, geometry
+
+
+def _dense_info(
+    name: str, how: str, task: str, data: CocoDataset, size: int, settings: str
+) -> DenseInfo:
+    """The :class:`DenseInfo` of ``data`` and its plan line; ``how``: how the set was had,
+    ``settings``: how the loaders read it (geometry, batch size, augmentation)."""
     notes = "".join(f"; {note}" for note in data.notes)
     plan = (
         f"{name}{how}: {data.train.summary()}, {data.val.summary()}, {data.num_classes} "
-        f"classes -> {geometry}, batch {bs}, augment {augment}{notes}"
+        f"classes -> {settings}{notes}"
     )
-    info = DenseInfo(
+    return DenseInfo(
         name=name,
         task=task,
         num_classes=data.num_classes,
@@ -516,21 +535,3 @@ def build_dense_loaders(
         train_size=len(data.train.images),
         eval_size=len(data.val.images),
     )
-    common = {"seed": seed, "rank": rank, "world_size": world_size, "num_workers": num_workers}
-    train = DenseLoader(
-        DenseDataset(data.train.images, task=task, image_size=resize, augment=augment, seed=seed),
-        info,
-        batch_size=bs,
-        train=True,
-        split="train",
-        **common,
-    )
-    evaluation = DenseLoader(
-        DenseDataset(data.val.images, task=task, image_size=resize, augment="none", seed=seed),
-        info,
-        batch_size=eval_bs,
-        train=False,
-        split="val",
-        **common,
-    )
-    return train, evaluation, info

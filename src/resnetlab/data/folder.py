@@ -292,22 +292,18 @@ def folder_transforms(
     ``small``: the CIFAR-style pipeline (resize to ``image_size``, pad + random crop, flip)
     instead of ImageNet's RandomResizedCrop.
     """
-    size = info.image_size
-    interpolation = v2.InterpolationMode(info.interpolation)
-    fit = [v2.Resize(info.resize or size, interpolation, antialias=True), v2.CenterCrop(size)]
+    prep = info.to_preprocessing()  # the resize, crops and statistics the card records
+    size = prep.image_size
+    fit = prep.resize_and_crop()
     steps: list[Any] = fit
     if train and augment in ("crop", "standard"):
         if small:
             steps = [*fit, v2.RandomCrop(size, padding=max(1, size // 8))]
         else:
-            steps = [v2.RandomResizedCrop(size, interpolation=interpolation, antialias=True)]
+            steps = [prep.train_crop()]
     if train and augment in ("flip", "standard"):
         steps = [*steps, v2.RandomHorizontalFlip()]
-    steps += [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(info.mean), list(info.std)),
-    ]
+    steps += prep.to_normalized_tensor()
     if train and random_erasing > 0:
         steps.append(v2.RandomErasing(p=random_erasing))
     return v2.Compose(steps)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..models.card import Preprocessing
+
 __all__ = ["DataInfo"]
 
 
@@ -41,15 +43,18 @@ class DataInfo:
         """Channels of the tensors the loaders yield."""
         return self.in_chans if self.in_chans is not None else self.channels
 
+    def to_preprocessing(self) -> Preprocessing:
+        """How to turn an image file into a model input, as the model's card holds it."""
+        return Preprocessing(
+            mean=self.mean,
+            std=self.std,
+            image_size=int(self.image_size),
+            channels=int(self.channels),
+            in_chans=int(self.model_channels),
+            resize=int(self.resize if self.resize is not None else self.image_size),
+            interpolation=self.interpolation,
+        )
+
     def preprocessing(self) -> dict[str, Any]:
-        """A JSON-able description of how to turn an image file into a model input."""
-        return {
-            "mean": [float(m) for m in self.mean],
-            "std": [float(s) for s in self.std],
-            "image_size": int(self.image_size),
-            "channels": int(self.channels),
-            "in_chans": int(self.model_channels),
-            "resize": int(self.resize if self.resize is not None else self.image_size),
-            "crop": "center",
-            "interpolation": self.interpolation,
-        }
+        """The JSON form of :meth:`to_preprocessing` (a weights sidecar's ``preprocessing``)."""
+        return self.to_preprocessing().to_dict()

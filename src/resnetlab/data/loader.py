@@ -37,7 +37,15 @@ from .augment import random_crop, random_erasing, random_hflip
 from .info import DataInfo
 from .seeding import generator
 
-__all__ = ["AUGMENTS", "InMemoryLoader", "Loader", "eval_shard", "train_batches"]
+__all__ = [
+    "AUGMENTS",
+    "InMemoryLoader",
+    "Loader",
+    "check_positive_int",
+    "check_ranks",
+    "eval_shard",
+    "train_batches",
+]
 
 #: Accepted values of ``augment``: none, flip only, random crop only, or crop + flip (flips
 #: only where they are valid).
@@ -61,6 +69,22 @@ class Loader(Protocol):
     def set_epoch(self, epoch: int) -> None: ...
 
     def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def check_positive_int(name: str, value: object) -> None:
+    """ConfigError unless ``value`` is an integer >= 1 (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}={value!r}: must be a positive integer")
+
+
+def check_ranks(rank: object, world_size: object) -> None:
+    """ConfigError unless ``world_size`` is a positive integer and ``rank`` one of its ranks."""
+    check_positive_int("world_size", world_size)
+    assert isinstance(world_size, int)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ConfigError(
+            f"rank={rank!r}: must be in 0..{world_size - 1} (world_size={world_size})"
+        )
 
 
 def eval_shard(n: int, rank: int, world_size: int) -> range:
@@ -182,12 +206,8 @@ class InMemoryLoader(EpochOrder):
             raise ConfigError(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
         if augment not in AUGMENTS:
             raise ConfigError(f"augment={augment!r}: must be one of {', '.join(AUGMENTS)}")
-        if batch_size <= 0:
-            raise ConfigError(f"batch_size={batch_size!r}: must be a positive integer")
-        if not 0 <= rank < world_size:
-            raise ConfigError(
-                f"rank={rank!r}: must be in 0..{world_size - 1} (world_size={world_size})"
-            )
+        check_positive_int("batch_size", batch_size)
+        check_ranks(rank, world_size)
         channels = images.shape[1]
         if in_chans not in (None, channels) and not (channels == 1 and in_chans == 3):
             raise ConfigError(

@@ -50,6 +50,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..io import fsync_dir
 from . import catalog
 from .coco import INSTANCES, pycocotools_mask, read_json_file
 from .errors import DataError, DataFormatError, MissingDataError
@@ -222,17 +223,6 @@ def _png(canvas: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(canvas).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the renames and new files in folder ``path`` durable, where the system can."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot fsync a folder; the files themselves are synced
-    finally:
-        os.close(fd)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -423,16 +413,16 @@ def _write_scene_set(
         }
         _write(tmp / META, json.dumps(meta, indent=2).encode() + b"\n")
         for folder in (tmp / "train" / "images", tmp / "val" / "images", tmp / "train"):
-            _fsync_dir(folder)
-        _fsync_dir(tmp / "val")
-        _fsync_dir(tmp)
+            fsync_dir(folder)
+        fsync_dir(tmp / "val")
+        fsync_dir(tmp)
         try:
             os.replace(tmp, out)
         except OSError:
             if exist_ok and read_scene_meta(out) is not None:
                 return out  # another process built the same set first
             raise
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except OSError as exc:
         raise DataError(
             f"could not write the scene set {out}: {exc.strerror or exc}; nothing was kept"

@@ -19,20 +19,20 @@ re-compress the same data, which changes the checksum of the ``.gz`` file.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..io import atomic_file
 from . import catalog
 from .catalog import DatasetSpec, RemoteFile
 from .errors import ChecksumError, DataFormatError, DownloadError, MissingDataError
@@ -143,50 +143,48 @@ def download_file(
     """Download ``url`` to ``dest`` atomically, verifying ``md5`` when given.
 
     The data is streamed to a temporary file next to ``dest`` and renamed into place only once
-    complete and verified, so an interrupted download never leaves a partial ``dest``. Network
-    failures propagate as ``urllib.error.URLError``/``OSError``/``http.client.HTTPException``;
-    a checksum mismatch deletes the temporary file and raises :class:`ChecksumError`.
+    complete and verified (:func:`~resnetlab.io.atomic_file`), so an interrupted download
+    never leaves a partial ``dest``. Network failures propagate as
+    ``urllib.error.URLError``/``OSError``/``http.client.HTTPException``; a checksum mismatch
+    deletes the temporary file and raises :class:`ChecksumError`.
     """
     dest = Path(dest)
     request = urllib.request.Request(url, headers={"User-Agent": "resnetlab"})
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.md5(usedforsecurity=False)
+    with atomic_file(dest) as (fd, _):
         with (
             os.fdopen(fd, "wb") as out,
             urllib.request.urlopen(
                 request, timeout=DOWNLOAD_TIMEOUT if timeout is None else timeout
             ) as response,
         ):
-            total = response.headers.get("Content-Length")
-            with tqdm(
-                total=int(total) if total and total.isdigit() else None,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=dest.name,
-                disable=not progress,
-                leave=False,
-            ) as bar:
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-        actual = digest.hexdigest()
+            actual = _copy(response, out, dest.name, progress)
         if md5 is not None and actual != md5.lower():
             raise ChecksumError(
                 f"{dest.name}: md5 mismatch for the file downloaded from {url}: "
                 f"expected {md5}, got {actual}. The download was deleted; try again, or put a "
                 f"good copy at {dest}"
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
     return dest
+
+
+def _copy(response: Any, out: BinaryIO, name: str, progress: bool) -> str:
+    """Copy an HTTP response's body to ``out`` with a progress bar; its md5 (hex)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    total = response.headers.get("Content-Length")
+    with tqdm(
+        total=int(total) if total and total.isdigit() else None,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=name,
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        while chunk := response.read(_CHUNK):
+            out.write(chunk)
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
 
 
 def _fetch(spec: DatasetSpec, remote: RemoteFile, data_dir: Path, progress: bool) -> Path:

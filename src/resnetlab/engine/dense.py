@@ -453,25 +453,3 @@ def evaluate_dense_source(
     result.update(task=spec.task, head=spec.head, data=data, split=info.eval_split,
                   source=str(path), precision=prec.name, device=str(dev))  # fmt: skip
     return result
-
-
-def format_dense_result(result: dict[str, Any]) -> str:
-    """A dense evaluation as text: the headline metrics and the per-class figures."""
-    head = f"{result['source']} on {result['data']} ({result['split']}, n={result['n']}): "
-
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.2f}%"
-
-    if result["task"] == "detection":
-        head += f"box mAP {pct(result['map'])}  mAP@.5 {pct(result['map50'])}"
-        if "mask_map" in result:
-            head += f"  mask mAP {pct(result['mask_map'])}"
-        lines = [head, "per-class box AP:"]
-        lines += [f"  {k:>20s}  {pct(v):>7s}" for k, v in result["per_class_ap"].items()]
-    else:
-        head += f"mIoU {pct(result['miou'])}  pixel accuracy {pct(result['pixel_acc'])}"
-        lines = [head, "per-class IoU:"]
-        lines += [f"  {k:>20s}  {pct(v):>7s}" for k, v in result["per_class_iou"].items()]
-    if result.get("eval_json"):
-        lines.append(f"results: {result['eval_json']}")
-    return "\n".join(lines)

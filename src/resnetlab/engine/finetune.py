@@ -16,20 +16,22 @@ from typing import Any
 
 from torch import nn
 
-from ..config import FinetuneConfig
-from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..config import FinetuneConfig, ModelConfig
 from ..errors import ConfigError
 from ..models import is_pretrained_name, read_weights, resolve_pretrained
+from ..models.card import default_preprocessing
+from ..models.weights import described_card
 
 __all__ = ["FineTuning", "weights_card"]
 
-# torchvision's convention for ImageNet weights that do not describe their preprocessing.
-IMAGENET_PREPROCESSING = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                          "image_size": 224, "resize": 256, "interpolation": "bilinear"}  # fmt: skip
+# torchvision's convention for ImageNet weights that do not describe their preprocessing:
+# that of an ImageNet-stem net (ImageNet statistics, resize 256, center crop 224, bilinear).
+IMAGENET_PREPROCESSING = default_preprocessing(ModelConfig(stem="imagenet"))
 
 
 def weights_card(source: str) -> dict[str, Any]:
-    """What the weights say about themselves: ``preprocessing``, ``in_chans``, ``meta``.
+    """What the weights say about themselves: ``preprocessing`` (the JSON form of the
+    card's :class:`~resnetlab.models.Preprocessing`), ``in_chans``, ``meta``.
 
     Named weights (``torchvision:resnet50.IMAGENET1K_V2``) answer from their card; resnetlab
     weights (a run directory, ``.safetensors``, a checkpoint) from their sidecar; a plain
@@ -37,14 +39,14 @@ def weights_card(source: str) -> dict[str, Any]:
     preprocessing.
     """
     if is_pretrained_name(source):
-        card = resolve_pretrained(source)
-        return {"preprocessing": dict(card.preprocessing), "in_chans": 3, "meta": None}
+        card = resolve_pretrained(source).model_card()
+        return {"preprocessing": card.preprocessing.to_dict(), "in_chans": 3, "meta": None}
     wf = read_weights(source)
-    meta = wf.meta if isinstance(wf.meta, dict) else None
-    prep = (meta or {}).get("preprocessing") or IMAGENET_PREPROCESSING
+    card = described_card(wf)
+    prep = (card.preprocessing if card is not None else None) or IMAGENET_PREPROCESSING
     stem = wf.state_dict.get("conv1.weight", wf.state_dict.get("stem.conv.weight"))
     in_chans = int(stem.shape[1]) if stem is not None and stem.ndim == 4 else 3
-    return {"preprocessing": prep, "in_chans": in_chans, "meta": meta}
+    return {"preprocessing": prep.to_dict(), "in_chans": in_chans, "meta": wf.meta}
 
 
 class FineTuning:

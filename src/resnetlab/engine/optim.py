@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -83,9 +84,16 @@ def lr_factor(step: int, cfg: ScheduleConfig, *, steps_per_epoch: int, total_ste
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, *, steps_per_epoch: int, total_steps: int
+    optimizer: torch.optim.Optimizer,
+    cfg: ScheduleConfig,
+    *,
+    steps_per_epoch: int,
+    total_steps: int | Callable[[], int],
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule as a LambdaLR; ``total_steps`` may be a function that returns the current
+    length of the run, for a run whose length is re-planned while it trains (a time budget)."""
+    total = total_steps if callable(total_steps) else lambda: total_steps
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: lr_factor(step, cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps),
+        lambda step: lr_factor(step, cfg, steps_per_epoch=steps_per_epoch, total_steps=total()),
     )

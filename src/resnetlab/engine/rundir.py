@@ -29,8 +29,9 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = ".lock"
 # Settings that may change on --resume without changing the run's meaning.
-RESUMABLE_CHANGES = {"epochs", "max_iters", "device", "output", "keep_last", "save_every_steps",
-                     "eval_every", "threads", "compile", "dist_timeout_s"}  # fmt: skip
+RESUMABLE_CHANGES = {"epochs", "max_iters", "budget_s", "device", "output", "keep_last",
+                     "save_every_steps", "eval_every", "threads", "compile",
+                     "dist_timeout_s"}  # fmt: skip
 # What a run directory holds before its first checkpoint.
 SETUP_ENTRIES = (CONFIG_FILE, "data_scan.json", "tensorboard", "checkpoints", LOCK_FILE)
 # Everything a training writes into its run directory (what --overwrite may delete).
@@ -129,15 +130,21 @@ def finished_message(run_dir: Path, cfg: TrainConfig) -> str | None:
         steps, epochs = int(summary["steps"]), int(summary["epochs"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if steps < (cfg.max_iters or 0) or (not cfg.max_iters and epochs < cfg.epochs):
+    if cfg.budget_s is not None:
+        # a budgeted run ends where its plan did; a larger budget extends it
+        planned, budget = summary.get("planned_steps"), summary.get("budget_s")
+        if not planned or steps < planned or budget is None or cfg.budget_s > budget:
+            return None
+    elif steps < (cfg.max_iters or 0) or (not cfg.max_iters and epochs < cfg.epochs):
         return None
     top1, split = summary.get("test_top1"), summary.get("eval_split") or "test"
     result = f", {split} top-1 {100 * top1:.2f}%" if isinstance(top1, (int, float)) else ""
-    longer = (
-        f"--max-iters {2 * steps}"
-        if cfg.max_iters
-        else f"--epochs {2 * max(epochs, 1)} (or --max-iters {2 * steps})"
-    )
+    if cfg.budget_s is not None:
+        longer = f"budget_s={2 * cfg.budget_s:g}"
+    elif cfg.max_iters:
+        longer = f"--max-iters {2 * steps}"
+    else:
+        longer = f"--epochs {2 * max(epochs, 1)} (or --max-iters {2 * steps})"
     return (
         f"{run_dir} is a finished run ({steps} steps{result}); its results are kept. To train "
         f"it longer, resume with a longer schedule: resnetlab train --resume {run_dir} "

@@ -1,7 +1,8 @@
 """Everything a training run is, at one moment: :class:`TrainState`.
 
 A state holds the model, optimizer, schedule, EMA of the weights, gradient scaler, the
-position in the run (epoch, batch, step), the best evaluation so far and the time spent.
+position in the run (epoch, batch, step), the best evaluation so far and the time spent,
+and (for hooks, not saved) the last step's loss, output and targets (:class:`StepResult`).
 ``state_dict()`` is what a checkpoint holds and ``load_state_dict()`` restores it exactly:
 the data order and the augmentation draws need no generator state, because the loaders
 derive them from fresh generators seeded with (seed, epoch, batch), so the position *is*
@@ -90,6 +91,16 @@ class Timing:
 
 
 @dataclass
+class StepResult:
+    """The batch of the last optimizer step as hooks see it: the loss (detached), the
+    model's output (detached when a tensor) and the targets."""
+
+    loss: torch.Tensor
+    output: Any
+    targets: Any
+
+
+@dataclass
 class TrainState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -104,6 +115,8 @@ class TrainState:
     # reduced over ranks when saved, so that a mid-epoch resume logs exact epoch metrics.
     sums: dict[str, Any] | None = None
     timing: Timing = field(default_factory=Timing)
+    # The last step's batch, set by train_step for the hooks that follow it (not saved).
+    last: StepResult | None = None
 
     @property
     def eval_model(self) -> nn.Module:

@@ -10,6 +10,7 @@ segmentation on the same engine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import warnings
@@ -57,6 +58,9 @@ class Task:
 
     def build_model(self, info: Any, *, verbose: bool) -> nn.Module:
         raise NotImplementedError
+
+    def use_data(self, info: Any, device: torch.device) -> None:
+        """Get ready for loaders of ``info`` made elsewhere (``trainer.build_job``)."""
 
     def finetuning(self, model: nn.Module) -> FineTuning | None:
         """What to freeze when, for runs from pretrained weights; None: nothing."""
@@ -117,16 +121,13 @@ class Classification(Task):
 
     def build_data(self, dinfo: dist.DistInfo, device: torch.device, workers: int,
                    run_dir: Path, *, verbose: bool) -> tuple[Any, Any, Any]:  # fmt: skip
-        from .evaluator import loader_kwargs
-
         cfg, card = self.cfg, self.card
         # Pretrained weights say how their images were prepared and how many channels they take.
         in_chans = cfg.model_args.get("in_chans") or (card["in_chans"] if card else None)
-        kwargs = {**loader_kwargs(cfg.data), "num_workers": workers}
         train_loader, eval_loader, info = build_loaders(
-            cfg.data.spec, **kwargs, in_chans=in_chans, seed=cfg.seed, rank=dinfo.rank,
-            world_size=dinfo.world_size, device=device, channels_last=cfg.channels_last,
-            preprocessing=card["preprocessing"] if card else None,
+            dataclasses.replace(cfg.data, num_workers=workers), in_chans=in_chans, seed=cfg.seed,
+            rank=dinfo.rank, world_size=dinfo.world_size, device=device,
+            channels_last=cfg.channels_last, preprocessing=card["preprocessing"] if card else None,
         )  # fmt: skip
         if verbose and info.plan:
             _record_data_scan(run_dir, info)
@@ -135,8 +136,11 @@ class Classification(Task):
             print(f"batch size {train_loader.batch_size}: {train_loader.dataset_size} training "
                   f"images give {len(train_loader)} steps per epoch (data.batch_size overrides)",
                   file=sys.stderr)  # fmt: skip
-        self.mixer = _mixer(cfg, info.num_classes)
+        self.use_data(info, device)
         return train_loader, eval_loader, info
+
+    def use_data(self, info: Any, device: torch.device) -> None:
+        self.mixer = _mixer(self.cfg, info.num_classes)
 
     def build_model(self, info: Any, *, verbose: bool) -> nn.Module:
         """The model of the config for the data's classes and channels, from its weights."""
@@ -191,11 +195,11 @@ class Classification(Task):
                 "test_top5": result.get("top5")}  # fmt: skip
 
     def model_meta(self, model: nn.Module, info: Any) -> dict[str, Any]:
-        return weights_meta(model, preprocessing=info.preprocessing(),
+        return weights_meta(model, preprocessing=info.to_preprocessing(),
                             class_names=info.class_names)  # fmt: skip
 
     def save_final(self, model: nn.Module, path: Path, info: Any) -> None:
-        save_weights(model, path, preprocessing=info.preprocessing(),
+        save_weights(model, path, preprocessing=info.to_preprocessing(),
                      class_names=info.class_names)  # fmt: skip
 
     def plots(self, job: Job, model: nn.Module, result: dict[str, Any]) -> None:

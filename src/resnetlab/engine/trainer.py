@@ -7,6 +7,10 @@ A run directory holds the resolved config (``config.yaml``), per-epoch metrics
 The pieces, each in one place: the run directory and its lock (``rundir.py``), the state of
 a run and its checkpoint form (``state.py``: :class:`TrainState`), one optimizer step
 (:func:`train_step`), one epoch (:func:`train_one_epoch`), and here the order of it all.
+
+:func:`build_job` makes the job and state of a given model on given loaders with no run
+directory: the paper experiments train through the same step and epoch that way, measuring
+what they need with hooks (``budget.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +39,14 @@ from ..io import atomic_write_text
 from . import checkpoint as ckpt
 from . import distributed as dist
 from . import rundir
+from .budget import Hook, build_hooks
 from .finetune import FineTuning
 from .optim import build_optimizer, build_scheduler
 from .report import plot_curves, read_metrics, write_report
 from .rundir import CONFIG_FILE, METRICS_FILE, RESUMABLE_CHANGES, SUMMARY_FILE
 from .state import (
     Precision,
+    StepResult,
     TrainState,
     resolve_precision,
     rng_state,
@@ -49,11 +55,21 @@ from .state import (
 )
 from .tasks import Task, build_task
 
-__all__ = ["CONFIG_FILE", "METRICS_FILE", "RESUMABLE_CHANGES", "Precision", "TrainState",
-           "TrainingError", "TrainingInterrupted", "resolve_precision", "rng_state",
-           "seed_everything", "set_rng_state", "train", "train_one_epoch", "train_step"]  # fmt: skip
+__all__ = ["CONFIG_FILE", "METRICS_FILE", "RESUMABLE_CHANGES", "Job", "NonFiniteLoss", "Plan",
+           "Precision", "StepResult", "TrainState", "TrainingError", "TrainingInterrupted",
+           "build_job", "new_state", "resolve_precision", "rng_state", "seed_everything",
+           "set_rng_state", "train", "train_one_epoch", "train_step"]  # fmt: skip
 # Off a terminal, progress is one line per this many seconds instead of a redrawn bar.
 LOG_EVERY_S = 30.0
+
+
+class NonFiniteLoss(TrainingError):
+    """A step's loss was not finite; ``step`` is the number of steps completed before it
+    (the optimizer did not take that step)."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 def train(
@@ -111,6 +127,13 @@ def train(
 
 
 @dataclass
+class Plan:
+    """The run's length in optimizer steps; the schedule reads it at every step."""
+
+    total_steps: int
+
+
+@dataclass
 class Job:
     """What stays fixed while a run trains: the config, data, device and the step's parts."""
 
@@ -123,11 +146,12 @@ class Job:
     info: Any
     task: Task
     forward: nn.Module  # the model as called (DDP-wrapped, compiled)
-    run_dir: Path
-    total_steps: int
-    epochs: int
+    run_dir: Path | None  # None: a job that writes nothing (build_job without a run directory)
+    plan: Plan
     finetune: FineTuning | None = None
+    hooks: list[Hook] = field(default_factory=list)
     progress: bool = True
+    name: str = ""  # heads the progress lines
     epoch_lines: bool = True
     wall_start: float = field(default_factory=time.perf_counter)
     wall_offset: float = 0.0  # wall time of the run before this process (resumed runs)
@@ -138,6 +162,18 @@ class Job:
     @property
     def main(self) -> bool:
         return self.dinfo.is_main
+
+    @property
+    def total_steps(self) -> int:
+        return self.plan.total_steps
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.plan.total_steps / self.steps_per_epoch)
+
+    def set_total_steps(self, total: int) -> None:
+        """A new length of the run (a hook's plan); the schedule follows it."""
+        self.plan.total_steps = total
 
     @property
     def steps_per_epoch(self) -> int:
@@ -174,6 +210,9 @@ def _train(
         with _stop_on_signal(enabled=not dinfo.enabled) as stop:
             while not finished:
                 complete = train_one_epoch(job, st, stop=stop)
+                if complete:
+                    for hook in job.hooks:
+                        hook.after_epoch(job, st)
                 finished = st.step >= job.total_steps or st.epoch >= job.epochs
                 if complete or finished:  # (max_iters may end a run inside an epoch)
                     last_eval = _end_epoch(job, st, writer, final=finished)
@@ -209,22 +248,74 @@ def _build(
     task = build_task(cfg)
     train_loader, eval_loader, info = task.build_data(dinfo, device, loader_workers, run_dir,
                                                       verbose=main)  # fmt: skip
-    model = task.build_model(info, verbose=main).to(device)
-    if cfg.sync_bn and dinfo.enabled:
-        dist.convert_sync_batchnorm(model)
-    finetune = task.finetuning(model)
-    if main and finetune is not None:
-        print(f"fine-tuning: {finetune.describe(0)}", file=sys.stderr)
-    if task.channels_last(device):
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(
-        model, cfg.optim, backbone_lr_scale=cfg.finetune.backbone_lr_scale if finetune else 1.0
-    )
-    steps_per_epoch = len(train_loader)
-    total_steps = cfg.max_iters or cfg.epochs * steps_per_epoch
-    scheduler = build_scheduler(
-        optimizer, cfg.schedule, steps_per_epoch=steps_per_epoch, total_steps=total_steps
-    )
+    model = task.build_model(info, verbose=main)
+    return build_job(cfg, model, train_loader, eval_loader, info, device=device, dinfo=dinfo,
+                     task=task, precision=precision, run_dir=run_dir, progress=progress,
+                     loader_workers=loader_workers)  # fmt: skip
+
+
+def build_job(
+    cfg: TrainConfig,
+    model: nn.Module,
+    train_loader: Any,
+    eval_loader: Any,
+    info: Any,
+    *,
+    device: torch.device | str | None = None,
+    dinfo: dist.DistInfo | None = None,
+    task: Task | None = None,
+    precision: Precision | None = None,
+    hooks: Sequence[Hook] = (),
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    name: str = "",
+    loader_workers: int = 0,
+) -> tuple[Job, TrainState]:
+    """The job and starting state that train ``model`` on given loaders as ``cfg`` says.
+
+    ``model`` is moved to ``device`` (default: ``cfg.device``) in place, in channels_last
+    when the task trains so; the optimizer, schedule (over ``cfg.max_iters``, else
+    ``cfg.epochs`` of ``train_loader``), EMA and gradient scaler are ``cfg``'s
+    (:func:`new_state`). ``hooks`` run after ``cfg``'s own (the time budget). ``task``
+    (default: ``cfg.task``'s, prepared for ``info``) computes the loss. Without ``run_dir``
+    nothing is written: the checkpoints :func:`train_one_epoch` would save are skipped.
+    ``name`` heads the progress lines. Train it with :func:`train_one_epoch` or
+    :func:`train_step`; ``train`` builds its runs with this too.
+    """
+    device = resolve_device(cfg.device) if device is None else torch.device(device)
+    dinfo = dist.DistInfo() if dinfo is None else dinfo
+    precision = resolve_precision(cfg.precision, device) if precision is None else precision
+    if task is None:
+        task = build_task(cfg)
+        task.use_data(info, device)
+    model, finetune = _place_model(cfg, model, task, device, dinfo)
+    plan = Plan(cfg.max_iters or cfg.epochs * len(train_loader))
+    st = new_state(cfg, model, plan, steps_per_epoch=len(train_loader), precision=precision,
+                   backbone_lr_scale=cfg.finetune.backbone_lr_scale if finetune else 1.0)  # fmt: skip
+    job = Job(cfg=cfg, dinfo=dinfo, device=device, precision=precision,
+              train_loader=train_loader, eval_loader=eval_loader, info=info, task=task,
+              forward=_forward_module(cfg, model, dinfo, device, finetune),
+              run_dir=None if run_dir is None else Path(run_dir), plan=plan, finetune=finetune,
+              hooks=[*build_hooks(cfg, plan.total_steps, announce=dinfo.is_main), *hooks],
+              progress=progress, name=name, loader_workers=loader_workers)  # fmt: skip
+    return job, st
+
+
+def new_state(
+    cfg: TrainConfig,
+    model: nn.Module,
+    plan: Plan,
+    *,
+    steps_per_epoch: int,
+    precision: Precision,
+    backbone_lr_scale: float = 1.0,
+) -> TrainState:
+    """A fresh state for ``model`` (already on its device): ``cfg``'s optimizer, its
+    schedule over ``plan`` (read at every step, so a re-planned run moves it), the EMA of
+    the weights when ``cfg.ema_decay`` asks for one, and ``precision``'s gradient scaler."""
+    optimizer = build_optimizer(model, cfg.optim, backbone_lr_scale=backbone_lr_scale)
+    scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch=steps_per_epoch,
+                                total_steps=lambda: plan.total_steps)  # fmt: skip
     ema = None
     if cfg.ema_decay > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -232,6 +323,28 @@ def _build(
         ema = AveragedModel(
             model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
         )
+    return TrainState(model, optimizer, scheduler, ema, precision.scaler)
+
+
+def _place_model(
+    cfg: TrainConfig, model: nn.Module, task: Task, device: torch.device, dinfo: dist.DistInfo
+) -> tuple[nn.Module, FineTuning | None]:
+    """``model`` on ``device`` (synchronised BN across ranks, channels_last as the task
+    says) and what fine-tuning freezes of it."""
+    model = model.to(device)
+    if cfg.sync_bn and dinfo.enabled:
+        dist.convert_sync_batchnorm(model)
+    finetune = task.finetuning(model)
+    if dinfo.is_main and finetune is not None:
+        print(f"fine-tuning: {finetune.describe(0)}", file=sys.stderr)
+    if task.channels_last(device):
+        model = model.to(memory_format=torch.channels_last)
+    return model, finetune
+
+
+def _forward_module(cfg: TrainConfig, model: nn.Module, dinfo: dist.DistInfo,
+                    device: torch.device, finetune: FineTuning | None) -> nn.Module:  # fmt: skip
+    """The model as the step calls it: DDP-wrapped across ranks, compiled when asked."""
     forward: nn.Module = model
     if dinfo.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -246,10 +359,7 @@ def _build(
         )
     if cfg.compile:
         forward = torch.compile(forward)
-    job = Job(cfg, dinfo, device, precision, train_loader, eval_loader, info, task, forward,
-              run_dir, total_steps, math.ceil(total_steps / steps_per_epoch), finetune, progress,
-              loader_workers=loader_workers)  # fmt: skip
-    return job, TrainState(model, optimizer, scheduler, ema, precision.scaler)
+    return forward
 
 
 def _restore(job: Job, st: TrainState) -> None:
@@ -261,6 +371,10 @@ def _restore(job: Job, st: TrainState) -> None:
     if isinstance(state.get("config"), dict):
         rundir.check_resumable(state["config"], job.cfg, f"the checkpoint {path}")
     st.load_state_dict(state)
+    planned = state.get("planned_steps")
+    if job.cfg.budget_s is not None and isinstance(planned, int):
+        # the plan of the run so far (a hook re-plans it from this process's speed)
+        job.set_total_steps(min(planned, job.total_steps))
     job.wall_offset = st.timing.wall_s
     if job.main:
         print(f"resuming from {path.name}: epoch {st.epoch + 1}, batch {st.batch}, "
@@ -297,7 +411,8 @@ def _stop_on_signal(*, enabled: bool) -> Iterator[threading.Event]:
 def train_step(job: Job, st: TrainState, images: Any, targets: Any) -> tuple[torch.Tensor, Any]:
     """One optimizer step: the task's loss under autocast, scaling, clipping, schedule, EMA.
 
-    Returns the (detached) loss and the model's output.
+    Returns the (detached) loss and the model's output, also left in ``st.last`` for the
+    hooks. A loss that is not finite raises :class:`NonFiniteLoss` before the step.
     """
     cfg, precision = job.cfg, job.precision
     amp = (
@@ -306,17 +421,23 @@ def train_step(job: Job, st: TrainState, images: Any, targets: Any) -> tuple[tor
     with amp:
         loss, output = job.task.loss(job.forward, images, targets)
     if not torch.isfinite(loss):
-        raise TrainingError(
+        raise NonFiniteLoss(
             f"the loss became {loss.item()} at step {st.step} (epoch {st.epoch + 1}): "
             f"lower optim.lr (now {cfg.optim.lr}), add schedule.warmup_epochs or "
-            "optim.grad_clip; the last good checkpoint is kept"
+            "optim.grad_clip; the last good checkpoint is kept",
+            st.step,
         )
+    st.last = StepResult(loss.detach(),
+                         output.detach() if isinstance(output, torch.Tensor) else output,
+                         targets)  # fmt: skip
     st.optimizer.zero_grad(set_to_none=True)
     if st.scaler is not None:
         st.scaler.scale(loss).backward()
         st.scaler.unscale_(st.optimizer)
     else:
         loss.backward()
+    for hook in job.hooks:
+        hook.after_backward(job, st)
     if cfg.optim.grad_clip > 0:
         nn.utils.clip_grad_norm_(st.model.parameters(), cfg.optim.grad_clip)
     if st.scaler is not None:
@@ -361,6 +482,8 @@ def train_one_epoch(job: Job, st: TrainState, *, stop: threading.Event | None = 
         for images, targets in job.train_loader.iter_from(st.batch):
             loss, output = train_step(job, st, images, targets)
             st.batch += 1
+            for hook in job.hooks:
+                hook.after_step(job, st)
             n = job.task.batch_size(targets)
             if job.first_step is None:
                 job.first_step = (time.perf_counter() - t0, n * job.dinfo.world_size)
@@ -406,7 +529,7 @@ class _Progress:
         self.job, self.total, self.t0 = job, total, time.perf_counter()
         self.tty = sys.stderr.isatty()
         self.last_line = self.t0
-        self.desc = f"epoch {st.epoch + 1}/{job.epochs}"
+        self.desc = f"{job.name} epoch {st.epoch + 1}/{job.epochs}".lstrip()
         self.bar = None
         if job.progress and self.tty:
             from tqdm import tqdm
@@ -486,7 +609,10 @@ def _end_epoch(job: Job, st: TrainState, writer: Any, *, final: bool) -> dict[st
 
 
 def _save(job: Job, st: TrainState, *, best: bool = False) -> None:
-    """Checkpoint ``st`` (rank 0), refusing weights that are no longer finite."""
+    """Checkpoint ``st`` (rank 0), refusing weights that are no longer finite; a job
+    without a run directory keeps none."""
+    if job.run_dir is None:
+        return
     if not st.is_finite():
         # BN running statistics can turn inf/NaN a step before the loss does: a checkpoint
         # of them would only fail again at once on --resume
@@ -500,6 +626,7 @@ def _save(job: Job, st: TrainState, *, best: bool = False) -> None:
     st.timing.wall_s = job.wall()
     state = {
         **st.state_dict(),
+        "planned_steps": job.total_steps,
         "model_meta": job.task.model_meta(st.model, job.info),
         "config": job.cfg.to_dict(),
     }
@@ -531,6 +658,8 @@ def _summary(job: Job, st: TrainState, last_eval: dict[str, Any]) -> dict[str, A
         "tta_flip": cfg.tta_flip,
         "epochs": st.epoch,
         "steps": st.step,
+        "planned_steps": job.total_steps,
+        "budget_s": cfg.budget_s,
         **job.task.summary(last_eval),
         "train_time_s": t.train_s,
         "wall_time_s": t.wall_s,

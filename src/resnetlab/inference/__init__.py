@@ -1,7 +1,8 @@
 """Using a trained model: prediction on images and export to other runtimes.
 
 * :class:`Predictor` classifies image files, PIL images or tensors with the preprocessing
-  and class names its weights describe; :func:`run_predict` is the ``predict`` command.
+  and class names its weights describe; :func:`run_predict` finds the images and
+  predicts them for the ``predict`` command.
 * :func:`export_model` writes safetensors, torchvision ``.pth``, ONNX or ``torch.export``
   ``.pt2`` files and checks them against PyTorch.
 * :func:`optimize_for_inference` folds BN, switches to channels_last and runs in fp32,
@@ -12,8 +13,8 @@ This layer builds on :mod:`resnetlab.models` and :mod:`resnetlab.data`; it never
 the training engine.
 """
 
-from .bench import BenchRow, bench_model, format_bench, gemm_gflops
-from .export import EXPORT_FORMATS, ExportError, ExportResult, export_model, format_export_result
+from .bench import BenchRow, bench_model, gemm_gflops
+from .export import EXPORT_FORMATS, ExportError, ExportResult, export_model
 from .meta import (
     Preprocessing,
     default_class_names,
@@ -29,7 +30,7 @@ from .optimize import (
     has_native_bf16,
     optimize_for_inference,
 )
-from .predict import Predictor, RandomWeightsWarning, find_images, format_prediction, run_predict
+from .predict import Predictor, RandomWeightsWarning, find_images, run_predict
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -49,9 +50,6 @@ __all__ = [
     "export_model",
     "find_images",
     "fold_batchnorm",
-    "format_bench",
-    "format_export_result",
-    "format_prediction",
     "gemm_gflops",
     "has_native_bf16",
     "imagenet_class_names",

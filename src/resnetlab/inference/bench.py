@@ -31,8 +31,8 @@ A system that cannot run here is still a row, with ``skipped=True`` and a note s
 from __future__ import annotations
 
 import contextlib
-import copy
 import ctypes
+import dataclasses
 import io
 import logging
 import os
@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import proc_status_kb, reset_peak_rss
 from ..errors import ResnetlabError
 from ..models import ResNet, create_model, load_model, model_info, to_torchvision_state_dict
 from .export import (
@@ -69,7 +70,6 @@ __all__ = [
     "BenchRow",
     "bench_model",
     "cpu_tier",
-    "format_bench",
     "gemm_gflops",
 ]
 
@@ -217,29 +217,10 @@ def cpu_tier() -> str:
 # --- memory -------------------------------------------------------------------------------
 
 
-def _proc_status_kb(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _trim_heap() -> None:
     # Give freed heap pages back to the OS, so that the next system's growth is its own.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return _proc_status_kb("VmHWM") is not None
 
 
 # --- systems ------------------------------------------------------------------------------
@@ -260,7 +241,7 @@ def _build(s: _System, batch_size: int) -> bool:
     """Build a system, noting its RSS before; False (and a skipped row) if it cannot run."""
     s.row = BenchRow(s.name, s.precision, batch_size)
     _trim_heap()
-    s.base_kb = _proc_status_kb("VmRSS")
+    s.base_kb = proc_status_kb("VmRSS")
     t = time.perf_counter()
     try:
         s.run = s.build()
@@ -272,7 +253,7 @@ def _build(s: _System, batch_size: int) -> bool:
         s.row.precision = getattr(s.run, "precision", AUTO)
     s.row.note = getattr(s.run, "note", "")
     _trim_heap()
-    s.peak_reset = _reset_peak_rss()
+    s.peak_reset = reset_peak_rss()
     return True
 
 
@@ -342,14 +323,13 @@ def _export_onnx(model: ResNet, size: tuple[int, int, int], workdir: Path) -> Pa
     if h != w:
         raise LookupError(f"the ONNX export takes square images; the input is {h}x{w}")
     prep, names = describe_model(model)
+    card = None
     if prep.image_size != h:
-        # export_model traces at the image size the preprocessing names: name this one, on
-        # a shallow copy that shares the model's weights.
-        model = copy.copy(model)
-        prep_dict = {**prep.to_dict(), "image_size": h, "resize": max(prep.resize, h)}
-        model.meta = {**(getattr(model, "meta", None) or {}), "preprocessing": prep_dict,
-                      "class_names": list(names)}  # fmt: skip
-    export_model(model, "onnx", path, dynamic_batch=True)
+        # export_model traces at the image size the preprocessing names: describe the
+        # export with a card that names this one.
+        at_h = dataclasses.replace(prep, image_size=h, resize=max(prep.resize, h))
+        card = dataclasses.replace(model.card, preprocessing=at_h, class_names=names)
+    export_model(model, "onnx", path, dynamic_batch=True, card=card)
     return path
 
 
@@ -498,73 +478,118 @@ def _random_batches(shape: tuple[int, ...], count: int, seed: int) -> list[torch
     return [torch.randn(*shape, generator=g) for _ in range(count)]
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What :func:`bench_model` was asked to measure, checked."""
+
+    batch_size: int
+    precisions: Sequence[str]
+    compare: Sequence[str]
+    compile: Sequence[str]
+    iters: int
+    warmup: int
+    rounds: int
+    max_seconds: float | None
+    probe: bool
+
+
+def _build_ours(
+    model: ResNet, precision: str, calibration: list[torch.Tensor], comp: bool
+) -> Callable[[], Runner]:
+    """What builds :func:`optimize_for_inference`'s model at ``precision``."""
+
+    def build() -> Runner:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="bf16 on this")
+            opt = optimize_for_inference(model, precision, calibration=calibration, compile=comp)
+        return _torch_runner(opt)
+
+    return build
+
+
+_OUR_LABELS = {
+    "fp32": "resnetlab optimized (BN folded, channels_last)",
+    "bf16": "resnetlab optimized bf16 (BN folded, channels_last)",
+    "int8": "resnetlab int8 (PT2E, inductor)",  # always compiled: inductor lowers it to int8 kernels
+}
+
+
+def _our_systems(model: ResNet, plan: _Plan, calibration: list[torch.Tensor]) -> list[_System]:
+    """resnetlab's optimized model at each precision, and its torch.compile variants."""
+    systems = []
+    for precision in plan.precisions:
+        label = _OUR_LABELS[precision]
+        systems.append(_System(label, precision, _build_ours(model, precision, calibration, False)))
+        if precision in plan.compile and precision != "int8":
+            build = _build_ours(model, precision, calibration, True)
+            systems.append(_System(label + " + torch.compile", precision, build))
+    return systems
+
+
+def _onnxruntime_systems(
+    model: ResNet,
+    size: tuple[int, int, int],
+    workdir: Path,
+    calibration: list[torch.Tensor],
+    int8: bool,
+) -> list[_System]:
+    """onnxruntime on the ONNX export: fp32, and static QDQ int8 with ``int8``."""
+    systems = [_System("onnxruntime", "fp32", lambda: _build_onnxruntime(model, size, workdir))]
+    if int8:
+        systems.append(
+            _System(
+                "onnxruntime int8 (static QDQ)",
+                "int8",
+                lambda: _build_onnxruntime_int8(model, size, workdir, calibration),
+            )
+        )
+    return systems
+
+
+def _openvino_systems(
+    model: ResNet, shape: tuple[int, ...], calibration: list[torch.Tensor], int8: bool
+) -> list[_System]:
+    """OpenVINO's CPU plugin at the bench's batch ``shape``: the fp32 hint, its default
+    hint, and NNCF int8 with ``int8``; the model is converted once for all of them."""
+    cache: dict[str, Any] = {}
+    systems = [
+        _System("openvino (hint f32)", "fp32",
+                lambda: _build_openvino(model, shape, cache, "f32")),
+        _System("openvino (default hint)", AUTO,
+                lambda: _build_openvino(model, shape, cache, None)),
+    ]  # fmt: skip
+    if int8:
+        systems.append(
+            _System(
+                "openvino int8 (NNCF)",
+                "int8",
+                lambda: _build_openvino_int8(model, shape, cache, calibration),
+            )
+        )
+    return systems
+
+
 def _systems(
     model: ResNet,
-    precisions: Sequence[str],
-    compare: Sequence[str],
+    plan: _Plan,
     size: tuple[int, int, int],
     calibration: list[torch.Tensor],
     workdir: Path,
-    compile: Sequence[str],
-    batch_size: int,
 ) -> list[_System]:
-    def ours(precision: str, comp: bool) -> Callable[[], Runner]:
-        def build() -> Runner:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="bf16 on this")
-                opt = optimize_for_inference(
-                    model, precision, calibration=calibration, compile=comp
-                )
-            return _torch_runner(opt)
-
-        return build
-
+    """Every system to time, in the order of the table."""
     systems = []
-    if "eager" in compare:
+    if "eager" in plan.compare:
         systems.append(_System("resnetlab eager (NCHW, BN)", "fp32", lambda: _torch_runner(model)))
-    if "torchvision" in compare:
+    if "torchvision" in plan.compare:
         systems.append(
             _System("torchvision eager (NCHW)", "fp32", lambda: _build_torchvision(model))
         )
-    labels = {
-        "fp32": "resnetlab optimized (BN folded, channels_last)",
-        "bf16": "resnetlab optimized bf16 (BN folded, channels_last)",
-        "int8": "resnetlab int8 (PT2E, inductor)",  # always compiled: inductor lowers it to int8 kernels
-    }
-    for precision in precisions:
-        systems.append(_System(labels[precision], precision, ours(precision, False)))
-        if precision in compile and precision != "int8":
-            systems.append(
-                _System(labels[precision] + " + torch.compile", precision, ours(precision, True))
-            )
-    if "onnxruntime" in compare:
-        systems.append(
-            _System("onnxruntime", "fp32", lambda: _build_onnxruntime(model, size, workdir))
-        )
-        if "int8" in precisions:
-            systems.append(
-                _System(
-                    "onnxruntime int8 (static QDQ)",
-                    "int8",
-                    lambda: _build_onnxruntime_int8(model, size, workdir, calibration),
-                )
-            )
-    if "openvino" in compare:
-        shape, cache = (batch_size, *size), {}
-        systems += [
-            _System("openvino (hint f32)", "fp32",
-                    lambda: _build_openvino(model, shape, cache, "f32")),
-            _System("openvino (default hint)", AUTO,
-                    lambda: _build_openvino(model, shape, cache, None)),
-        ]  # fmt: skip
-        if "int8" in precisions:
-            systems.append(
-                _System(
-                    "openvino int8 (NNCF)",
-                    "int8",
-                    lambda: _build_openvino_int8(model, shape, cache, calibration),
-                )
-            )
+    systems += _our_systems(model, plan, calibration)
+    int8 = "int8" in plan.precisions
+    if "onnxruntime" in plan.compare:
+        systems += _onnxruntime_systems(model, size, workdir, calibration, int8)
+    if "openvino" in plan.compare:
+        systems += _openvino_systems(model, (plan.batch_size, *size), calibration, int8)
     return systems
 
 
@@ -650,34 +675,21 @@ def bench_model(
             f"batch_size={batch_size}, iters={iters}, warmup={warmup}, rounds={rounds}: "
             "expected batch_size, iters, rounds >= 1 and warmup >= 0"
         )
+    plan = _Plan(batch_size, precisions, compare, compiled, iters, warmup, rounds, max_seconds,
+                 probe)  # fmt: skip
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _bench(
-            model, batch_size, precisions, compare, input_size, iters, warmup, rounds,
-            max_seconds, calibration, compiled, probe, progress,
-        )  # fmt: skip
+        return _bench(model, plan, input_size, calibration, progress)
     finally:
         torch.set_num_threads(before)
 
 
-def _bench(
-    model: str | os.PathLike | nn.Module,
-    batch_size: int,
-    precisions: Sequence[str],
-    compare: Sequence[str],
-    input_size: tuple[int, int, int] | None,
-    iters: int,
-    warmup: int,
-    rounds: int,
-    max_seconds: float | None,
-    calibration: Iterable[Any] | None,
-    compile: Sequence[str],
-    probe: bool,
-    progress: Callable[[str], None] | None,
-) -> list[BenchRow]:
-    say = progress or (lambda _msg: None)
+def _bench_net(
+    model: str | os.PathLike | nn.Module, input_size: tuple[int, int, int] | None
+) -> tuple[ResNet, tuple[int, int, int]]:
+    """The model to bench (CPU, eval mode) and its input size (C, H, W)."""
     net = _resolve_model(model, input_size[0] if input_size else None).cpu().eval()
     size = tuple(input_size) if input_size else tuple(net.config.input_size)
     if len(size) != 3 or size[0] != net.config.in_chans:
@@ -685,114 +697,111 @@ def _bench(
             f"input_size={size}: expected (C, H, W) with C = {net.config.in_chans}, the "
             "model's input channels"
         )
-    macs = model_info(net, size)["macs"]
-    x = _random_batches((batch_size, *size), 1, BENCH_SEED)[0]
+    return net, size
+
+
+def _bench_calibration(
+    calibration: Iterable[Any] | None, shape: tuple[int, ...]
+) -> tuple[list[torch.Tensor], str]:
+    """The int8 calibration batches (random ones by default) and the note int8 rows get."""
     if calibration is None:
-        calib = _random_batches((batch_size, *size), 2, BENCH_SEED + 1)
-        calib_note = "calibrated on random inputs (speed only)"
-    else:
-        calib = [b[0] if isinstance(b, (tuple, list)) else b for b in calibration]
-        calib_note = f"calibrated on {sum(len(b) for b in calib)} images"
-    # One peak per kind of arithmetic: fp32 systems against an fp32 GEMM, bf16 against bf16,
-    # int8 against an int8 one (none where torch has no int8 GEMM: no fraction then).
-    probes: dict[str, float] = {}
-    if probe:
-        say("GEMM probe (fp32)")
-        probes["fp32"] = gemm_gflops(torch.float32)
-        for precision, dtype in (("bf16", torch.bfloat16), ("int8", torch.int8)):
-            if precision in precisions:
-                say(f"GEMM probe ({precision})")
-                with contextlib.suppress(LookupError):
-                    probes[precision] = gemm_gflops(dtype)
+        return _random_batches(shape, 2, BENCH_SEED + 1), "calibrated on random inputs (speed only)"
+    calib = [b[0] if isinstance(b, (tuple, list)) else b for b in calibration]
+    return calib, f"calibrated on {sum(len(b) for b in calib)} images"
+
+
+def _gemm_probes(precisions: Sequence[str], say: Callable[[str], None]) -> dict[str, float]:
+    """One peak per kind of arithmetic: fp32 systems against an fp32 GEMM, bf16 against
+    bf16, int8 against an int8 one (none where torch has no int8 GEMM: no fraction then)."""
+    say("GEMM probe (fp32)")
+    probes = {"fp32": gemm_gflops(torch.float32)}
+    for precision, dtype in (("bf16", torch.bfloat16), ("int8", torch.int8)):
+        if precision in precisions:
+            say(f"GEMM probe ({precision})")
+            with contextlib.suppress(LookupError):
+                probes[precision] = gemm_gflops(dtype)
+    return probes
+
+
+def _time_round(
+    systems: list[_System],
+    r: int,
+    plan: _Plan,
+    x: torch.Tensor,
+    reference: torch.Tensor,
+    say: Callable[[str], None],
+) -> None:
+    """Round ``r``: build each system on first use and time it; the first round also
+    measures its error against ``reference`` and its peak memory."""
+    for s in systems:
+        if s.row is not None and s.row.skipped:
+            continue
+        say(f"round {r + 1}/{plan.rounds}: {s.name} ({s.precision})")
+        if s.run is None and not _build(s, plan.batch_size):
+            continue
+        times, out = _time(s.run, x, plan.warmup if r == 0 else 0, plan.iters, plan.max_seconds)
+        if r == 0:
+            s.row.max_rel_error = rel_error(reference, torch.as_tensor(out))
+            peak = proc_status_kb("VmHWM") if s.peak_reset else None
+            if peak is not None and s.base_kb is not None:
+                s.row.mem_mb = (peak - s.base_kb) / 1024
+        s.row.latencies_ms += [1000 * t for t in times]
+
+
+def _summarise(
+    row: BenchRow, batch_size: int, macs: float, probes: dict[str, float], calib_note: str
+) -> None:
+    """Fill in a timed row's throughput, latencies, compute rate and notes, in place."""
+    notes = [row.note] if row.note else []
+    if not row.skipped:
+        lat = row.latencies_ms
+        row.timed_batches = len(lat)
+        row.img_per_s = batch_size * len(lat) / (sum(lat) / 1000)
+        row.p50_ms = statistics.median(lat)
+        row.p95_ms = float(np.percentile(lat, 95))
+        row.gflops = 2 * macs * row.img_per_s / 1e9
+        row.probe_gflops = probes.get(row.precision)
+        if row.probe_gflops:
+            row.peak_fraction = row.gflops / row.probe_gflops
+        elif probes and row.precision == "int8":
+            notes.append("no int8 GEMM probe on this torch: no fraction of peak")
+        if row.precision == "int8":
+            notes.append(calib_note)
+        if row.precision == "bf16" and not has_native_bf16():
+            notes.append("bf16 emulated (no AVX512-BF16/AMX)")
+        if row.mem_mb is None:
+            notes.append("no peak memory (needs Linux /proc)")
+    row.note = "; ".join(notes)
+
+
+def _bench(
+    model: str | os.PathLike | nn.Module,
+    plan: _Plan,
+    input_size: tuple[int, int, int] | None,
+    calibration: Iterable[Any] | None,
+    progress: Callable[[str], None] | None,
+) -> list[BenchRow]:
+    say = progress or (lambda _msg: None)
+    net, size = _bench_net(model, input_size)
+    macs = model_info(net, size)["macs"]
+    x = _random_batches((plan.batch_size, *size), 1, BENCH_SEED)[0]
+    calib, calib_note = _bench_calibration(calibration, (plan.batch_size, *size))
+    probes = _gemm_probes(plan.precisions, say) if plan.probe else {}
     with torch.inference_mode():
         reference = net(x)
 
     with tempfile.TemporaryDirectory(prefix="resnetlab-bench-") as tmp:
-        systems = _systems(net, precisions, compare, size, calib, Path(tmp), compile, batch_size)
-        for r in range(rounds):
-            for s in systems:
-                if s.row is not None and s.row.skipped:
-                    continue
-                say(f"round {r + 1}/{rounds}: {s.name} ({s.precision})")
-                if s.run is None and not _build(s, batch_size):
-                    continue
-                times, out = _time(s.run, x, warmup if r == 0 else 0, iters, max_seconds)
-                if r == 0:
-                    s.row.max_rel_error = rel_error(reference, torch.as_tensor(out))
-                    peak = _proc_status_kb("VmHWM") if s.peak_reset else None
-                    if peak is not None and s.base_kb is not None:
-                        s.row.mem_mb = (peak - s.base_kb) / 1024
-                s.row.latencies_ms += [1000 * t for t in times]
+        systems = _systems(net, plan, size, calib, Path(tmp))
+        for r in range(plan.rounds):
+            _time_round(systems, r, plan, x, reference, say)
 
     # bf16 that only a system's own choice brought in (OpenVINO's default): its probe now.
     chose_bf16 = any(s.row.precision == "bf16" and not s.row.skipped for s in systems)
-    if probe and chose_bf16 and "bf16" not in probes:
+    if plan.probe and chose_bf16 and "bf16" not in probes:
         say("GEMM probe (bf16)")
         probes["bf16"] = gemm_gflops(torch.bfloat16)
     tier = cpu_tier()
-    rows = []
     for s in systems:
-        row = s.row
-        row.model, row.input_size, row.cpu = net.name, size, tier
-        notes = [row.note] if row.note else []
-        if not row.skipped:
-            lat = row.latencies_ms
-            row.timed_batches = len(lat)
-            row.img_per_s = batch_size * len(lat) / (sum(lat) / 1000)
-            row.p50_ms = statistics.median(lat)
-            row.p95_ms = float(np.percentile(lat, 95))
-            row.gflops = 2 * macs * row.img_per_s / 1e9
-            row.probe_gflops = probes.get(row.precision)
-            if row.probe_gflops:
-                row.peak_fraction = row.gflops / row.probe_gflops
-            elif probes and row.precision == "int8":
-                notes.append("no int8 GEMM probe on this torch: no fraction of peak")
-            if row.precision == "int8":
-                notes.append(calib_note)
-            if row.precision == "bf16" and not has_native_bf16():
-                notes.append("bf16 emulated (no AVX512-BF16/AMX)")
-            if row.mem_mb is None:
-                notes.append("no peak memory (needs Linux /proc)")
-        row.note = "; ".join(notes)
-        rows.append(row)
-    return rows
-
-
-def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def format_bench(rows: Sequence[BenchRow], title: str | None = None) -> str:
-    """A plain-text table of :func:`bench_model`'s rows, then the notes."""
-    headers = ["system", "prec", "img/s", "p50 ms", "p95 ms", "mem MB", "GFLOP/s",
-               "of peak", "rel err"]  # fmt: skip
-    table = [headers]
-    for r in rows:
-        table.append([
-            r.system, r.precision, _fmt(r.img_per_s, ".1f"), _fmt(r.p50_ms, ".1f"),
-            _fmt(r.p95_ms, ".1f"), _fmt(r.mem_mb, ".0f"), _fmt(r.gflops, ".1f"),
-            _fmt(r.peak_fraction, ".0%"), _fmt(r.max_rel_error, ".1e"),
-        ])  # fmt: skip
-    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-    if title is None and rows:
-        c, h, w = rows[0].input_size or (0, 0, 0)
-        title = f"{rows[0].model}, batch {rows[0].batch_size}, input {c}x{h}x{w}"
-        if rows[0].cpu:
-            title += f", CPU {rows[0].cpu}"
-    lines = [title] if title else []
-    for i, row in enumerate(table):
-        pairs = enumerate(zip(row, widths, strict=True))
-        cells = [c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in pairs]
-        lines.append("  ".join(cells).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    order = {"fp32": 0, "bf16": 1, "int8": 2}
-    probes = sorted({(r.precision, r.probe_gflops) for r in rows if r.probe_gflops},
-                    key=lambda p: order.get(p[0], 3))  # fmt: skip
-    if probes:
-        text = ", ".join(f"{p} {g:.0f} {'GOP/s' if p == 'int8' else 'GFLOP/s'}" for p, g in probes)
-        lines.append(f"GEMM peak (matrix-product probe, each precision its own): {text}")
-    for r in rows:
-        if r.note:
-            lines.append(f"{r.system} ({r.precision}): {r.note}")
-    return "\n".join(lines)
+        s.row.model, s.row.input_size, s.row.cpu = net.name, size, tier
+        _summarise(s.row, plan.batch_size, macs, probes, calib_note)
+    return [s.row for s in systems]

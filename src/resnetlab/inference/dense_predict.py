@@ -1,16 +1,17 @@
-"""``predict`` for detection and segmentation models: results as JSON lines and drawn PNGs.
+"""``predict`` for detection and segmentation models: their detections or class areas,
+and the images drawn with them.
 
 Each image is decoded as RGB in [0, 1] (the dense models normalize and, for detection,
-resize inside themselves, as torchvision's do), run through the model and drawn with its
-boxes and masks (``engine/draw.py``) into ``OUTPUT/<name>.png``.
+resize inside themselves, as torchvision's do), run through the model and, where an output
+folder is given, drawn with its boxes and masks (``engine/draw.py``) into
+``OUTPUT/<name>.png``. The results are data; the ``predict`` command prints them.
 """
 
 from __future__ import annotations
 
-import json
-import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
@@ -23,8 +24,6 @@ from ..errors import ConfigError
 
 # Larger images are shrunk to this longer side before they reach the model.
 MAX_SIDE = 2048
-# Detections listed per image in the text output (the best first)
-SHOWN = 5
 
 
 class DensePredictor:
@@ -81,48 +80,60 @@ def run_dense_predict(
     path: Path,
     files: list[Path],
     *,
-    output: str | Path | None,
+    output: str | Path | None = None,
     score_threshold: float = 0.5,
-    as_json: bool = False,
     device: str = "auto",
-    stdout: IO[str] | None = None,
-    stderr: IO[str] | None = None,
-) -> int:
-    """Predict ``files`` with the dense model at ``path``, drawing each into ``output``
-    (default ``predictions/``); one line per image. Returns 0, or 1 if some file failed."""
-    out, err = stdout or sys.stdout, stderr or sys.stderr
+) -> dict[str, Any]:
+    """Predict ``files`` with the dense model at ``path`` (a run directory or its weights).
+
+    With ``output`` each image is drawn with its boxes or masks into ``output/<name>.png``
+    (``name-2``, ``name-3``... for repeated names). Returns a dict:
+
+    * ``task``: ``"detection"`` or ``"segmentation"``; ``total``: how many files;
+    * ``results``: an iterator of one dict per file, in order, predicted as it is consumed:
+      ``{"path", "detections": [{"label", "score", "box"}, ...], "raw", "drawn"}`` for a
+      detector (boxes scoring at least ``score_threshold``), ``{"path", "areas": {class:
+      fraction of the pixels}, "raw", "drawn"}`` for a segmenter, or ``{"path", "error"}``
+      for a file that cannot be decoded. ``raw`` is the model's output (its boxes, labels
+      and scores, or the [H, W] class-index mask); ``drawn`` is where the drawn image went,
+      only with ``output``.
+
+    Raises ConfigError for a bad ``score_threshold`` or an output folder that cannot be
+    made, and the errors of loading the model.
+    """
     if not 0 <= score_threshold <= 1:
         raise ConfigError(f"--score-threshold {score_threshold}: must be in [0, 1]")
-    out_dir = Path(output) if output is not None else Path("predictions")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot write drawn predictions to {out_dir}: {e.strerror or e}; "
-                          "pass another --output") from None  # fmt: skip
+    out_dir = Path(output) if output is not None else None
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot write drawn predictions to {out_dir}: "
+                              f"{e.strerror or e}; pass another --output") from None  # fmt: skip
     predictor = DensePredictor.from_path(path, device=device)
-    failed = 0
+    return {
+        "task": predictor.spec.task,
+        "total": len(files),
+        "results": _predict_files(predictor, files, out_dir, score_threshold),
+    }
+
+
+def _predict_files(
+    predictor: DensePredictor, files: list[Path], out_dir: Path | None, score_threshold: float
+) -> Iterator[dict[str, Any]]:
+    """One result per file (see :func:`run_dense_predict`), each drawn as it is predicted."""
     used: set[str] = set()
     for file in files:
         try:
             image = predictor.prepare(file)
         except ImageDecodeError as e:
-            failed += 1
-            line = {"path": str(file), "error": str(e)}
-            print(json.dumps(line) if as_json else f"error: {e}", file=out if as_json else err)
+            yield {"path": str(file), "error": str(e)}
             continue
-        result = predictor.predict(image, score_threshold=score_threshold)
-        name = _unique(file.stem, used)
-        drawn = save_png(predictor.draw(image, result, score_threshold=score_threshold),
-                         out_dir / f"{name}.png")  # fmt: skip
-        shown = {k: v for k, v in result.items() if k != "raw"}
-        if as_json:
-            print(json.dumps({"path": str(file), **shown, "drawn": str(drawn)}), file=out)
-        else:
-            print(_format(file, shown, drawn), file=out, flush=True)
-    if failed:
-        print(f"{failed} of {len(files)} images could not be read", file=err)
-        return 1
-    return 0
+        result = {"path": str(file), **predictor.predict(image, score_threshold=score_threshold)}
+        if out_dir is not None:
+            drawn = predictor.draw(image, result, score_threshold=score_threshold)
+            result["drawn"] = str(save_png(drawn, out_dir / f"{_unique(file.stem, used)}.png"))
+        yield result
 
 
 def _unique(stem: str, used: set[str]) -> str:
@@ -133,16 +144,3 @@ def _unique(stem: str, used: set[str]) -> str:
         name = f"{stem}-{i}"
     used.add(name)
     return name
-
-
-def _format(file: Path, result: dict[str, Any], drawn: Path) -> str:
-    if "detections" in result:
-        found = result["detections"]
-        parts = [f"{d['label']} {d['score']:.2f} at {[int(c) for c in d['box']]}"
-                 for d in found[:SHOWN]]  # fmt: skip
-        more = f"; {len(found) - SHOWN} more (--json lists all)" if len(found) > SHOWN else ""
-        what = f"{len(found)} found" + (": " + "; ".join(parts) + more if parts else "")
-    else:
-        areas = sorted(result["areas"].items(), key=lambda kv: -kv[1])
-        what = ", ".join(f"{k} {100 * v:.1f}%" for k, v in areas) or "background only"
-    return f"{file}: {what} -> {drawn}"

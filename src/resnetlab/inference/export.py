@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import MissingDependencyError, ResnetlabError
 from ..io import StorageError, atomic_write_bytes, blocking_file, ensure_parent_dir, fsync_dir
-from ..models import ResNet, load_model, to_torchvision_state_dict
+from ..models import ModelCard, ResNet, load_model, to_torchvision_state_dict
 from ..models.weights import (
     WeightsFile,
     config_from_meta,
@@ -52,7 +52,6 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "export_model",
-    "format_export_result",
 ]
 
 EXPORT_FORMATS = ("safetensors", "torchvision", "onnx", "torch-export", "openvino")
@@ -521,6 +520,7 @@ def export_model(
     dynamic_batch: bool | None = None,
     verify: bool = True,
     opset: int | None = None,
+    card: ModelCard | None = None,
 ) -> ExportResult:
     """Write a model (or a run directory / resnetlab weights file) in format ``fmt``.
 
@@ -539,12 +539,17 @@ def export_model(
     of 1e-4 nothing is written and ExportError is raised.
     The output's folder is created; a full disk or a missing permission is an ExportError
     that leaves any previous file at ``output`` as it was.
+    The export is described by the model's card (its preprocessing and class names, the
+    graph traced at the preprocessing's image size), or by ``card`` where given.
     """
     output = Path(output)
     _check_options(fmt, output, dynamic_batch, opset)
     dynamic_batch = fmt in BATCHED_FORMATS and dynamic_batch is not False
     model = _resolve_model(source_or_model)
-    prep, names = describe_model(model)
+    if card is not None:
+        prep, names = describe_model(model, card.preprocessing, card.class_names)
+    else:
+        prep, names = describe_model(model)
     meta = {
         "architecture": model.name,
         "num_classes": model.num_classes,
@@ -573,19 +578,3 @@ def export_model(
     except StorageError as e:
         raise ExportError(str(e)) from e
     return ExportResult(output, fmt, error, dynamic_batch, staged.load_with)
-
-
-def format_export_result(result: ExportResult) -> str:
-    """What the ``export`` command prints."""
-    batch = ""
-    if result.format in BATCHED_FORMATS:
-        batch = ", dynamic batch" if result.dynamic_batch else ", static batch 1"
-    also = f" and {result.path.with_suffix('.bin').name}" if result.format == "openvino" else ""
-    lines = [f"wrote {result.path}{also} ({result.format}{batch})"]
-    if result.max_rel_error is None:
-        lines.append("not verified (--no-verify)")
-    else:
-        lines.append(f"verified: max relative error vs PyTorch {result.max_rel_error:.3g}")
-    if result.load_with:
-        lines.append(f"load with: {result.load_with}")
-    return "\n".join(lines)

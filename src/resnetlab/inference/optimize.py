@@ -34,6 +34,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -70,7 +71,7 @@ BACKENDS = ("eager", "inductor", "pt2e-x86-inductor", "fx-x86")
 TOLERANCES = {"fp32": 1e-4, "bf16": 5e-2, "int8": 2e-1}
 # Attributes that describe the model (its sidecar), carried over so that describe_model,
 # Predictor.from_model and export see the same architecture, classes and preprocessing.
-DESCRIPTIVE_ATTRS = ("config", "name", "num_classes", "meta", "features_only")
+DESCRIPTIVE_ATTRS = ("config", "name", "num_classes", "card", "meta", "features_only")
 # Held while a PT2E int8 model runs with inductor's freezing switched on (_compile_pt2e).
 _FREEZING_LOCK = threading.Lock()
 
@@ -395,7 +396,7 @@ def _quantize_int8(
     warnings.warn(
         f"int8 through FX graph mode quantization (deprecated in torch): {reason}",
         Int8FallbackWarning,
-        stacklevel=3,
+        stacklevel=4,  # the caller of optimize_for_inference
     )
     quantized, folded = _quantize_fx(model, example, calibration)
     return quantized, folded, "fx-x86", None
@@ -478,6 +479,119 @@ class InferenceModel(nn.Module):
         )
 
 
+@dataclass
+class _Prepared:
+    """A model ready to be wrapped in an :class:`InferenceModel`, and what was done to it."""
+
+    module: nn.Module
+    folded_bn: int
+    backend: str
+    #: The compiled runner made (and run once) while quantizing: PT2E int8 only.
+    run: Callable[[torch.Tensor], Any] | None = None
+    calibration_batches: int = 0
+    input_shape: tuple[int, ...] | None = None
+    compile_seconds: float | None = None
+
+
+def _resolve_precision(model: nn.Module, precision: str, calibration: Any) -> str:
+    """The precision to use (``auto`` resolved for the model's device), after checking that
+    the model, its device and the calibration data allow it."""
+    if precision not in PRECISION_CHOICES:
+        raise ConfigError(
+            f"unknown precision {precision!r}: expected one of {', '.join(PRECISION_CHOICES)}"
+        )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"optimize_for_inference takes an nn.Module, got {type(model).__name__}")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    if precision == "auto":
+        precision = auto_precision(device)
+    if precision == "int8":
+        if calibration is None:
+            raise ConfigError(
+                "int8 needs calibration data: pass calibration=<batches of your own "
+                "preprocessed images> (e.g. a few hundred from the training set)"
+            )
+        if device.type != "cpu":
+            raise ConfigError(
+                f"int8 runs on CPU only; the model is on {device}: move it with .cpu()"
+            )
+    if precision == "bf16" and not has_native_bf16(device):
+        warnings.warn(
+            f"bf16 on this {device.type} ({torch.backends.cpu.get_cpu_capability()}) has no "
+            "native support (AVX512-BF16/AMX): it is emulated and usually slower than fp32",
+            EmulatedPrecisionWarning,
+            stacklevel=3,  # the caller of optimize_for_inference
+        )
+    return precision
+
+
+def _int8_inputs(
+    calibration: Any, example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The calibration batches and the example batch (fp32), all of one image size."""
+    batches = list(_calibration_batches(calibration))
+    if not batches:
+        raise ConfigError("int8 calibration got no batches: pass some of your own images")
+    if example_inputs is None:
+        example_inputs = batches[0]
+    example = example_inputs[0] if isinstance(example_inputs, tuple) else example_inputs
+    example = example.float()
+    bad = [tuple(x.shape) for x in batches if x.shape[1:] != example.shape[1:]]
+    if bad:
+        raise ConfigError(
+            f"int8 calibration batches of different image sizes ({bad[0]} and "
+            f"{tuple(example.shape)}): use one size, the one the model will be given"
+        )
+    return batches, example
+
+
+def _prepare_int8(
+    work: nn.Module,
+    calibration: Any,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None,
+    channels_last: bool,
+) -> _Prepared:
+    """``work`` quantized to int8 on the calibration batches (compiled, for PT2E)."""
+    batches, example = _int8_inputs(calibration, example_inputs)
+    start = time.perf_counter()
+    module, folded, backend, run = _quantize_int8(work, example, batches, channels_last)
+    compile_seconds = time.perf_counter() - start
+    # A PT2E graph takes images of the example's size only (its batch dimension is free).
+    input_shape = tuple(example.shape[1:]) if backend == "pt2e-x86-inductor" else None
+    return _Prepared(module, folded, backend, run, len(batches), input_shape, compile_seconds)
+
+
+def _inference_model(
+    prepared: _Prepared, precision: str, channels_last: bool, compile: bool
+) -> InferenceModel:
+    """``prepared`` cast to its precision and layout, frozen, and wrapped."""
+    work = prepared.module
+    pt2e = prepared.backend == "pt2e-x86-inductor"
+    if precision == "bf16":
+        work = work.to(torch.bfloat16)
+    if channels_last and not pt2e:
+        work = work.to(memory_format=torch.channels_last)
+    for p in work.parameters():
+        p.requires_grad_(False)
+    result = InferenceModel(
+        work,
+        precision=precision,
+        channels_last=channels_last,
+        folded_bn=prepared.folded_bn,
+        calibration_batches=prepared.calibration_batches,
+        compiled=compile or pt2e,
+        backend=prepared.backend,
+        input_shape=prepared.input_shape,
+    )
+    if pt2e:
+        object.__setattr__(result, "_run", prepared.run)  # compiled and run once already
+        result.compile_seconds = prepared.compile_seconds
+    elif compile:
+        object.__setattr__(result, "_run", torch.compile(work, options={"freezing": True}))
+    return result
+
+
 def optimize_for_inference(
     model: nn.Module,
     precision: str = "fp32",
@@ -513,82 +627,14 @@ def optimize_for_inference(
     up front (default: the first calibration batch). ``compile``: wrap the fp32/bf16 result
     in ``torch.compile`` (inductor); its first call then takes seconds to minutes.
     """
-    if precision not in PRECISION_CHOICES:
-        raise ConfigError(
-            f"unknown precision {precision!r}: expected one of {', '.join(PRECISION_CHOICES)}"
-        )
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"optimize_for_inference takes an nn.Module, got {type(model).__name__}")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    if precision == "auto":
-        precision = auto_precision(device)
-    if precision == "int8":
-        if calibration is None:
-            raise ConfigError(
-                "int8 needs calibration data: pass calibration=<batches of your own "
-                "preprocessed images> (e.g. a few hundred from the training set)"
-            )
-        if device.type != "cpu":
-            raise ConfigError(
-                f"int8 runs on CPU only; the model is on {device}: move it with .cpu()"
-            )
-    if precision == "bf16" and not has_native_bf16(device):
-        warnings.warn(
-            f"bf16 on this {device.type} ({torch.backends.cpu.get_cpu_capability()}) has no "
-            "native support (AVX512-BF16/AMX): it is emulated and usually slower than fp32",
-            EmulatedPrecisionWarning,
-            stacklevel=2,
-        )
-
+    precision = _resolve_precision(model, precision, calibration)
     work = copy.deepcopy(model).eval()
-    batches = 0
-    backend = "inductor" if compile else "eager"
-    input_shape, compile_seconds = None, None
     if precision == "int8":
-        calibration = list(_calibration_batches(calibration))
-        if not calibration:
-            raise ConfigError("int8 calibration got no batches: pass some of your own images")
-        if example_inputs is None:
-            example_inputs = calibration[0]
-        example = example_inputs[0] if isinstance(example_inputs, tuple) else example_inputs
-        example = example.float()
-        bad = [tuple(x.shape) for x in calibration if x.shape[1:] != example.shape[1:]]
-        if bad:
-            raise ConfigError(
-                f"int8 calibration batches of different image sizes ({bad[0]} and "
-                f"{tuple(example.shape)}): use one size, the one the model will be given"
-            )
-        start = time.perf_counter()
-        work, folded, backend, run = _quantize_int8(work, example, calibration, channels_last)
-        compile_seconds = time.perf_counter() - start
-        batches = len(calibration)
-        if backend == "pt2e-x86-inductor":
-            input_shape = tuple(example.shape[1:])
+        prepared = _prepare_int8(work, calibration, example_inputs, channels_last)
     else:
-        folded = fold_batchnorm(work)
-    if precision == "bf16":
-        work = work.to(torch.bfloat16)
-    if channels_last and backend != "pt2e-x86-inductor":
-        work = work.to(memory_format=torch.channels_last)
-    for p in work.parameters():
-        p.requires_grad_(False)
-    result = InferenceModel(
-        work,
-        precision=precision,
-        channels_last=channels_last,
-        folded_bn=folded,
-        calibration_batches=batches,
-        compiled=compile or backend == "pt2e-x86-inductor",
-        backend=backend,
-        input_shape=input_shape,
-    )
+        prepared = _Prepared(work, fold_batchnorm(work), "inductor" if compile else "eager")
+    result = _inference_model(prepared, precision, channels_last, compile)
     for attr in DESCRIPTIVE_ATTRS:
         if hasattr(model, attr):
             setattr(result, attr, getattr(model, attr))
-    if backend == "pt2e-x86-inductor":
-        object.__setattr__(result, "_run", run)  # compiled and run once already
-        result.compile_seconds = compile_seconds
-    elif compile:
-        object.__setattr__(result, "_run", torch.compile(work, options={"freezing": True}))
     return result

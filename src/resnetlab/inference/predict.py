@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import fnmatch
 import glob
-import json
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from PIL import Image
@@ -26,9 +24,8 @@ from ..data.errors import ImageDecodeError, NoImagesError
 from ..data.files import IMAGE_EXTENSIONS, file_key, walk_files
 from ..data.files import is_image_file as _is_image_file
 from ..data.images import load_image
-from ..errors import ConfigError
+from ..errors import ArchitectureNotDescribedError, ConfigError
 from ..models import (
-    WeightsError,
     create_model,
     is_pretrained_name,
     load_model,
@@ -41,7 +38,6 @@ __all__ = [
     "Predictor",
     "RandomWeightsWarning",
     "find_images",
-    "format_prediction",
     "run_predict",
 ]
 
@@ -117,7 +113,7 @@ class Predictor:
         device: str | torch.device | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> Predictor:
-        """Wrap a model; missing preprocessing/class names come from its ``meta`` or defaults.
+        """Wrap a model; missing preprocessing/class names come from its card or defaults.
 
         ``device=None`` leaves the model where it is; the model is put in eval mode.
         """
@@ -136,10 +132,8 @@ class Predictor:
         """A run directory or resnetlab ``.safetensors`` file: everything comes from it."""
         try:
             model = load_model(source)
-        except WeightsError as e:
-            if "does not describe its architecture" not in str(e):
-                raise
-            raise WeightsError(
+        except ArchitectureNotDescribedError:
+            raise ArchitectureNotDescribedError(
                 f"{source} does not name its architecture (no resnetlab sidecar): give the "
                 "model name too, Predictor.from_name(NAME, weights=PATH) in Python or "
                 "--model NAME --weights PATH on the command line"
@@ -170,16 +164,12 @@ class Predictor:
         elif is_pretrained_name(weights):
             # named weights: checked against the model, and their card says how to prepare
             model = create_model(name, weights=weights)
-            card = model.pretrained_card
-            model.meta = {"preprocessing": card.preprocessing, "class_names": card.class_names}
         else:
             wf = read_weights(weights)
             model = create_model(
                 name, num_classes=wf.num_classes, in_chans=_stem_in_chans(wf.state_dict) or 3
             )
-            model.load_report = load_weights(model, wf)
-            if wf.meta is not None:
-                model.meta = wf.meta
+            model.load_report = load_weights(model, wf)  # the card is now the weights'
         prep, names = describe_model(model)
         return cls(model, preprocessing=prep, class_names=names, device=device,
                    batch_size=batch_size, random_weights=weights is None)  # fmt: skip
@@ -394,101 +384,89 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[s
     return list(unique.values()), missing
 
 
-def format_prediction(result: dict[str, Any]) -> str:
-    """One line: the path, then ``name (prob)`` pairs, most probable first."""
-    pairs = ", ".join(f"{t['class']} ({t['prob']:.4f})" for t in result["topk"])
-    return f"{result['path']}: {pairs}"
-
-
 def run_predict(
     inputs: Sequence[str],
     *,
     weights: str | None = None,
     model: str | None = None,
     topk: int = 5,
-    as_json: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
-    output: str | None = None,
-    score_threshold: float = 0.5,
-    stdout: IO[str] | None = None,
-    stderr: IO[str] | None = None,
-) -> int:
-    """The ``predict`` command: predict every image ``inputs`` name, one line each.
+) -> dict[str, Any]:
+    """The model and the images of the ``predict`` command, and their predictions.
 
-    A detection or segmentation model draws its boxes and masks on each image into
-    ``output`` (default ``predictions/``), keeping those scoring ``score_threshold`` or more.
+    The model is ``model`` (with ``weights`` for a state dict that does not name its
+    architecture), ``weights`` alone (resnetlab weights), or else the first of ``inputs``
+    (a run directory or resnetlab weights file). Returns a dict:
 
-    The model is ``--model NAME`` (with ``--weights FILE`` for a state dict that does not
-    name its architecture), ``--weights FILE`` alone (resnetlab weights), or else the first
-    of ``inputs`` (a run directory or resnetlab weights file). Returns 0, or 1 when some
-    file could not be read (each gets an error line); raises ValueError when nothing is
-    there to predict.
+    * ``files``: the image files found; ``missing``: one ``{"path", "error"}`` per input
+      that named no image; ``total``: how many of both;
+    * ``warnings``: what to tell the user about the model (random weights);
+    * ``results``: for a classifier, an iterator of one ``{"path", "topk"}`` per file (or
+      ``{"path", "error"}`` for a file that cannot be decoded), predicted batch by batch as
+      it is consumed, else None;
+    * ``dense``: for a detection or segmentation model, its weights file, which
+      :func:`~resnetlab.inference.dense_predict.run_dense_predict` predicts and draws with;
+      else None.
+
+    Raises ConfigError for bad options or an image given as the model, NoImagesError when
+    no input names an image, and the errors of loading the model.
     """
-    out = stdout or sys.stdout
-    err = stderr or sys.stderr
     if topk < 1 or batch_size < 1:
         raise ConfigError(f"--topk {topk}, --batch-size {batch_size}: both must be >= 1")
-    inputs = list(inputs)
-    source = weights
-    if model is None and weights is None:
-        if len(inputs) < 2:
-            raise ConfigError(
-                "give a run directory (or --weights FILE, or --model NAME) and then the "
-                "images to classify"
-            )
-        source, inputs = inputs[0], inputs[1:]
-        if Path(source).is_file() and _is_image_file(source):
-            raise ConfigError(
-                f"{source} is an image, not a model: give a run directory, a .safetensors "
-                "file, --weights FILE or --model NAME first"
-            )
+    source, inputs = _predict_source(list(inputs), weights, model)
     files, missing = find_images(inputs)
     if not files:
         raise NoImagesError("no images found: " + "; ".join(_why_no_images(str(i)) for i in inputs))
+    found: dict[str, Any] = {
+        "files": files,
+        "missing": [{"path": spec, "error": _why_no_images(spec)} for spec in missing],
+        "total": len(files) + len(missing),
+        "warnings": [],
+        "results": None,
+        "dense": None,
+    }
     from ..engine.dense import dense_weights_path
 
     dense = dense_weights_path(source) if model is None and source is not None else None
     if dense is not None:
-        from .dense_predict import run_dense_predict
+        return {**found, "dense": dense}
+    predictor, found["warnings"] = _load_predictor(source, model, weights, device, batch_size)
+    return {**found, "results": predictor.predict_iter(files, topk, on_error="record")}
 
-        for spec in missing:
-            print(f"error: {_why_no_images(spec)}", file=err, flush=True)
-        code = run_dense_predict(dense, files, output=output, score_threshold=score_threshold,
-                                 as_json=as_json, device=device, stdout=out, stderr=err)  # fmt: skip
-        return 1 if missing else code
-    if model is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RandomWeightsWarning)
-            predictor = Predictor.from_name(model, weights, device=device, batch_size=batch_size)
-        if predictor.random_weights:
-            print(
-                f"warning: {model} has random weights: predictions are meaningless "
-                "(give a run directory, or --weights FILE)",
-                file=err,
-            )
-    else:
-        predictor = Predictor.from_source(source, device=device, batch_size=batch_size)
 
-    failed = 0
-    for spec in missing:
-        failed += 1
-        message = _why_no_images(spec)
-        if as_json:
-            print(json.dumps({"path": spec, "error": message}), file=out, flush=True)
-        else:
-            print(f"error: {message}", file=err, flush=True)
-    for result in predictor.predict_iter(files, topk, on_error="record"):
-        if "error" in result:
-            failed += 1
-            if not as_json:
-                print(f"error: {result['error']}", file=err, flush=True)
-        if as_json:
-            print(json.dumps(result), file=out, flush=True)
-        elif "topk" in result:
-            print(format_prediction(result), file=out, flush=True)
-    if failed:
-        total = len(files) + len(missing)
-        print(f"{failed} of {total} inputs could not be read", file=err)
-        return 1
-    return 0
+def _predict_source(
+    inputs: list[str], weights: str | None, model: str | None
+) -> tuple[str | None, list[str]]:
+    """The model's source (a run directory or weights file) and the inputs left to read."""
+    if model is not None or weights is not None:
+        return weights, inputs
+    if len(inputs) < 2:
+        raise ConfigError(
+            "give a run directory (or --weights FILE, or --model NAME) and then the "
+            "images to classify"
+        )
+    source = inputs[0]
+    if Path(source).is_file() and _is_image_file(source):
+        raise ConfigError(
+            f"{source} is an image, not a model: give a run directory, a .safetensors "
+            "file, --weights FILE or --model NAME first"
+        )
+    return source, inputs[1:]
+
+
+def _load_predictor(
+    source: str | None, model: str | None, weights: str | None, device: str, batch_size: int
+) -> tuple[Predictor, list[str]]:
+    """The classifier to predict with, and the warnings to show about it."""
+    if model is None:
+        return Predictor.from_source(source, device=device, batch_size=batch_size), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        predictor = Predictor.from_name(model, weights, device=device, batch_size=batch_size)
+    if not predictor.random_weights:
+        return predictor, []
+    return predictor, [
+        f"{model} has random weights: predictions are meaningless (give a run directory, "
+        "or --weights FILE)"
+    ]

@@ -24,7 +24,8 @@ extra (``pip install 'resnetlab[serve]'``); nothing else in resnetlab imports th
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations, which
-# name classes local to create_app, at definition time.
+# name classes imported or defined inside the functions that add the routes, at definition
+# time.
 import asyncio
 import base64
 import binascii
@@ -40,7 +41,7 @@ import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -413,76 +414,288 @@ def _topk(logits: torch.Tensor, class_names: Sequence[str], k: int) -> list[dict
     ]
 
 
-def create_app(
-    predictor: Predictor, config: ServeConfig | None = None, *, name: str | None = None
-) -> Any:
-    """The FastAPI application serving ``predictor``; the batching worker lives with it.
+class _HttpError(Exception):
+    """A request answered with ``status`` and the JSON body ``{"error": message}``."""
 
-    ``name``: the model's name in the v2 paths and answers (default: its architecture).
-    """
-    fastapi = _import_fastapi()
-    from fastapi import Request
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-    from pydantic import BaseModel
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
 
-    config = config or ServeConfig()
-    model_name = name or getattr(predictor.model, "name", None) or "model"
-    prep = predictor.preprocessing
-    input_shape = [prep.in_chans, prep.image_size, prep.image_size]
-    num_classes = len(predictor.class_names)
-    metrics = Metrics()
-    state: dict[str, Any] = {"ready": False, "batcher": None}
 
-    class HttpError(Exception):
-        def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-            super().__init__(message)
-            self.status, self.message, self.headers = status, message, headers
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
+    """The JSON error answer every failure gets: ``{"error": message}``."""
+    from fastapi.responses import JSONResponse
 
-    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        batcher = Batcher(predictor, config, metrics)
-        await run_in_threadpool(batcher.warmup)
-        with tempfile.TemporaryDirectory(prefix="resnetlab-serve-") as spool:
-            state["spool"] = Path(spool)
-            state["batcher"] = batcher
-            state["ready"] = True
-            try:
-                yield
-            finally:
-                state["ready"] = False
-                await run_in_threadpool(batcher.stop)
 
-    app = fastapi.FastAPI(
-        title="resnetlab serve",
-        description=f"{model_name}: {num_classes} classes, input {input_shape}",
-        lifespan=lifespan,
+def _over_limit(size: int, what: str, config: ServeConfig) -> str:
+    return (
+        f"{what} is {size / 2**20:.1f} MiB; the limit is {config.max_upload_mb:g} MiB "
+        "(--max-upload-mb)"
     )
 
-    @app.exception_handler(HttpError)
-    async def _http_error(request: Request, exc: HttpError) -> JSONResponse:
-        return error(exc.status, exc.message, exc.headers)
 
-    def too_large() -> JSONResponse:
-        return error(
-            413, f"the request body is over the limit of {config.max_upload_mb:g} MiB "
+def _check_size(size: int, what: str, config: ServeConfig) -> None:
+    if size > config.max_upload_bytes:
+        raise _HttpError(413, _over_limit(size, what, config))
+
+
+@dataclass
+class _ServerState:
+    """What the handlers share: the predictor and its card, the limits, the metrics, and
+    the batching worker and upload spool, which live from the app's startup to its end."""
+
+    predictor: Predictor
+    config: ServeConfig
+    model_name: str
+    metrics: Metrics = field(default_factory=Metrics)
+    batcher: Batcher | None = None
+    spool: Path | None = None
+    ready: bool = False
+    # The app's route paths, the labels /metrics counts requests by.
+    known_paths: set[str | None] = field(default_factory=set)
+
+    @property
+    def input_shape(self) -> list[int]:
+        prep = self.predictor.preprocessing
+        return [prep.in_chans, prep.image_size, prep.image_size]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.predictor.class_names)
+
+    def info(self) -> dict[str, Any]:
+        """The model's card in short (``GET /info``)."""
+        return {
+            "model": self.model_name,
+            "num_classes": self.num_classes,
+            "class_names": list(self.predictor.class_names),
+            "input_shape": self.input_shape,
+            "device": str(self.predictor.device),
+            "random_weights": self.predictor.random_weights,
+            "max_batch_size": self.config.max_batch_size,
+        }
+
+    def v2_metadata(self) -> dict[str, Any]:
+        """The Open Inference Protocol's model metadata (``GET /v2/models/{name}``)."""
+        return {
+            "name": self.model_name,
+            "versions": ["1"],
+            "platform": "pytorch",
+            "inputs": [
+                {"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]},
+                {"name": "input", "datatype": "BYTES", "shape": [-1]},
+            ],
+            "outputs": [
+                {"name": "logits", "datatype": "FP32", "shape": [-1, self.num_classes]},
+                {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            ],
+        }
+
+    def check_model(self, name: str) -> None:
+        if name != self.model_name:
+            raise _HttpError(404, f"unknown model {name!r}: this server serves {self.model_name!r}")
+
+    def too_large(self) -> Any:
+        """The 413 answer to a body that grew past the limit while it was read."""
+        return _error(
+            413, f"the request body is over the limit of {self.config.max_upload_mb:g} MiB "
             "(--max-upload-mb)"
         )  # fmt: skip
 
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any) -> AsyncIterator[None]:
+        """Start the batching worker (warmed up) and the spool; on shutdown, drain both."""
+        from fastapi.concurrency import run_in_threadpool
+
+        batcher = Batcher(self.predictor, self.config, self.metrics)
+        await run_in_threadpool(batcher.warmup)
+        with tempfile.TemporaryDirectory(prefix="resnetlab-serve-") as spool:
+            self.spool = Path(spool)
+            self.batcher = batcher
+            self.ready = True
+            try:
+                yield
+            finally:
+                self.ready = False
+                await run_in_threadpool(batcher.stop)
+
+    async def infer(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each preprocessed image's logits, through the batching queue."""
+        batcher, config = self.batcher, self.config
+        if batcher is None or not self.ready:
+            raise _HttpError(503, "the model is not ready", {"Retry-After": "1"})
+        if len(tensors) > config.max_queue:  # would never fit: retrying cannot help
+            raise _HttpError(
+                413, f"{len(tensors)} images in one request; this server takes at most "
+                f"{config.max_queue} (--max-queue)"
+            )  # fmt: skip
+        try:
+            futures = batcher.submit(tensors)
+        except QueueFullError as e:
+            raise _HttpError(503, f"{e}: retry later", {"Retry-After": "1"}) from None
+        waiting = [asyncio.wrap_future(f) for f in futures]
+        try:
+            return await asyncio.wait_for(asyncio.gather(*waiting), config.timeout_s)
+        except asyncio.TimeoutError:
+            for f in futures:
+                f.cancel()
+            raise _HttpError(
+                504, f"no answer within {config.timeout_s:g} s (--timeout-s)"
+            ) from None
+
+    async def decode_all(self, files: list[tuple[str, bytes]]) -> list[torch.Tensor]:
+        """Image files (name, bytes) -> model inputs, decoded off the event loop."""
+        from fastapi.concurrency import run_in_threadpool
+
+        spool = self.spool
+        if spool is None:
+            raise _HttpError(503, "the server is not ready", {"Retry-After": "1"})
+
+        def work() -> list[torch.Tensor]:
+            return [_decode(data, filename, self.predictor, spool) for filename, data in files]
+
+        try:
+            return await run_in_threadpool(work)
+        except ImageDecodeError as e:
+            raise _HttpError(400, str(e)) from None
+
+
+# --- request bodies -----------------------------------------------------------------------
+
+
+async def _read_multipart(request: Any, config: ServeConfig) -> list[tuple[str, bytes]]:
+    """The files of the multipart field ``files``, each within the upload limit."""
+    form = await request.form(max_part_size=config.max_upload_bytes)
+    files: list[tuple[str, bytes]] = []
+    try:
+        for upload in form.getlist("files"):
+            if isinstance(upload, str):
+                raise _HttpError(400, "field 'files' must hold files, not text")
+            data = await upload.read()
+            _check_size(len(data), f"file {upload.filename!r}", config)
+            files.append((upload.filename or "upload", data))
+    finally:
+        await form.close()
+    if not files:
+        raise _HttpError(400, "no files: send them in the multipart field 'files'")
+    return files
+
+
+async def _read_raw_body(request: Any, config: ServeConfig) -> tuple[str, bytes]:
+    """The body as one image file, named by the ``X-Filename`` header."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        _check_size(len(body), "the request body", config)
+    return request.headers.get("x-filename", "body"), bytes(body)
+
+
+async def _read_images(request: Any, config: ServeConfig) -> list[tuple[str, bytes]]:
+    """The image files of a ``/predict`` request: multipart ``files``, or the raw body."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await _read_multipart(request, config)
+    return [await _read_raw_body(request, config)]
+
+
+def _fp32_tensors(shape: list[int], data: list[Any], input_shape: list[int]) -> list[torch.Tensor]:
+    """An Open Inference Protocol FP32 ``[N, C, H, W]`` input as N preprocessed images."""
+    expected = _expected_shape(input_shape)
+    if len(shape) != 4 or shape[1:] != input_shape or shape[0] < 1:
+        raise _HttpError(400, f"FP32 input has shape {shape}; expected shape {expected} (N >= 1)")
+    try:
+        x = torch.tensor(data, dtype=torch.float32)
+    except (TypeError, ValueError) as e:
+        raise _HttpError(400, f"FP32 data is not a list of numbers: {e}") from None
+    if x.numel() != math.prod(shape):
+        raise _HttpError(
+            400,
+            f"FP32 data holds {x.numel()} numbers; shape {shape} needs "
+            f"{math.prod(shape)} (expected shape {expected})",
+        )
+    return list(x.reshape(shape).unbind(0))
+
+
+def _base64_files(shape: list[int], data: list[Any]) -> list[tuple[str, bytes]]:
+    """An Open Inference Protocol BYTES ``[N]`` input as N image files (name, bytes)."""
+    if len(shape) != 1 or shape[0] != len(data) or not data:
+        raise _HttpError(
+            400,
+            f"BYTES input has shape {shape} for {len(data)} items; expected "
+            "shape [N] with N base64-encoded image files",
+        )
+    files = []
+    for i, item in enumerate(data):
+        if not isinstance(item, str):
+            raise _HttpError(400, f"BYTES data[{i}] is not a base64 string")
+        try:
+            files.append((f"data[{i}]", base64.b64decode(item, validate=True)))
+        except (binascii.Error, ValueError):
+            raise _HttpError(400, f"BYTES data[{i}] is not valid base64") from None
+    return files
+
+
+def _expected_shape(input_shape: list[int]) -> str:
+    return f"[N, {', '.join(str(s) for s in input_shape)}]"
+
+
+async def _v2_input_tensors(
+    datatype: str, shape: list[int], data: list[Any], state: _ServerState
+) -> list[torch.Tensor]:
+    """The model inputs of an Open Inference Protocol input of ``datatype``."""
+    if datatype == "FP32":
+        return _fp32_tensors(shape, data, state.input_shape)
+    if datatype == "BYTES":
+        return await state.decode_all(_base64_files(shape, data))
+    raise _HttpError(
+        400,
+        f"datatype {datatype!r}: expected FP32 (shape {_expected_shape(state.input_shape)}, "
+        "preprocessed) or BYTES (shape [N], base64-encoded image files)",
+    )
+
+
+def _v2_outputs(logits: torch.Tensor, datatype: str, class_names: Sequence[str]) -> list[dict]:
+    """The logits, and for image files (BYTES) the top-1 labels too."""
+    outputs: list[dict[str, Any]] = [
+        {
+            "name": "logits",
+            "datatype": "FP32",
+            "shape": list(logits.shape),
+            "data": logits.flatten().tolist(),
+        }
+    ]
+    if datatype == "BYTES":
+        labels = [class_names[i] for i in logits.argmax(dim=1).tolist()]
+        outputs.append(
+            {"name": "label", "datatype": "BYTES", "shape": [len(labels)], "data": labels}
+        )
+    return outputs
+
+
+# --- the app's parts ----------------------------------------------------------------------
+
+
+def _add_error_handlers(app: Any, state: _ServerState) -> None:
+    """Every error answers ``{"error": message}``, a validation error with what was wrong."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(_HttpError)
+    async def _http_error(request: Request, exc: _HttpError) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.headers)
+
     @app.exception_handler(_BodyTooLarge)
     async def _too_large(request: Request, exc: _BodyTooLarge) -> JSONResponse:
-        return too_large()
+        return state.too_large()
 
     @app.exception_handler(StarletteHTTPException)
     async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if request.scope.get(TOO_LARGE_KEY):
-            return too_large()
-        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+            return state.too_large()
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -490,80 +703,53 @@ def create_app(
         for e in exc.errors():
             where = ".".join(str(p) for p in e.get("loc", ()))
             parts.append(f"{where}: {e.get('msg')}")
-        return error(422, "invalid request: " + "; ".join(parts))
+        return _error(422, "invalid request: " + "; ".join(parts))
+
+
+async def _refuse_declared_size(request: Any, length: int, config: ServeConfig) -> Any:
+    """413 for a body whose Content-Length is over the limit. A moderately oversized body is
+    read first, so that the client sees the answer rather than a reset connection; a huge
+    one is refused without reading it."""
+    if length <= 8 * config.max_upload_bytes:
+        with contextlib.suppress(_BodyTooLarge):  # _BodyLimit reads it to the end
+            async for _ in request.stream():
+                pass
+    return _error(413, _over_limit(length, "the request body", config))
+
+
+async def _answer(request: Any, call_next: Any, state: _ServerState) -> Any:
+    """The app's answer; an exception in it is a JSON 500 (or 413), and the server goes on."""
+    try:
+        return await call_next(request)
+    except Exception as e:  # the server answers and keeps serving
+        if request.scope.get(TOO_LARGE_KEY):
+            return state.too_large()
+        return _error(500, f"internal error: {type(e).__name__}: {e}")
+
+
+def _add_limits_and_metrics(app: Any, state: _ServerState) -> None:
+    """The middleware that refuses oversized bodies and counts every request."""
+    from fastapi import Request
 
     @app.middleware("http")
     async def _limits_and_metrics(request: Request, call_next: Any) -> Any:
         start = time.perf_counter()
         path = request.url.path
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > config.max_upload_bytes:
-            # Read a moderately oversized body so that the client sees the answer rather
-            # than a reset connection; a huge one is refused without reading it.
-            if int(length) <= 8 * config.max_upload_bytes:
-                with contextlib.suppress(_BodyTooLarge):  # _BodyLimit reads it to the end
-                    async for _ in request.stream():
-                        pass
-            response = error(
-                413,
-                f"the request body is {int(length) / 2**20:.1f} MiB; the limit is "
-                f"{config.max_upload_mb:g} MiB (--max-upload-mb)",
-            )
+        if length is not None and length.isdigit() and int(length) > state.config.max_upload_bytes:
+            response = await _refuse_declared_size(request, int(length), state.config)
         else:
-            try:
-                response = await call_next(request)
-            except Exception as e:  # the server answers and keeps serving
-                if request.scope.get(TOO_LARGE_KEY):
-                    response = too_large()
-                else:
-                    response = error(500, f"internal error: {type(e).__name__}: {e}")
+            response = await _answer(request, call_next, state)
         # Label by route template (never the raw path: unknown paths would grow the metrics).
         route = request.scope.get("route")
-        label = getattr(route, "path", None) or (path if path in known_paths else "other")
-        metrics.record_request(label, response.status_code, time.perf_counter() - start)
+        label = getattr(route, "path", None) or (path if path in state.known_paths else "other")
+        state.metrics.record_request(label, response.status_code, time.perf_counter() - start)
         return response
 
-    async def infer(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        batcher: Batcher | None = state["batcher"]
-        if batcher is None or not state["ready"]:
-            raise HttpError(503, "the model is not ready", {"Retry-After": "1"})
-        if len(tensors) > config.max_queue:  # would never fit: retrying cannot help
-            raise HttpError(
-                413, f"{len(tensors)} images in one request; this server takes at most "
-                f"{config.max_queue} (--max-queue)"
-            )  # fmt: skip
-        try:
-            futures = batcher.submit(tensors)
-        except QueueFullError as e:
-            raise HttpError(503, f"{e}: retry later", {"Retry-After": "1"}) from None
-        waiting = [asyncio.wrap_future(f) for f in futures]
-        try:
-            return await asyncio.wait_for(asyncio.gather(*waiting), config.timeout_s)
-        except asyncio.TimeoutError:
-            for f in futures:
-                f.cancel()
-            raise HttpError(504, f"no answer within {config.timeout_s:g} s (--timeout-s)") from None
 
-    async def decode_all(files: list[tuple[str, bytes]]) -> list[torch.Tensor]:
-        spool = state.get("spool")
-        if spool is None:
-            raise HttpError(503, "the server is not ready", {"Retry-After": "1"})
-
-        def work() -> list[torch.Tensor]:
-            return [_decode(data, filename, predictor, spool) for filename, data in files]
-
-        try:
-            return await run_in_threadpool(work)
-        except ImageDecodeError as e:
-            raise HttpError(400, str(e)) from None
-
-    def check_size(n: int, what: str) -> None:
-        if n > config.max_upload_bytes:
-            raise HttpError(
-                413,
-                f"{what} is {n / 2**20:.1f} MiB; the limit is {config.max_upload_mb:g} MiB "
-                "(--max-upload-mb)",
-            )
+def _add_page_routes(app: Any, state: _ServerState) -> None:
+    """``GET /``, the page to try the model in a browser, and ``GET /info``."""
+    from fastapi.responses import HTMLResponse
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -572,15 +758,12 @@ def create_app(
 
     @app.get("/info", summary="The served model: name, classes, input, device")
     async def info() -> dict[str, Any]:
-        return {
-            "model": model_name,
-            "num_classes": num_classes,
-            "class_names": list(predictor.class_names),
-            "input_shape": input_shape,
-            "device": str(predictor.device),
-            "random_weights": predictor.random_weights,
-            "max_batch_size": config.max_batch_size,
-        }
+        return state.info()
+
+
+def _add_predict_route(app: Any, state: _ServerState) -> None:
+    """``POST /predict``: the top-k classes of image files."""
+    from fastapi import Request
 
     @app.post(
         "/predict",
@@ -589,73 +772,24 @@ def create_app(
     )
     async def predict(request: Request, topk: int = 5) -> dict[str, Any]:
         if topk < 1:
-            raise HttpError(400, f"topk={topk}: expected an integer >= 1")
-        files: list[tuple[str, bytes]] = []
-        content_type = request.headers.get("content-type", "")
-        if content_type.startswith("multipart/form-data"):
-            form = await request.form(max_part_size=config.max_upload_bytes)
-            try:
-                for upload in form.getlist("files"):
-                    if isinstance(upload, str):
-                        raise HttpError(400, "field 'files' must hold files, not text")
-                    data = await upload.read()
-                    check_size(len(data), f"file {upload.filename!r}")
-                    files.append((upload.filename or "upload", data))
-            finally:
-                await form.close()
-            if not files:
-                raise HttpError(400, "no files: send them in the multipart field 'files'")
-        else:
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                check_size(len(body), "the request body")
-            files.append((request.headers.get("x-filename", "body"), bytes(body)))
-        tensors = await decode_all(files)
-        logits = await infer(tensors)
+            raise _HttpError(400, f"topk={topk}: expected an integer >= 1")
+        files = await _read_images(request, state.config)
+        tensors = await state.decode_all(files)
+        logits = await state.infer(tensors)
+        names = state.predictor.class_names
         return {
             "predictions": [
-                {"filename": filename, "topk": _topk(row, predictor.class_names, topk)}
+                {"filename": filename, "topk": _topk(row, names, topk)}
                 for (filename, _), row in zip(files, logits, strict=True)
             ],
-            "model": model_name,
+            "model": state.model_name,
         }
 
-    @app.get("/v2/health/live", summary="Open Inference Protocol: the server is up")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
 
-    @app.get("/v2/health/ready", summary="Open Inference Protocol: the model can answer")
-    async def ready() -> JSONResponse:
-        ok = bool(state["ready"])
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
-
-    def check_model(name: str) -> None:
-        if name != model_name:
-            raise HttpError(404, f"unknown model {name!r}: this server serves {model_name!r}")
-
-    @app.get("/v2/models/{name}", summary="Open Inference Protocol: model metadata")
-    async def model_metadata(name: str) -> dict[str, Any]:
-        check_model(name)
-        return {
-            "name": model_name,
-            "versions": ["1"],
-            "platform": "pytorch",
-            "inputs": [
-                {"name": "input", "datatype": "FP32", "shape": [-1, *input_shape]},
-                {"name": "input", "datatype": "BYTES", "shape": [-1]},
-            ],
-            "outputs": [
-                {"name": "logits", "datatype": "FP32", "shape": [-1, num_classes]},
-                {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            ],
-        }
-
-    @app.get("/v2/models/{name}/ready", summary="Open Inference Protocol: model readiness")
-    async def model_ready(name: str) -> JSONResponse:
-        check_model(name)
-        ok = bool(state["ready"])
-        return JSONResponse({"name": model_name, "ready": ok}, status_code=200 if ok else 503)
+def _add_v2_routes(app: Any, state: _ServerState) -> None:
+    """The Open Inference Protocol (KServe v2, REST): health, model metadata, inference."""
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel
 
     class InferInput(BaseModel):
         name: str = "input"
@@ -667,80 +801,76 @@ def create_app(
         id: str | None = None
         inputs: list[InferInput]
 
+    @app.get("/v2/health/live", summary="Open Inference Protocol: the server is up")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", summary="Open Inference Protocol: the model can answer")
+    async def ready() -> JSONResponse:
+        ok = bool(state.ready)
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/v2/models/{name}", summary="Open Inference Protocol: model metadata")
+    async def model_metadata(name: str) -> dict[str, Any]:
+        state.check_model(name)
+        return state.v2_metadata()
+
+    @app.get("/v2/models/{name}/ready", summary="Open Inference Protocol: model readiness")
+    async def model_ready(name: str) -> JSONResponse:
+        state.check_model(name)
+        ok = bool(state.ready)
+        return JSONResponse({"name": state.model_name, "ready": ok}, status_code=200 if ok else 503)
+
     @app.post("/v2/models/{name}/infer", summary="Open Inference Protocol: inference")
     async def v2_infer(name: str, body: InferRequest) -> dict[str, Any]:
-        check_model(name)
+        state.check_model(name)
         if len(body.inputs) != 1:
-            raise HttpError(400, f"expected exactly one input, got {len(body.inputs)}")
+            raise _HttpError(400, f"expected exactly one input, got {len(body.inputs)}")
         inp = body.inputs[0]
-        expected = f"[N, {', '.join(str(s) for s in input_shape)}]"
-        if inp.datatype == "FP32":
-            if len(inp.shape) != 4 or inp.shape[1:] != input_shape or inp.shape[0] < 1:
-                raise HttpError(
-                    400, f"FP32 input has shape {inp.shape}; expected shape {expected} (N >= 1)"
-                )
-            try:
-                x = torch.tensor(inp.data, dtype=torch.float32)
-            except (TypeError, ValueError) as e:
-                raise HttpError(400, f"FP32 data is not a list of numbers: {e}") from None
-            if x.numel() != math.prod(inp.shape):
-                raise HttpError(
-                    400,
-                    f"FP32 data holds {x.numel()} numbers; shape {inp.shape} needs "
-                    f"{math.prod(inp.shape)} (expected shape {expected})",
-                )
-            tensors = list(x.reshape(inp.shape).unbind(0))
-        elif inp.datatype == "BYTES":
-            if len(inp.shape) != 1 or inp.shape[0] != len(inp.data) or not inp.data:
-                raise HttpError(
-                    400,
-                    f"BYTES input has shape {inp.shape} for {len(inp.data)} items; expected "
-                    "shape [N] with N base64-encoded image files",
-                )
-            files = []
-            for i, item in enumerate(inp.data):
-                if not isinstance(item, str):
-                    raise HttpError(400, f"BYTES data[{i}] is not a base64 string")
-                try:
-                    files.append((f"data[{i}]", base64.b64decode(item, validate=True)))
-                except (binascii.Error, ValueError):
-                    raise HttpError(400, f"BYTES data[{i}] is not valid base64") from None
-            tensors = await decode_all(files)
-        else:
-            raise HttpError(
-                400,
-                f"datatype {inp.datatype!r}: expected FP32 (shape {expected}, preprocessed) "
-                "or BYTES (shape [N], base64-encoded image files)",
-            )
-        logits = torch.stack(await infer(tensors))
-        outputs = [
-            {
-                "name": "logits",
-                "datatype": "FP32",
-                "shape": list(logits.shape),
-                "data": logits.flatten().tolist(),
-            }
-        ]
-        if inp.datatype == "BYTES":
-            labels = [predictor.class_names[i] for i in logits.argmax(dim=1).tolist()]
-            outputs.append(
-                {"name": "label", "datatype": "BYTES", "shape": [len(labels)], "data": labels}
-            )
-        answer: dict[str, Any] = {"model_name": model_name, "model_version": "1"}
+        tensors = await _v2_input_tensors(inp.datatype, inp.shape, inp.data, state)
+        logits = torch.stack(await state.infer(tensors))
+        answer: dict[str, Any] = {"model_name": state.model_name, "model_version": "1"}
         if body.id is not None:
             answer["id"] = body.id
-        answer["outputs"] = outputs
+        answer["outputs"] = _v2_outputs(logits, inp.datatype, state.predictor.class_names)
         return answer
+
+
+def _add_metrics_route(app: Any, state: _ServerState) -> None:
+    """``GET /metrics`` in Prometheus text format."""
+    from fastapi.responses import PlainTextResponse
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(
-            metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+            state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
-    app.add_middleware(_BodyLimit, limit=config.max_upload_bytes)  # the outermost layer
-    known_paths = {getattr(r, "path", None) for r in app.routes}
-    app.state.metrics = metrics
+
+def create_app(
+    predictor: Predictor, config: ServeConfig | None = None, *, name: str | None = None
+) -> Any:
+    """The FastAPI application serving ``predictor``; the batching worker lives with it.
+
+    ``name``: the model's name in the v2 paths and answers (default: its architecture).
+    """
+    fastapi = _import_fastapi()
+    model_name = name or getattr(predictor.model, "name", None) or "model"
+    state = _ServerState(predictor, config or ServeConfig(), model_name)
+    app = fastapi.FastAPI(
+        title="resnetlab serve",
+        description=f"{model_name}: {state.num_classes} classes, input {state.input_shape}",
+        lifespan=state.lifespan,
+    )
+    _add_error_handlers(app, state)
+    _add_limits_and_metrics(app, state)
+    _add_page_routes(app, state)
+    _add_predict_route(app, state)
+    _add_v2_routes(app, state)
+    _add_metrics_route(app, state)
+    app.add_middleware(_BodyLimit, limit=state.config.max_upload_bytes)  # the outermost layer
+    state.known_paths = {getattr(r, "path", None) for r in app.routes}
+    app.state.metrics = state.metrics
     app.state.model_name = model_name
     return app
 

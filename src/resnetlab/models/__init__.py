@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from ..errors import ConfigError
+from ..errors import ArchitectureNotDescribedError, ConfigError
+from .card import ModelCard, Preprocessing, PreprocessingError, WeightsSource
 from .complexity import count_params, measure
 from .pretrained import (
     PretrainedWeights,
@@ -32,11 +33,16 @@ from .zoo import MODEL_CONFIGS, family, get_config, list_models
 
 __all__ = [
     "MODEL_CONFIGS",
+    "ArchitectureNotDescribedError",
     "LoadReport",
+    "ModelCard",
     "ModelConfig",
+    "Preprocessing",
+    "PreprocessingError",
     "PretrainedWeights",
     "ResNet",
     "WeightsError",
+    "WeightsSource",
     "count_params",
     "create_model",
     "download_pretrained",
@@ -73,8 +79,11 @@ def create_model(
     a different ``num_classes`` the head is re-initialised (and a warning says so).
     ``weights`` may name pretrained weights (``"torchvision:resnet50.IMAGENET1K_V2"``, see
     :func:`list_pretrained`): they are downloaded into the torch hub cache once, must be
-    weights of this model, and their card becomes the model's ``pretrained_card``; a
+    weights of this model, and their table row becomes the model's ``pretrained_card``; a
     :class:`WeightsFile` already read by :func:`read_weights` is used as it is.
+    ``model.card`` (:class:`ModelCard`) describes the result: the weights' classes,
+    preprocessing, source and published metrics (less the classes and metrics when the
+    head is re-initialised).
     ``output_stride`` dilates the last stages instead of striding them (see
     :class:`ResNet`; weights fit every output stride).
     """
@@ -120,21 +129,25 @@ def create_model(
     return model
 
 
-def load_model(source: str | os.PathLike, **overrides: Any) -> ResNet:
+def load_model(source: str | os.PathLike | PretrainedWeights, **overrides: Any) -> ResNet:
     """Rebuild a model from resnetlab weights (a run directory or ``.safetensors``) alone,
-    or from named pretrained weights (which name their model)."""
-    if is_pretrained_name(source):
+    or from named pretrained weights (which name their model); ``model.card`` is the one
+    the weights describe.
+
+    Weights that do not describe their architecture (a torchvision/timm state dict) raise
+    :class:`~resnetlab.errors.ArchitectureNotDescribedError`.
+    """
+    if isinstance(source, PretrainedWeights) or is_pretrained_name(source):
         return create_model(resolve_pretrained(source).model, weights=source, **overrides)
     wf = read_weights(source)
     if wf.meta is None:
-        raise WeightsError(
+        raise ArchitectureNotDescribedError(
             f"{wf.path} does not describe its architecture (no resnetlab sidecar): use "
             "create_model(NAME, weights=PATH) instead"
         )
     label, cfg = config_from_meta(wf.meta)
     model = ResNet(cfg.replace(**overrides) if overrides else cfg, name=label)
     model.load_report = load_weights(model, wf)
-    model.meta = wf.meta
     return model
 
 

@@ -31,6 +31,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from .card import IMAGENET_MEAN, IMAGENET_STD, ModelCard, Preprocessing, WeightsSource
 from .weights import WeightsError
 
 __all__ = [
@@ -99,6 +100,24 @@ class PretrainedWeights:
         out["source"] = self.source
         return out
 
+    def model_card(self) -> ModelCard:
+        """The :class:`~resnetlab.models.card.ModelCard` of the zoo model with these weights:
+        its preprocessing (with the training crop), classes, source and published metrics."""
+        from .zoo import get_config
+
+        config = get_config(self.model).replace(num_classes=self.num_classes)
+        prep = dict(self.preprocessing, train_image_size=self.train_image_size)
+        return ModelCard(
+            architecture=self.model,
+            config=config.to_dict(),
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+            preprocessing=Preprocessing.from_dict(prep),
+            source=WeightsSource(self.source, name=self.name, url=self.url, sha256=self.hash),
+            metrics=dict(self.metrics),
+            metrics_source=self.metrics_source,
+        )
+
 
 @dataclass(frozen=True)
 class _FromTorchvision:
@@ -120,20 +139,14 @@ class _FromTorchvision:
 
 
 def _preprocessing(mean, std, size: int, resize: int, interpolation: str) -> dict[str, Any]:
-    return {
-        "mean": [float(m) for m in mean],
-        "std": [float(s) for s in std],
-        "image_size": int(size),
-        "channels": 3,
-        "in_chans": 3,
-        "resize": int(resize),
-        "crop": "center",
-        "interpolation": interpolation,
-    }
+    """The JSON form of a test-time :class:`Preprocessing` (checked as it is built)."""
+    prep = Preprocessing(mean=mean, std=std, image_size=int(size), channels=3, in_chans=3,
+                         resize=int(resize), interpolation=interpolation)  # fmt: skip
+    return prep.to_dict()
 
 
 # timm's IMAGENET_DEFAULT_MEAN/STD and IMAGENET_INCEPTION_MEAN/STD, as in its pretrained_cfg.
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_IMAGENET = (IMAGENET_MEAN, IMAGENET_STD)
 _INCEPTION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from torch.utils.checkpoint import checkpoint_sequential
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .blocks import BLOCK_TYPES, BatchNormAct2d
+from .card import ModelCard, Preprocessing, default_preprocessing
 
 
 def _make_stage(
@@ -96,7 +98,13 @@ class ResNet(nn.Module):
     2**k, k = 0..(number of strided stages); the last k strided stages dilate instead of
     striding. ``feature_info`` gives every level's ``num_chs``, true ``reduction`` and the
     ``module`` whose output it is.
+
+    ``card`` describes the model (:class:`~resnetlab.models.card.ModelCard`): a fresh one
+    from the config here, the weights' own once ``load_weights`` loaded them.
     """
+
+    #: what the model is, how to feed it, where its weights came from
+    card: ModelCard
 
     def __init__(
         self,
@@ -111,6 +119,7 @@ class ResNet(nn.Module):
         self.config = cfg
         self.name = name
         self.num_classes = cfg.num_classes
+        self.card = ModelCard.from_config(cfg, architecture=name)
         self.grad_checkpointing = cfg.grad_checkpointing
         imagenet = cfg.stem == "imagenet"
         # Stem. ImageNet: 7x7/2 conv + 3x3/2 max-pool (2015 paper, Table 1). CIFAR: one 3x3
@@ -195,6 +204,20 @@ class ResNet(nn.Module):
                     m.zero_init_last()
 
     @property
+    def preprocessing(self) -> Preprocessing:
+        """How an image becomes this model's input: the card's, or the stem's convention."""
+        return self.card.preprocessing or default_preprocessing(self.config)
+
+    def transforms(self, train: bool = False) -> nn.Module:
+        """The torchvision v2 pipeline of :attr:`preprocessing` (the test one unless ``train``)."""
+        return self.preprocessing.transforms(train)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The card in the layout of the weights' JSON sidecar (read-only)."""
+        return self.card.to_meta()
+
+    @property
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, name) for name in self.stage_names]
 
@@ -253,3 +276,4 @@ class ResNet(nn.Module):
         self.fc = self._new_head(num_classes).to(device)
         self.num_classes = num_classes
         self.config = self.config.replace(num_classes=num_classes)
+        self.card = self.card.with_new_head(self.config)

@@ -45,23 +45,23 @@ from ..io import (
     require_regular_file,
 )
 from ..io import atomic_write as atomic_write  # re-exported: the one atomic writer
+from .card import (  # the sidecar's layout and limits live with the card it is the JSON of
+    MAX_IMAGE_SIZE,
+    PREPROCESSING_KEYS,
+    SIDECAR_CHECKSUM,
+    SIDECAR_FORMAT,
+    ModelCard,
+    Preprocessing,
+    PreprocessingError,
+    WeightsSource,
+)
+from .card import SIDECAR_VERSION as SIDECAR_VERSION  # re-exported
 from .resnet import ResNet
 
 FORMATS = ("auto", "resnetlab", "torchvision", "timm")
-SIDECAR_FORMAT = "resnetlab-weights"
-SIDECAR_VERSION = 1
 WEIGHTS_FILENAME = "model.safetensors"
-# The sidecar's key for the sha256 of the tensors (see ``content_sha256``).
-SIDECAR_CHECKSUM = "tensors_sha256"
 # A checkpoint's key for the sha256 of everything else it holds.
 CHECKPOINT_CHECKSUM = "sha256"
-# The keys a sidecar's ``preprocessing`` may have (see inference.meta.Preprocessing).
-PREPROCESSING_KEYS = (
-    "mean", "std", "image_size", "channels", "in_chans", "resize", "crop", "interpolation",
-)  # fmt: skip
-# Largest image side a model description may ask for: 3 x 4096 x 4096 floats are 200 MB
-# per image; a description asking for more is damaged, not a model to run.
-MAX_IMAGE_SIZE = 4096
 # Prefixes that wrappers add to every key: DistributedDataParallel and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Where a training checkpoint keeps its model's state dict.
@@ -69,7 +69,8 @@ CHECKPOINT_MODEL_KEYS = ("model", "state_dict", "model_state_dict")
 
 
 class WeightsError(ResnetlabError, ValueError):
-    """A weights file that cannot be read or does not fit the model."""
+    """A weights file that cannot be read or does not fit the model, or a model that cannot
+    be saved as asked."""
 
 
 @dataclass
@@ -308,6 +309,7 @@ def _check_preprocessing(prep: Any, where: str) -> None:
                 where, f"preprocessing.{key}", f"is {_shown(value)}, expected 1 to 4 numbers"
             )
     for key, low, high in (("image_size", 1, MAX_IMAGE_SIZE), ("resize", 1, MAX_IMAGE_SIZE),
+                           ("train_image_size", 1, MAX_IMAGE_SIZE),
                            ("channels", 1, 4), ("in_chans", 1, 4)):  # fmt: skip
         value = prep.get(key)
         if value is not None and not (_is_int(value) and low <= value <= high):
@@ -602,7 +604,7 @@ def load_weights(
     raise; with ``strict=False`` they are reported and warned about.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"invalid fmt={fmt!r}: expected one of {', '.join(FORMATS)}")
+        raise ConfigError(f"invalid fmt={fmt!r}: expected one of {', '.join(FORMATS)}")
     wf = source if isinstance(source, WeightsFile) else read_weights(source)
     state_dict = dict(wf.state_dict)
     detected = detect_format(state_dict)
@@ -616,44 +618,10 @@ def load_weights(
         for key in [k for k in state_dict if k.startswith("fc.")]:
             state_dict.pop(key)
             report.ignored.append(key)
-    head_keys = [k for k in ("fc.weight", "fc.bias") if k in state_dict and k in own]
-    src_n = _classifier_size(state_dict, own)
-    if src_n is not None and src_n != own["fc.weight"].shape[0]:
-        own_n = own["fc.weight"].shape[0]
-        if not reinit_head:
-            raise WeightsError(
-                f"classifier size mismatch: the weights have {src_n} classes, the model "
-                f"{own_n}. Pass num_classes={own_n} to create_model (or reinit_head=True) to "
-                f"re-initialise the head, or build the model with num_classes={src_n}"
-            )
-        for key in head_keys:
-            state_dict.pop(key)
-            report.reinitialized.append(key)
-        warnings.warn(
-            f"classifier re-initialised: {wf.path} has {src_n} classes, the model {own_n}",
-            stacklevel=2,
-        )
-    stem = "conv1.weight"
-    if (
-        stem in state_dict
-        and stem in own
-        and state_dict[stem].ndim == own[stem].ndim == 4
-        and state_dict[stem].shape[1] > 0
-        and state_dict[stem].shape[1] != own[stem].shape[1]
-    ):
-        before = tuple(state_dict[stem].shape)
-        state_dict[stem] = _adapt_input_conv(state_dict[stem], own[stem].shape[1])
-        report.adapted.append(f"{stem} ({before} -> {tuple(own[stem].shape)})")
-    mismatched = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state_dict.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if mismatched:
-        raise WeightsError(
-            f"{len(mismatched)} shape mismatch(es) loading {wf.path} (is it another "
-            f"architecture?): " + "; ".join(mismatched[:6])
-        )
+    said = described_card(wf)  # checked before the model changes
+    _fit_classifier(state_dict, own, report, wf.path, reinit_head)
+    _fit_stem(state_dict, own, report)
+    _check_shapes(state_dict, own, wf.path)
     try:
         result = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as e:
@@ -665,7 +633,111 @@ def load_weights(
         if strict:
             raise WeightsError(f"the weights do not match the model:\n{report}")
         warnings.warn(f"partial load:\n{report}", stacklevel=2)
+    if isinstance(getattr(model, "card", None), ModelCard):
+        model.card = _loaded_card(model.card, said, wf, report)
     return report
+
+
+def described_card(wf: WeightsFile) -> ModelCard | None:
+    """What the weights say about themselves: the card of named pretrained weights or of a
+    resnetlab description; None for a plain state dict (which does not describe itself).
+    A description whose preprocessing cannot be used is a WeightsError naming the file."""
+    if wf.card is not None:
+        return wf.card.model_card()
+    if wf.meta is None:
+        return None
+    try:
+        return ModelCard.from_meta(wf.meta, file=str(wf.path))
+    except PreprocessingError as e:
+        raise WeightsError(f"bad description of {wf.path}: {e}") from None
+
+
+def _loaded_card(
+    card: ModelCard, said: ModelCard | None, wf: WeightsFile, report: LoadReport
+) -> ModelCard:
+    """The model's ``card`` once ``wf`` is loaded into it: the classes, preprocessing and
+    metrics the weights describe, less what the load made untrue (a re-initialised head has
+    no class names or published metrics; an adapted stem takes other channels than the
+    weights' preprocessing makes), and where the weights came from."""
+    source = WeightsSource(report.fmt, file=str(wf.path))
+    if said is None:
+        return dataclasses.replace(card, class_names=None, preprocessing=None, source=source,
+                                   metrics={}, metrics_source=None)  # fmt: skip
+    if said.source is not None:
+        source = dataclasses.replace(said.source, format=report.fmt, file=str(wf.path))
+    new_head = bool(report.reinitialized)
+    names = said.class_names
+    if new_head or (names is not None and len(names) != card.num_classes):
+        names = None
+    prep = said.preprocessing
+    if prep is not None and prep.in_chans != card.in_chans and report.adapted:
+        prep = None
+    return dataclasses.replace(
+        card, class_names=names, preprocessing=prep, source=source,
+        metrics={} if new_head else dict(said.metrics),
+        metrics_source=None if new_head else said.metrics_source,
+    )  # fmt: skip
+
+
+def _fit_classifier(
+    state_dict: dict[str, torch.Tensor],
+    own: dict[str, torch.Tensor],
+    report: LoadReport,
+    path: Path,
+    reinit_head: bool,
+) -> None:
+    """Leave a classifier of another size out of ``state_dict`` (``reinit_head``), or raise."""
+    src_n = _classifier_size(state_dict, own)
+    if src_n is None or src_n == own["fc.weight"].shape[0]:
+        return
+    own_n = own["fc.weight"].shape[0]
+    if not reinit_head:
+        raise WeightsError(
+            f"classifier size mismatch: the weights have {src_n} classes, the model "
+            f"{own_n}. Pass num_classes={own_n} to create_model (or reinit_head=True) to "
+            f"re-initialise the head, or build the model with num_classes={src_n}"
+        )
+    for key in [k for k in ("fc.weight", "fc.bias") if k in state_dict and k in own]:
+        state_dict.pop(key)
+        report.reinitialized.append(key)
+    # stacklevel 3: the warning names the caller of load_weights
+    warnings.warn(
+        f"classifier re-initialised: {path} has {src_n} classes, the model {own_n}",
+        stacklevel=3,
+    )
+
+
+def _fit_stem(
+    state_dict: dict[str, torch.Tensor], own: dict[str, torch.Tensor], report: LoadReport
+) -> None:
+    """Adapt a stem conv trained on other input channels to the model's (noted in the report)."""
+    stem = "conv1.weight"
+    if (
+        stem in state_dict
+        and stem in own
+        and state_dict[stem].ndim == own[stem].ndim == 4
+        and state_dict[stem].shape[1] > 0
+        and state_dict[stem].shape[1] != own[stem].shape[1]
+    ):
+        before = tuple(state_dict[stem].shape)
+        state_dict[stem] = _adapt_input_conv(state_dict[stem], own[stem].shape[1])
+        report.adapted.append(f"{stem} ({before} -> {tuple(own[stem].shape)})")
+
+
+def _check_shapes(
+    state_dict: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: Path
+) -> None:
+    """WeightsError naming the tensors whose shape differs from the model's."""
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if mismatched:
+        raise WeightsError(
+            f"{len(mismatched)} shape mismatch(es) loading {path} (is it another "
+            f"architecture?): " + "; ".join(mismatched[:6])
+        )
 
 
 def _classifier_size(
@@ -686,30 +758,36 @@ def _classifier_size(
 def weights_meta(
     model: ResNet,
     *,
-    preprocessing: dict[str, Any] | None = None,
+    preprocessing: Preprocessing | dict[str, Any] | None = None,
     class_names: list[str] | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
-    """The self-description saved beside the weights: everything predict/export need."""
+    """The self-description saved beside the weights: everything predict/export need.
+
+    It is the model's card in the sidecar's layout (:meth:`ModelCard.to_meta`), with
+    ``preprocessing`` and ``class_names`` in place of the card's where given. A
+    preprocessing dict is checked (:meth:`Preprocessing.from_dict`) and written as given.
+    """
     if class_names is not None and len(class_names) != model.num_classes:
-        raise ValueError(
+        raise WeightsError(
             f"{len(class_names)} class names for a model with {model.num_classes} classes"
         )
-    return {
-        "format": SIDECAR_FORMAT,
-        "version": SIDECAR_VERSION,
-        "architecture": model.name,
-        "config": model.config.to_dict(),
-        "num_classes": model.num_classes,
-        "in_chans": model.config.in_chans,
-        "preprocessing": preprocessing,
-        "class_names": list(class_names) if class_names is not None else None,
-    }
+    card = model.card
+    if class_names is not None:
+        card = dataclasses.replace(card, class_names=tuple(class_names))
+    if preprocessing is not None:
+        prep = (preprocessing if isinstance(preprocessing, Preprocessing)
+                else Preprocessing.from_dict(preprocessing))  # fmt: skip
+        card = dataclasses.replace(card, preprocessing=prep)
+    meta = card.to_meta()
+    if isinstance(preprocessing, dict):
+        meta["preprocessing"] = dict(preprocessing)  # the keys the caller chose
+    return meta
 
 
 def encode_weights(
     model: ResNet,
     *,
-    preprocessing: dict[str, Any] | None = None,
+    preprocessing: Preprocessing | dict[str, Any] | None = None,
     class_names: list[str] | tuple[str, ...] | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """The bytes of ``model``'s ``.safetensors`` file and its description (with checksum).
@@ -717,7 +795,7 @@ def encode_weights(
     The description is stored inside the file too, so the file alone describes itself.
     """
     if getattr(model, "features_only", False):
-        raise ValueError("save the full model, not a features_only view of it")
+        raise WeightsError("save the full model, not a features_only view of it")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = weights_meta(model, preprocessing=preprocessing, class_names=class_names)
     meta[SIDECAR_CHECKSUM] = content_sha256(tensors)
@@ -742,7 +820,7 @@ def save_weights(
     model: ResNet,
     path: str | os.PathLike,
     *,
-    preprocessing: dict[str, Any] | None = None,
+    preprocessing: Preprocessing | dict[str, Any] | None = None,
     class_names: list[str] | tuple[str, ...] | None = None,
 ) -> Path:
     """Write ``model`` as ``path`` (.safetensors) plus a JSON sidecar describing it.
@@ -752,7 +830,7 @@ def save_weights(
     """
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise ValueError(f"save_weights writes .safetensors files, got {path}")
+        raise WeightsError(f"save_weights writes .safetensors files, got {path}")
     data, meta = encode_weights(model, preprocessing=preprocessing, class_names=class_names)
     return write_weights(path, data, meta)
 
