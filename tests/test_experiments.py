@@ -19,6 +19,7 @@ from resnetlab.experiments import (
     run_degradation,
     run_gradients,
     spread,
+    train_tracked,
 )
 from resnetlab.experiments.gradients import main_path_convs, step_memory
 from resnetlab.models import create_model
@@ -225,6 +226,10 @@ def test_gradients_experiment_files(tmp_path):
     assert len(flow["init"]["grad_norm"]) == len(flow["after"]["grad_norm"]) == 7
     deep = results["deep"]["resnet14"]
     assert len(deep["losses"]) == 3 and deep["layers"] == 14
+    # the probe hook: the gradient norms of the training batches, at every step
+    during = flow["during"]
+    assert len(during["first"]) == len(during["last"]) == len(during["max_over_min"]) == 2
+    assert all(x > 0 for x in during["first"] + during["last"])
     for name in ("gradients.png", "deep.png"):
         assert (out / name).read_bytes().startswith(PNG)
     assert "## What it shows" in (out / "report.md").read_text()
@@ -325,6 +330,141 @@ def test_cardinality_experiment_files(tmp_path):
 
 
 # --------------------------------------------------------------------------------------
+# Training through the engine: its step, precision, clipping; divergence; the configs
+
+
+def _tiny_data():
+    from resnetlab.experiments.common import subset_data
+
+    return subset_data(TINY, batch_size=32, train_eval_size=64)
+
+
+def _tiny_net(data):
+    from resnetlab.experiments.common import build
+
+    torch.manual_seed(0)
+    return build(resolve_model("plain8"), data.info)
+
+
+def test_tracked_training_steps_through_the_engine(monkeypatch):
+    from resnetlab.engine import trainer
+    from resnetlab.engine.budget import Hook
+    from resnetlab.experiments.common import Recipe
+
+    calls = []
+    step = trainer.train_step
+
+    def counted(job, st, images, targets):
+        calls.append(job.precision.name)
+        return step(job, st, images, targets)
+
+    class Seen(Hook):
+        def __init__(self):
+            self.dtypes, self.backward = [], 0
+
+        def after_backward(self, job, st):
+            self.backward += 1
+
+        def after_step(self, job, st):
+            self.dtypes.append(st.last.output.dtype)
+
+    monkeypatch.setattr(trainer, "train_step", counted)
+    data, seen = _tiny_data(), Seen()
+    run = train_tracked(_tiny_net(data), data, Recipe(iters=3, eval_every=2, precision="bf16"),
+                        device=torch.device("cpu"), progress=False, hooks=[seen])  # fmt: skip
+    # every step is the engine's, under its autocast, with the hooks around it
+    assert calls == ["bf16"] * 3 and seen.backward == 3
+    assert seen.dtypes == [torch.bfloat16] * 3
+    assert [p["iter"] for p in run["curve"]] == [0, 2, 3] and len(run["losses"]) == 3
+    assert run["iters"] == 3 and run["diverged_at"] is None
+
+
+def test_tracked_training_clips_gradients():
+    from resnetlab.experiments.common import Recipe
+
+    data = _tiny_data()
+
+    def moved(grad_clip):
+        model = _tiny_net(data)
+        before = [p.detach().clone() for p in model.parameters()]
+        recipe = Recipe(iters=3, weight_decay=0.0, milestones=(), grad_clip=grad_clip)
+        train_tracked(model, data, recipe, device=torch.device("cpu"), progress=False)
+        return sum(
+            (p.detach() - b).norm().item() for p, b in zip(model.parameters(), before, strict=True)
+        )
+
+    # lr 0.1 on gradients of global norm at most 1e-6: the weights all but stay put
+    assert moved(1e-6) < 1e-5 < 1e-2 < moved(0.0)
+
+
+def test_divergence_is_reported_not_raised():
+    from resnetlab.experiments.common import Recipe
+
+    data = _tiny_data()
+    run = train_tracked(_tiny_net(data), data, Recipe(iters=6, lr=1e8, milestones=()),
+                        device=torch.device("cpu"), progress=False)  # fmt: skip
+    assert run["diverged_at"] is not None and run["diverged_at"] < 6
+    assert run["iters"] == run["diverged_at"] == len(run["losses"])
+    assert run["curve"][-1]["iter"] == run["diverged_at"]
+
+
+def test_experiment_configs_presets_and_checks():
+    from resnetlab.errors import ConfigError
+    from resnetlab.experiments import (
+        CardinalityConfig,
+        DegradationConfig,
+        GradientsConfig,
+        experiment_fields,
+    )
+
+    # the presets: the paper's setting by default, the quick one declared beside it
+    full, quick = DegradationConfig(), DegradationConfig.resolve(quick=True)
+    assert (full.iters, full.train_size, full.train_eval_size, full.zero_init) == (
+        64000, None, 10000, False)  # fmt: skip
+    assert (quick.iters, quick.train_size, quick.train_eval_size, quick.test_size,
+            quick.eval_every, quick.zero_init) == (200, 10000, 2000, 1000, 40, True)  # fmt: skip
+    assert quick.setting_name == "Quick setting" and full.setting_name == "Full setting"
+    assert GradientsConfig.resolve(quick=True).steps == 50 and GradientsConfig().steps == 200
+    assert CardinalityConfig.resolve(quick=True).iters == 60
+    # keyword values, then KEY=VALUE overrides (YAML: null is None)
+    cfg = DegradationConfig.resolve(quick=True, iters=5, overrides=["iters=7", "train_size=null",
+                                                                    "depths=[56, 20, 20]"])  # fmt: skip
+    assert (cfg.iters, cfg.train_size, cfg.depths) == (7, None, (20, 56))
+    assert cfg.setting_name == "Quick setting with iters, train_size changed"
+    assert DegradationConfig.resolve(overrides=["quick=true"]).iters == 200
+    with pytest.raises(ConfigError, match=r"invalid iters=0: expected a positive number"):
+        DegradationConfig(iters=0)
+    with pytest.raises(ConfigError, match="invalid precision='fp8': expected one of"):
+        DegradationConfig.resolve(overrides=["precision=fp8"])
+    with pytest.raises(ConfigError, match="unknown config key.*itres"):
+        DegradationConfig.resolve(itres=3)
+    with pytest.raises(ValueError, match="9n\\+2"):
+        CardinalityConfig(depths=(21,))
+    rows = {r["key"]: r for r in experiment_fields("degradation")}
+    assert rows["iters"]["default"] == "64000" and rows["iters"]["quick"] == "200"
+    assert rows["precision"]["allowed"] == "auto, fp32, bf16, fp16"
+
+
+def test_degradation_overrides_and_precision(tmp_path):
+    from resnetlab.experiments import run_experiment
+
+    out = tmp_path / "bf16"
+    overrides = [f"dataset={TINY}", "depths=[8, 14]", "iters=2", "batch_size=32",
+                 "train_eval_size=64", "precision=bf16"]  # fmt: skip
+    result = run_experiment("degradation", output=out, overrides=overrides, progress=False)
+    settings = json.loads((out / "settings.json").read_text())["settings"]
+    assert settings["precision"] == "bf16" and settings["iters"] == 2
+    assert "bf16 autocast" in (out / "report.md").read_text()
+    fp32 = run_degradation(tmp_path / "fp32", dataset=TINY, depths=(8, 14), iters=2,
+                           batch_size=32, train_eval_size=64, progress=False)  # fmt: skip
+    assert "precision" not in json.loads((tmp_path / "fp32" / "settings.json").read_text())[
+        "settings"]  # fmt: skip
+    assert result["results"]["plain8"]["losses"] != fp32["results"]["plain8"]["losses"]
+    with pytest.raises(ExperimentError, match="other settings.*precision"):
+        run_experiment("degradation", output=out, overrides=overrides[:-1], progress=False)
+
+
+# --------------------------------------------------------------------------------------
 # Published figures and the command line
 
 
@@ -372,7 +512,22 @@ def test_cli_bad_input_and_help(tmp_path, capsys):
     for sub in ("degradation", "gradients", "cardinality"):
         with pytest.raises(SystemExit):
             main(["experiment", sub, "--help"])
-        assert "examples:" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "examples:" in out
+        # every setting listed, with its default, quick value and what it allows
+        assert "settings (KEY=VALUE" in out and "precision        fp32" in out
+    assert main(["experiment", "degradation", "iters=0", "--output", str(tmp_path / "z")]) == 2
+    assert "invalid iters=0: expected a positive number of iterations" in capsys.readouterr().err
+
+
+def test_cli_experiment_key_value_settings(tmp_path, capsys):
+    out = tmp_path / "kv"
+    assert main(["experiment", "degradation", "--depths", "8", "14", "iters=2",
+                 f"dataset={TINY}", "--batch-size", "32", "eval_every=1", "--quiet",
+                 "train_eval_size=64", "--output", str(out)]) == 0  # fmt: skip
+    settings = json.loads((out / "settings.json").read_text())["settings"]
+    assert (settings["depths"], settings["iters"], settings["eval_every"]) == ([8, 14], 2, 1)
+    assert "plain14" in capsys.readouterr().out
 
 
 def test_cli_models_paper(capsys):

@@ -20,8 +20,8 @@ from __future__ import annotations
 import functools
 import math
 import os
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +35,21 @@ from .common import (
     CHANCE_MARGIN,
     MARKS,
     ExperimentSettingsError,
-    Recipe,
+    SubsetData,
     at_chance,
     build,
     chance_reason,
+    engine_phrase,
     md_table,
     noise_band,
     noise_reason,
     pct,
-    prepare_output,
     pyplot,
-    record_run,
-    resolve_plan,
-    setup,
     subset_data,
-    train_tracked,
     verdict_sentence,
-    write_json,
 )
+from .runner import Experiment, Session, run
+from .settings import CardinalityConfig
 
 # The ResNeXt-29 trunk at a quarter width; C=1 and base_width=64 make it a plain bottleneck
 # ResNet ("1x16d": 16 channels in the first stage's 3x3 conv).
@@ -68,10 +65,6 @@ BASE = ModelConfig(
     num_classes=10,
     zero_init_last=False,
 )
-FULL = dict(iters=20000, train_size=None, train_eval_size=10000, test_size=None, eval_every=1000)
-# A few minutes on 2 CPU cores for the six default variants: a smoke test of the setup, too
-# short to rank them (the full setting is for a GPU).
-QUICK = dict(iters=60, train_size=10000, train_eval_size=1000, test_size=2000, eval_every=30)
 
 
 def group_width(cfg: ModelConfig) -> int:
@@ -378,7 +371,8 @@ def _report(out: Path, results: dict, settings: dict, claim: dict | None, meta: 
         f"{settings['setting']} on `{settings['dataset']}`"
         f": {settings['iters']} iterations of batch {settings['batch_size']}, Nesterov SGD "
         f"lr {settings['lr']}, weight decay {settings['weight_decay']}, lr x0.1 at 50% and "
-        f"75%, {settings['augmentation']}, seed {settings['seed']} for every net. Training images: "
+        f"75%{engine_phrase(settings)}, {settings['augmentation']}, seed {settings['seed']} "
+        "for every net. Training images: "
         f"{settings['sizes']['train']}; training error on {settings['sizes']['train_eval']} "
         f"of them, test error on {settings['sizes']['test']} test images.",
         f"Budget: {settings['budget']} x the MACs of ResNet-29 1×16d (the ResNeXt-29 trunk at "
@@ -440,143 +434,98 @@ def _report(out: Path, results: dict, settings: dict, claim: dict | None, meta: 
     return path
 
 
+@dataclass
+class CardinalityData:
+    data: SubsetData
+    variants: list[dict[str, Any]]
+
+
+class Cardinality(Experiment):
+    name = "cardinality"
+    config = CardinalityConfig
+
+    def load(self, cfg: CardinalityConfig, device: torch.device) -> CardinalityData:
+        data = subset_data(cfg.dataset, data_dir=cfg.data_dir, train_size=cfg.train_size,
+                           train_eval_size=cfg.train_eval_size, test_size=cfg.test_size,
+                           batch_size=cfg.batch_size, seed=cfg.seed, device=device,
+                           channels_last=cfg.channels_last)  # fmt: skip
+        info = data.info
+        input_size = (info.model_channels, info.image_size, info.image_size)
+        variants = cardinality_variants(input_size, budget=cfg.budget, depths=cfg.depths,
+                                        cardinalities=cfg.cardinalities,
+                                        num_classes=info.num_classes)  # fmt: skip
+        return CardinalityData(data, variants)
+
+    def settings(self, cfg: CardinalityConfig, data: CardinalityData) -> dict[str, Any]:
+        return dict(
+            dataset=cfg.dataset, budget=cfg.budget, depths=sorted(cfg.depths),
+            cardinalities=sorted(cfg.cardinalities), quick=cfg.quick, iters=cfg.iters,
+            eval_every=cfg.eval_every, batch_size=cfg.batch_size, lr=cfg.lr,
+            weight_decay=cfg.weight_decay, seed=cfg.seed, sizes=data.data.sizes,
+            augmentation=data.data.augmentation, setting=cfg.setting_name,
+            **cfg.engine_settings(),
+        )  # fmt: skip
+
+    def execute(self, session: Session, data: CardinalityData) -> None:
+        cfg, subsets = session.cfg, data.data
+        recipe = session.recipe(iters=cfg.iters, lr=cfg.lr, nesterov=True,
+                                weight_decay=cfg.weight_decay, eval_every=cfg.eval_every)  # fmt: skip
+        for v in data.variants:
+            key, mcfg = v["key"], v["config"]
+            if session.results.get(key, {}).get("complete"):
+                continue
+            seed_everything(cfg.seed)
+            model = build(mcfg, subsets.info)
+            entry = dict(
+                label=v["label"], role=v["role"], groups=mcfg.groups, width=group_width(mcfg),
+                depth=mcfg.depth, macs=v["macs"], macs_diff=v["macs_diff"], params=v["params"],
+                config=mcfg.to_dict(), test_n=subsets.test.dataset_size, complete=False,
+            )  # fmt: skip
+            run = session.train(key, model, subsets, recipe, entry)
+            run.pop("losses")
+            entry.update(run, complete=True)
+            session.results[key] = entry
+            session.save()
+
+    def conclude(self, session: Session, data: CardinalityData) -> dict[str, Any]:
+        claim = check_cardinality(session.results, num_classes=data.data.info.num_classes)
+        return {"claim": claim}
+
+    def finish(
+        self, session: Session, data: CardinalityData, found: dict[str, Any], meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        cfg, results, claim, out = session.cfg, session.results, found["claim"], session.out
+        session.settings["block_table"] = block_complexity()
+        title = f"equal-MACs variants on {cfg.dataset} ({cfg.iters} iterations)"
+        figure = plot_cardinality(results, out / "cardinality.png", title)
+        report = _report(out, results, session.settings, claim, meta)
+        summary = "\n".join(
+            [
+                f"{r['label']} ({r['macs'] / 1e6:.1f}M MACs, {100 * r['macs_diff']:+.1f}%): "
+                f"test error {pct(r['test_error'])}"
+                for r in results.values()
+            ]
+            + claim["lines"]
+            + [verdict_sentence(claim["verdict"], claim["reasons"]).replace("**", "")]
+            + [f"report: {report}  figure: {figure}"]
+        )
+        return dict(report=str(report), figure=str(figure), summary=summary)
+
+
+CARDINALITY = Cardinality()
+
+
 def run_cardinality(
     output: str | os.PathLike = "runs/cardinality",
     *,
-    dataset: str = "fashion-mnist",
-    budget: float = 1.0,
-    depths: Sequence[int] = (20, 56),
-    cardinalities: Sequence[int] = (2, 4, 8),
-    quick: bool = False,
-    iters: int | None = None,
-    train_size: int | None = None,
-    train_eval_size: int | None = None,
-    test_size: int | None = None,
-    eval_every: int | None = None,
-    batch_size: int = 128,
-    lr: float = 0.1,
-    weight_decay: float = 5e-4,
-    seed: int = 0,
-    data_dir: str | None = None,
-    device: str = "auto",
-    threads: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    **options: Any,
 ) -> dict[str, Any]:
     """Train the matched-MACs variants of :func:`cardinality_variants`; write
-    ``results.json`` (after every evaluation), ``cardinality.png`` and ``report.md``."""
-    chosen = dict(
-        iters=iters,
-        train_size=train_size,
-        train_eval_size=train_eval_size,
-        test_size=test_size,
-        eval_every=eval_every,
-    )
-    plan, setting = resolve_plan(quick, FULL, QUICK, chosen)
-    # Checked before anything is loaded or written.
-    recipe = Recipe(
-        iters=plan["iters"],
-        lr=lr,
-        nesterov=True,
-        weight_decay=weight_decay,
-        eval_every=plan["eval_every"],
-    )
-    dev = setup(device, threads, seed)
-    start = time.perf_counter()
-    data = subset_data(
-        dataset,
-        data_dir=data_dir,
-        train_size=plan["train_size"],
-        train_eval_size=plan["train_eval_size"],
-        test_size=plan["test_size"],
-        batch_size=batch_size,
-        seed=seed,
-        device=dev,
-    )
-    info = data.info
-    input_size = (info.model_channels, info.image_size, info.image_size)
-    variants = cardinality_variants(
-        input_size,
-        budget=budget,
-        depths=depths,
-        cardinalities=cardinalities,
-        num_classes=info.num_classes,
-    )
-    settings = dict(
-        dataset=dataset,
-        budget=budget,
-        depths=sorted(depths),
-        cardinalities=sorted(cardinalities),
-        quick=quick,
-        iters=plan["iters"],
-        eval_every=plan["eval_every"],
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-        sizes=data.sizes,
-        augmentation=data.augmentation,
-        setting=setting,
-    )
-    out = Path(output)
-    results = prepare_output(out, settings, overwrite=overwrite, results="results.json")
-    title = f"equal-MACs variants on {dataset} ({plan['iters']} iterations)"
-    for v in variants:
-        key, cfg = v["key"], v["config"]
-        if results.get(key, {}).get("complete"):
-            continue
-        seed_everything(seed)
-        model = build(cfg, info)
-        entry = dict(
-            label=v["label"],
-            role=v["role"],
-            groups=cfg.groups,
-            width=group_width(cfg),
-            depth=cfg.depth,
-            macs=v["macs"],
-            macs_diff=v["macs_diff"],
-            params=v["params"],
-            config=cfg.to_dict(),
-            test_n=data.test.dataset_size,
-            complete=False,
-        )
+    ``results.json`` (after every evaluation), ``cardinality.png`` and ``report.md``.
 
-        def save(curve: list[dict[str, Any]], entry: dict = entry, key: str = key) -> None:
-            entry.update(
-                train_error=curve[-1]["train_error"],
-                test_error=curve[-1]["test_error"],
-                curve=curve,
-            )
-            results[key] = entry
-            write_json(out / "results.json", results)
-
-        run = train_tracked(
-            model, data, recipe, device=dev, progress=progress, desc=key, on_point=save
-        )
-        run.pop("losses")
-        entry.update(run, complete=True)
-        results[key] = entry
-        write_json(out / "results.json", results)
-    claim = check_cardinality(results, num_classes=info.num_classes)
-    settings["block_table"] = block_complexity()
-    meta = record_run(out, dev, time.perf_counter() - start, claim=claim)
-    figure = plot_cardinality(results, out / "cardinality.png", title)
-    report = _report(out, results, settings, claim, meta)
-    summary = "\n".join(
-        [
-            f"{r['label']} ({r['macs'] / 1e6:.1f}M MACs, {100 * r['macs_diff']:+.1f}%): "
-            f"test error {pct(r['test_error'])}"
-            for r in results.values()
-        ]
-        + claim["lines"]
-        + [verdict_sentence(claim["verdict"], claim["reasons"]).replace("**", "")]
-        + [f"report: {report}  figure: {figure}"]
-    )
-    return dict(
-        results=results,
-        claim=claim,
-        report=str(report),
-        figure=str(figure),
-        summary=summary,
-        output=str(out),
-    )
+    ``options`` are :class:`CardinalityConfig`'s fields (``quick=True``: its quick preset;
+    None: the preset's value) and ``overrides`` (``KEY=VALUE`` strings).
+    """
+    return run(CARDINALITY, output, overwrite=overwrite, progress=progress, **options)

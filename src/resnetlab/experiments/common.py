@@ -1,9 +1,10 @@
-"""What the paper experiments share: models by name, data subsets, a tracked training loop.
+"""What the paper experiments share: models by name, data subsets, tracked training.
 
-The loop is deliberately small: it reuses the engine's optimizer, schedule and evaluation
-and adds what the engine's epoch-level trainer does not record, the error on a fixed
-subset of training images and on test images every ``eval_every`` iterations (the curves of
-the ResNet paper's Figures 1 and 6).
+Training is the engine's (``engine.trainer.build_job`` and ``train_one_epoch``: the same
+step as ``resnetlab train``, with its precision, memory layout and gradient clipping); a
+:class:`Tracker` hook adds what an experiment records and a training run does not, the
+error on a fixed subset of training images and on test images every ``eval_every``
+iterations (the curves of the ResNet paper's Figures 1 and 6).
 """
 
 from __future__ import annotations
@@ -12,59 +13,38 @@ import json
 import math
 import os
 import platform
-import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, OptimConfig, ScheduleConfig
-from ..data import CATALOG, DataInfo, InMemoryLoader, load_split, parse_data_spec
+from ..config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+from ..data import DataInfo, InMemoryLoader, build_loaders
 from ..device import keep_freed_host_memory, resolve_device
+from ..engine.budget import Hook
 from ..engine.metrics import evaluate
-from ..engine.optim import build_optimizer, build_scheduler
-from ..engine.trainer import seed_everything
-from ..errors import ResnetlabError
+from ..engine.trainer import (
+    NonFiniteLoss,
+    build_job,
+    resolve_precision,
+    seed_everything,
+    train_one_epoch,
+)
 from ..formatting import dumps_json
 from ..io import atomic_write_text
-from ..models import create_model, get_config, list_models
+from ..models import create_model
+from .settings import (
+    ExperimentError,
+    ExperimentSettingsError,
+    cifar_config,
+    resolve_model,
+)
 
-# Names beyond the zoo: ``plainD``, ``resnetD`` and ``resnetD_v2`` at any CIFAR depth D = 6n+2,
-# built from the zoo entry of the same family with ``depth=D``.
-_FAMILY_TEMPLATES = {"plain": "plain20", "resnet": "resnet20", "resnet_v2": "resnet110_v2"}
-_DEPTH_NAME = re.compile(r"^(plain|resnet)(\d+)(_v2)?$")
-
-
-class ExperimentError(ResnetlabError, RuntimeError):
-    """An experiment cannot run as asked (settings that clash with earlier results, ...)."""
-
-
-class ExperimentSettingsError(ExperimentError, ValueError):
-    """An experiment's setting is invalid (a size, a count, a depth): the message says which."""
-
-
-def resolve_model(name: str) -> ModelConfig:
-    """The config of a zoo model, or of ``plainD`` / ``resnetD`` / ``resnetD_v2`` (CIFAR, D=6n+2).
-
-    Unknown names and impossible depths raise a ``ValueError`` that says what is allowed.
-    """
-    if name in list_models():
-        return get_config(name)
-    match = _DEPTH_NAME.match(name)
-    if match is None:
-        return get_config(name)  # raises "unknown model ... did you mean ..."
-    family = match.group(1) + (match.group(3) or "")
-    return get_config(_FAMILY_TEMPLATES[family], depth=int(match.group(2)))
-
-
-def cifar_config(family: str, depth: int) -> ModelConfig:
-    """A CIFAR net of the 2015 paper's section 4.2 (``plain`` or ``resnet``) at any 6n+2 depth."""
-    return get_config(_FAMILY_TEMPLATES[family], depth=depth)
+__all__ = ["ExperimentError", "ExperimentSettingsError", "cifar_config", "resolve_model"]
 
 
 def build(cfg: ModelConfig, info: DataInfo, **overrides: Any) -> nn.Module:
@@ -105,16 +85,31 @@ class SubsetData:
         }
 
 
-def _take(images: torch.Tensor, labels: torch.Tensor, n: int | None, seed: int, what: str):
-    total = labels.shape[0]
+def _pick(total: int, n: int | None, seed: int, what: str) -> torch.Tensor | None:
+    """A seeded random ``n`` of ``total`` indices; None (all of them) when ``n`` is None or
+    not less than ``total``."""
     if n is None or n >= total:
-        return images, labels
+        return None
     if n < 1:
         raise ExperimentSettingsError(
             f"{what}={n}: expected a positive number of images (or none: all)"
         )
-    idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
-    return images[idx], labels[idx]
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+
+
+def _subset(
+    source: InMemoryLoader, idx: torch.Tensor | None, *, batch_size: int, train: bool
+) -> InMemoryLoader:
+    """A loader like ``source`` (augmentation, seed, device, layout) over its ``idx``."""
+    images, labels = source.images, source.labels
+    if idx is not None:
+        images, labels = images[idx.to(images.device)], labels[idx.to(labels.device)]
+    return InMemoryLoader(
+        images, labels, source.info, batch_size=batch_size, train=train,
+        augment=source.augment, random_erasing=source.random_erasing, hflip=source.hflip,
+        crop_padding=source.crop_padding, in_chans=source.info.in_chans, seed=source.seed,
+        device=source.device, channels_last=source.channels_last,
+    )  # fmt: skip
 
 
 def subset_data(
@@ -130,62 +125,55 @@ def subset_data(
     augment: str = "standard",
     seed: int = 0,
     device: torch.device | str = "cpu",
+    channels_last: bool = True,
 ) -> SubsetData:
     """Seeded random subsets of an in-memory dataset (``None``: the whole split).
 
-    The training-error subset is drawn from the training subset, so it measures how well
-    the net fits the images it trains on. ``image_size`` resizes (bilinear).
+    The data layer reads the dataset and says how it is augmented (``build_loaders``); the
+    subsets are drawn from its loaders. The training-error subset is drawn from the
+    training subset, so it measures how well the net fits the images it trains on.
+    ``image_size`` resizes (bilinear). ``channels_last``: NHWC batches, which oneDNN's CPU
+    convolutions and cuDNN's tensor cores prefer (the engine puts the model in it too).
     """
-    parsed = parse_data_spec(spec)
-    images, labels, info = load_split(spec, "train", data_dir=data_dir, seed=seed)
-    test_images, test_labels, _ = load_split(spec, "test", data_dir=data_dir, seed=seed)
-    if image_size is not None:
-        info = replace(info, image_size=image_size)
-    images, labels = _take(images, labels, train_size, seed, "train_size")
-    if batch_size > labels.shape[0]:
+    config = DataConfig(spec=spec, data_dir=data_dir, eval_batch_size=eval_batch_size,
+                        augment=augment, image_size=image_size)  # fmt: skip
+    train, test, info = build_loaders(config, seed=seed, device=device,
+                                      channels_last=channels_last)  # fmt: skip
+    if not isinstance(train, InMemoryLoader) or not isinstance(test, InMemoryLoader):
         raise ExperimentSettingsError(
-            f"batch_size={batch_size} is larger than the training subset ({labels.shape[0]} "
+            f"dataset={spec!r}: the experiments hold their data in memory; use fashion-mnist, "
+            "mnist, cifar10, cifar100 or synthetic[:OPTIONS]"
+        )
+    train_idx = _pick(train.dataset_size, train_size, seed, "train_size")
+    n_train = train.dataset_size if train_idx is None else len(train_idx)
+    if batch_size > n_train:
+        raise ExperimentSettingsError(
+            f"batch_size={batch_size} is larger than the training subset ({n_train} "
             "images): lower the batch size or use more images"
         )
-    eval_images, eval_labels = _take(images, labels, train_eval_size, seed + 1, "train_eval_size")
-    test_images, test_labels = _take(test_images, test_labels, test_size, seed + 2, "test_size")
-    hflip, padding = False, 4
-    if parsed.kind == "builtin":
-        hflip = CATALOG[parsed.name].hflip
-        padding = CATALOG[parsed.name].crop_padding
-    # NHWC: oneDNN's CPU convolutions and cuDNN's tensor cores prefer it (train_tracked
-    # moves the model to it too).
-    common = dict(device=device, seed=seed, channels_last=True)
+    eval_idx = _pick(n_train, train_eval_size, seed + 1, "train_eval_size")
+    if eval_idx is not None and train_idx is not None:
+        eval_idx = train_idx[eval_idx]
+    elif eval_idx is None:
+        eval_idx = train_idx
+    test_idx = _pick(test.dataset_size, test_size, seed + 2, "test_size")
     return SubsetData(
-        train=InMemoryLoader(
-            images,
-            labels,
-            info,
-            batch_size=batch_size,
-            train=True,
-            augment=augment,
-            hflip=hflip,
-            crop_padding=padding,
-            **common,
-        ),
-        train_eval=InMemoryLoader(
-            eval_images, eval_labels, info, batch_size=eval_batch_size, train=False, **common
-        ),
-        test=InMemoryLoader(
-            test_images, test_labels, info, batch_size=eval_batch_size, train=False, **common
-        ),
+        train=_subset(train, train_idx, batch_size=batch_size, train=True),
+        train_eval=_subset(train, eval_idx, batch_size=eval_batch_size, train=False),
+        test=_subset(test, test_idx, batch_size=eval_batch_size, train=False),
         info=info,
     )
 
 
 # --------------------------------------------------------------------------------------
-# Training with curves.
+# Training with curves, through the engine's step.
 
 
 @dataclass(frozen=True)
 class Recipe:
     """SGD with momentum and a step schedule: lr x ``gamma`` at each of ``milestones``
-    (fractions of ``iters``; the ResNet paper's 32k and 48k of 64k are 0.5 and 0.75)."""
+    (fractions of ``iters``; the ResNet paper's 32k and 48k of 64k are 0.5 and 0.75); and
+    how the engine runs each step (``precision``, ``channels_last``, ``grad_clip``)."""
 
     iters: int
     lr: float = 0.1
@@ -196,6 +184,9 @@ class Recipe:
     gamma: float = 0.1
     warmup_iters: int = 0  # constant lr / 10 first (the paper's ResNet-110 warm-up)
     eval_every: int = 0  # 0: evaluate once, at the end
+    precision: str = "fp32"
+    channels_last: bool = True
+    grad_clip: float = 0.0  # max global gradient norm; 0: off
 
     def __post_init__(self) -> None:
         if not isinstance(self.iters, int) or self.iters < 1:
@@ -213,6 +204,7 @@ class Recipe:
             momentum=self.momentum,
             nesterov=self.nesterov,
             weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip,
         )
 
     def schedule(self) -> ScheduleConfig:
@@ -225,22 +217,92 @@ class Recipe:
             constant_warmup_iters=self.warmup_iters,
         )
 
+    def train_config(self, device: torch.device) -> TrainConfig:
+        """The engine's config of this recipe: ``iters`` steps, no run directory's own
+        evaluation (the :class:`Tracker` measures)."""
+        return TrainConfig(
+            optim=self.optim(),
+            schedule=self.schedule(),
+            max_iters=self.iters,
+            precision=self.precision,
+            channels_last=self.channels_last,
+            device=str(device),
+            eval_every=0,
+        )
+
 
 def _finite(value: float) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
 
 
-def measure_errors(model: nn.Module, data: SubsetData, device: torch.device) -> dict[str, Any]:
+def measure_errors(
+    model: nn.Module,
+    data: SubsetData,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
     """Top-1 error and loss on the training-error subset and on the test subset."""
     n = data.info.num_classes
-    train = evaluate(model, data.train_eval, num_classes=n, device=device).result()
-    test = evaluate(model, data.test, num_classes=n, device=device).result()
+    kw = dict(num_classes=n, device=device, autocast_dtype=autocast_dtype)
+    train = evaluate(model, data.train_eval, **kw).result()
+    test = evaluate(model, data.test, **kw).result()
     return {
         "train_error": 1.0 - train["top1"],
         "test_error": 1.0 - test["top1"],
         "train_loss": _finite(train["loss"]),
         "test_loss": _finite(test["loss"]),
     }
+
+
+class Tracker(Hook):
+    """The curves of a tracked run (the ResNet paper's Figures 1 and 6), as an engine hook.
+
+    Every ``eval_every`` steps (and by :meth:`point`) a point of ``curve``: the iteration,
+    the errors and losses of :func:`measure_errors`, ``batch_error`` (the running error on
+    the augmented training batches since the previous point, the paper's "training error")
+    and the lr. ``losses``: every step's training loss. ``on_point(curve)`` after each
+    point, e.g. to save partial results. The time of the points counts as evaluation
+    (``st.timing.eval_s``).
+    """
+
+    def __init__(
+        self,
+        data: SubsetData,
+        eval_every: int,
+        on_point: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        self.data, self.eval_every, self.on_point = data, eval_every, on_point
+        self.curve: list[dict[str, Any]] = []
+        self._losses: list[torch.Tensor] = []
+        self._wrong: torch.Tensor | None = None
+        self._seen = 0
+
+    @property
+    def losses(self) -> list[float]:
+        return torch.stack(self._losses).tolist() if self._losses else []
+
+    def after_step(self, job: Any, st: Any) -> None:
+        last = st.last
+        self._losses.append(last.loss)  # kept on the device: no wait for it at every step
+        wrong = (last.output.argmax(1) != last.targets).sum()
+        self._wrong = wrong if self._wrong is None else self._wrong + wrong
+        self._seen += last.targets.shape[0]
+        if self.eval_every and st.step % self.eval_every == 0 and st.step < job.total_steps:
+            self.point(job, st)
+
+    def point(self, job: Any, st: Any) -> None:
+        t0 = time.perf_counter()
+        row = {
+            "iter": st.step,
+            **measure_errors(st.eval_model, self.data, job.device, job.precision.dtype),
+        }
+        row["batch_error"] = self._wrong.item() / self._seen if self._seen else None
+        row["lr"] = st.optimizer.param_groups[0]["lr"]
+        self._wrong, self._seen = None, 0
+        self.curve.append(row)
+        if self.on_point is not None:
+            self.on_point(self.curve)
+        st.timing.eval_s += time.perf_counter() - t0
 
 
 def train_tracked(
@@ -252,92 +314,45 @@ def train_tracked(
     progress: bool = True,
     desc: str = "train",
     on_point: Callable[[list[dict[str, Any]]], None] | None = None,
+    hooks: Sequence[Hook] = (),
 ) -> dict[str, Any]:
-    """Train ``model`` for ``recipe.iters`` iterations, evaluating every ``recipe.eval_every``.
+    """Train ``model`` for ``recipe.iters`` steps of the engine, with a :class:`Tracker`
+    evaluating every ``recipe.eval_every`` and after the last step.
 
-    Each point of the returned ``curve`` holds the iteration, the errors and losses of
-    :func:`measure_errors`, ``batch_error`` (the running error on the augmented training
-    batches since the previous point, the paper's "training error") and the lr.
-    ``losses`` has the training loss of every iteration. ``on_point(curve)`` is called after
-    each point, e.g. to save partial results. A loss that is not finite stops training; the
-    result then says ``diverged_at``.
+    The steps are the engine's (``train_one_epoch``: autocast, gradient scaling, clipping,
+    schedule), with ``hooks`` after the tracker's (e.g. a gradient probe). Returns the final
+    errors, the tracker's ``curve`` and ``losses``, the steps trained, and the training time
+    (evaluations excluded). A loss that is not finite stops training; the result then says
+    ``diverged_at`` (the steps completed before it).
     """
-    from tqdm import tqdm
-
-    model.to(device, memory_format=torch.channels_last).train()
-    optimizer = build_optimizer(model, recipe.optim())
-    scheduler = build_scheduler(
-        optimizer, recipe.schedule(), steps_per_epoch=len(data.train), total_steps=recipe.iters
-    )
-    curve: list[dict[str, Any]] = []
-    losses: list[float] = []
-    wrong = torch.zeros((), dtype=torch.long, device=device)
-    seen = 0
-
-    def point(step: int) -> None:
-        nonlocal wrong, seen
-        row = {"iter": step, **measure_errors(model, data, device)}
-        row["batch_error"] = wrong.item() / seen if seen else None
-        row["lr"] = optimizer.param_groups[0]["lr"]
-        wrong.zero_()
-        seen = 0
-        curve.append(row)
-        if on_point is not None:
-            on_point(curve)
-
+    tracker = Tracker(data, recipe.eval_every, on_point)
+    job, st = build_job(recipe.train_config(device), model, data.train, data.test, data.info,
+                        device=device, hooks=[tracker, *hooks], progress=progress, name=desc)  # fmt: skip
     start = time.perf_counter()
-    train_time = 0.0
     if recipe.eval_every:
-        point(0)
-    step, epoch, diverged = 0, 0, None
-    # (disable=None: no bar off a terminal, where it would be only redraws)
-    bar = tqdm(total=recipe.iters, desc=desc, unit="it", disable=None if progress else True,
-               leave=False)  # fmt: skip
+        tracker.point(job, st)
+    t0, eval0 = time.perf_counter(), st.timing.eval_s
+    diverged = None
     try:
-        while step < recipe.iters and diverged is None:
-            data.train.set_epoch(epoch)
-            t0 = time.perf_counter()
-            for images, labels in data.train:
-                logits = model(images)
-                loss = F.cross_entropy(logits, labels)
-                if not torch.isfinite(loss):
-                    diverged = step
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                losses.append(loss.item())
-                wrong += (logits.argmax(1) != labels).sum()
-                seen += labels.shape[0]
-                bar.update()
-                if step % 10 == 0:
-                    bar.set_postfix(
-                        loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}"
-                    )
-                if recipe.eval_every and step % recipe.eval_every == 0 and step < recipe.iters:
-                    train_time += time.perf_counter() - t0
-                    point(step)
-                    t0 = time.perf_counter()
-                if step >= recipe.iters:
-                    break
-            train_time += time.perf_counter() - t0
-            epoch += 1
-    finally:
-        bar.close()
-    point(step)
-    last = curve[-1]
+        while st.step < job.total_steps:
+            if train_one_epoch(job, st):
+                for hook in job.hooks:
+                    hook.after_epoch(job, st)
+    except NonFiniteLoss as e:
+        diverged = e.step
+    train_time = time.perf_counter() - t0 - (st.timing.eval_s - eval0)
+    tracker.point(job, st)
+    last = tracker.curve[-1]
     return {
         "train_error": last["train_error"],
         "test_error": last["test_error"],
-        "curve": curve,
-        "losses": losses,
-        "iters": step,
+        "curve": tracker.curve,
+        "losses": tracker.losses,
+        "iters": st.step,
         "diverged_at": diverged,
         "train_time_s": train_time,
         "wall_time_s": time.perf_counter() - start,
-        "img_per_s": step * data.train.batch_size / train_time if train_time else None,
+        "img_per_s": st.step * data.train.batch_size / train_time if train_time else None,
     }
 
 
@@ -345,7 +360,11 @@ def train_tracked(
 # Bookkeeping: settings, machine, files.
 
 
-def setup(device: str = "auto", threads: int | None = None, seed: int = 0) -> torch.device:
+def setup(
+    device: str = "auto", threads: int | None = None, seed: int = 0, precision: str = "fp32"
+) -> torch.device:
+    """The device, with torch's threads, the seed and the host memory set for a run; a
+    ``precision`` the device cannot train in is refused here, before any data is read."""
     if threads is not None:
         if threads < 1:
             raise ExperimentSettingsError(
@@ -354,7 +373,9 @@ def setup(device: str = "auto", threads: int | None = None, seed: int = 0) -> to
         torch.set_num_threads(threads)
     keep_freed_host_memory()  # no page faults on every step's activations (device.py)
     seed_everything(seed)
-    return resolve_device(device)
+    dev = resolve_device(device)
+    resolve_precision(precision, dev)
+    return dev
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -413,6 +434,7 @@ def prepare_output(
     """
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    settings = json.loads(json.dumps(settings))  # as read back: tuples are lists
     settings_path, results_path = out / "settings.json", out / results
     saved = read_json(settings_path)
     if saved is not None and saved.get("settings") != settings and not overwrite:
@@ -430,18 +452,6 @@ def prepare_output(
         write_json(settings_path, {"settings": settings}, exact=True)
         return {}
     return read_json(results_path) or {}
-
-
-def resolve_plan(
-    quick: bool, full: dict[str, Any], fast: dict[str, Any], chosen: dict[str, Any]
-) -> tuple[dict[str, Any], str]:
-    """The settings of a run: the quick or full preset with the values given explicitly
-    (``chosen``, None: the preset's) on top, and a phrase naming the result."""
-    preset = fast if quick else full
-    plan = {k: (preset[k] if chosen.get(k) is None else chosen[k]) for k in preset}
-    changed = sorted(k for k, v in chosen.items() if v is not None and v != preset.get(k))
-    name = "Quick setting" if quick else "Full setting"
-    return plan, name + (f" with {', '.join(changed)} changed" if changed else "")
 
 
 def pyplot():
@@ -520,3 +530,16 @@ def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
+
+
+def engine_phrase(settings: dict[str, Any]) -> str:
+    """How the steps ran, where that differs from the defaults (fp32, NHWC, no clipping):
+    e.g. " (bf16 autocast, gradients clipped at norm 1)", else ""."""
+    parts = []
+    if settings.get("precision", "fp32") != "fp32":
+        parts.append(f"{settings['precision']} autocast")
+    if settings.get("channels_last") is False:
+        parts.append("NCHW memory layout")
+    if settings.get("grad_clip"):
+        parts.append(f"gradients clipped at norm {settings['grad_clip']:g}")
+    return f" ({', '.join(parts)})" if parts else ""

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..engine.trainer import seed_everything
 from ..models import count_params
@@ -27,48 +28,22 @@ from .common import (
     CHANCE_MARGIN,
     MARKS,
     ExperimentSettingsError,
-    Recipe,
+    SubsetData,
     at_chance,
     build,
     chance_reason,
-    cifar_config,
+    engine_phrase,
     md_table,
     noise_band,
     noise_reason,
     overall_verdict,
     pct,
-    prepare_output,
     pyplot,
-    record_run,
-    resolve_plan,
-    setup,
     subset_data,
-    train_tracked,
     verdict_sentence,
-    write_json,
 )
-
-FAMILIES = ("plain", "resnet")
-# The paper's setting (64k iterations of batch 128, lr 0.1 /10 at 32k and 48k) on the whole
-# training set; the training error is measured on a fixed 10k subset of it.
-FULL = dict(
-    iters=64000,
-    train_size=None,
-    train_eval_size=10000,
-    test_size=None,
-    eval_every=1000,
-    zero_init=False,
-)
-# About 10 minutes on two free cores: a 10k-image subset, 200 iterations per net, residual
-# branches zero-initialised (see above).
-QUICK = dict(
-    iters=200,
-    train_size=10000,
-    train_eval_size=2000,
-    test_size=1000,
-    eval_every=40,
-    zero_init=True,
-)
+from .runner import Experiment, Session, run
+from .settings import FAMILIES, DegradationConfig
 
 
 def model_names(depths: Sequence[int]) -> list[str]:
@@ -112,39 +87,12 @@ def check_degradation(
     plain_degrades = plain_hi > plain_lo
     residual_ok = res_hi <= res_lo + tolerance
     reasons: list[str] = []
-
-    def chance(a: str, b: str) -> bool:
-        if at_chance(err[a], num_classes, chance_margin) and at_chance(
-            err[b], num_classes, chance_margin
-        ):
-            reasons.append(chance_reason([a, b], [err[a], err[b]], num_classes))
-            return True
-        return False
-
+    judge = _Judge(err, num_classes, chance_margin, sample_size, reasons)
     # The deeper plain net trains worse: decided by the difference of the two errors.
-    plain_noise = noise_band(plain_hi, plain_lo, sample_size)
-    if chance(f"plain{lo}", f"plain{hi}"):
-        plain_status = "inconclusive"
-    elif plain_noise is not None and abs(plain_hi - plain_lo) <= plain_noise:
-        plain_status = "inconclusive"
-        what = f"the difference between plain-{hi} and plain-{lo}"
-        reasons.append(noise_reason(what, plain_hi - plain_lo, plain_noise, sample_size))
-    else:
-        plain_status = "held" if plain_degrades else "did not hold"
+    plain_status, plain_noise = judge.plain(lo, hi)
     # The deeper residual net does not: refuted only by an excess over the tolerance that
     # the sample could not produce by itself.
-    res_noise = noise_band(res_hi, res_lo, sample_size)
-    excess = res_hi - res_lo - tolerance
-    if chance(f"resnet{lo}", f"resnet{hi}"):
-        residual_status = "inconclusive"
-    elif residual_ok:
-        residual_status = "held"
-    elif res_noise is not None and excess <= res_noise:
-        residual_status = "inconclusive"
-        what = f"how far ResNet-{hi} exceeds ResNet-{lo} beyond the tolerance"
-        reasons.append(noise_reason(what, excess, res_noise, sample_size))
-    else:
-        residual_status = "did not hold"
+    residual_status, res_noise = judge.residual(lo, hi, tolerance)
     verdict = overall_verdict([plain_status, residual_status])
     lines = [
         f"{MARKS[plain_status]} the deeper plain net trains worse: plain-{hi} "
@@ -171,6 +119,48 @@ def check_degradation(
         "train_errors": err,
         "lines": lines,
     }
+
+
+class _Judge:
+    """The status of each part of the claim from the final training errors ``err``; why a
+    part is inconclusive goes to ``reasons``."""
+
+    def __init__(self, err: dict[str, float], num_classes: int | None, margin: float,
+                 sample_size: int | None, reasons: list[str]) -> None:  # fmt: skip
+        self.err, self.num_classes, self.margin = err, num_classes, margin
+        self.sample_size, self.reasons = sample_size, reasons
+
+    def chance(self, a: str, b: str) -> bool:
+        err, n, margin = self.err, self.num_classes, self.margin
+        if at_chance(err[a], n, margin) and at_chance(err[b], n, margin):
+            self.reasons.append(chance_reason([a, b], [err[a], err[b]], n))
+            return True
+        return False
+
+    def plain(self, lo: int, hi: int) -> tuple[str, float | None]:
+        e_lo, e_hi = self.err[f"plain{lo}"], self.err[f"plain{hi}"]
+        noise = noise_band(e_hi, e_lo, self.sample_size)
+        if self.chance(f"plain{lo}", f"plain{hi}"):
+            return "inconclusive", noise
+        if noise is not None and abs(e_hi - e_lo) <= noise:
+            what = f"the difference between plain-{hi} and plain-{lo}"
+            self.reasons.append(noise_reason(what, e_hi - e_lo, noise, self.sample_size))
+            return "inconclusive", noise
+        return ("held" if e_hi > e_lo else "did not hold"), noise
+
+    def residual(self, lo: int, hi: int, tolerance: float) -> tuple[str, float | None]:
+        e_lo, e_hi = self.err[f"resnet{lo}"], self.err[f"resnet{hi}"]
+        noise = noise_band(e_hi, e_lo, self.sample_size)
+        excess = e_hi - e_lo - tolerance
+        if self.chance(f"resnet{lo}", f"resnet{hi}"):
+            return "inconclusive", noise
+        if e_hi <= e_lo + tolerance:
+            return "held", noise
+        if noise is not None and excess <= noise:
+            what = f"how far ResNet-{hi} exceeds ResNet-{lo} beyond the tolerance"
+            self.reasons.append(noise_reason(what, excess, noise, self.sample_size))
+            return "inconclusive", noise
+        return "did not hold", noise
 
 
 def plot_degradation(results: dict[str, dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -235,10 +225,12 @@ def _report(
             else "no zero-init of the last BN"
         )
         + (
-            f", lr / 10 for the first {settings['warmup_iters']} iterations (warm-up)."
+            f", lr / 10 for the first {settings['warmup_iters']} iterations (warm-up)"
             if settings.get("warmup_iters")
-            else "."
-        ),
+            else ""
+        )
+        + engine_phrase(settings)
+        + ".",
         f"Training images: {settings['sizes']['train']}; training error measured on a fixed "
         f"subset of {settings['sizes']['train_eval']} of them (eval mode, no augmentation); "
         f"test error on {settings['sizes']['test']} test images; every "
@@ -285,140 +277,85 @@ def _report(
     return path
 
 
+class Degradation(Experiment):
+    name = "degradation"
+    config = DegradationConfig
+
+    def load(self, cfg: DegradationConfig, device: torch.device) -> SubsetData:
+        return subset_data(cfg.dataset, data_dir=cfg.data_dir, train_size=cfg.train_size,
+                           train_eval_size=cfg.train_eval_size, test_size=cfg.test_size,
+                           batch_size=cfg.batch_size, seed=cfg.seed, device=device,
+                           channels_last=cfg.channels_last)  # fmt: skip
+
+    def settings(self, cfg: DegradationConfig, data: SubsetData) -> dict[str, Any]:
+        settings = dict(
+            dataset=cfg.dataset, depths=list(cfg.depths), quick=cfg.quick, iters=cfg.iters,
+            eval_every=cfg.eval_every, batch_size=cfg.batch_size, lr=cfg.lr,
+            weight_decay=cfg.weight_decay, seed=cfg.seed, sizes=data.sizes,
+            augmentation=data.augmentation, setting=cfg.setting_name, zero_init_last=cfg.zero_init,
+        )  # fmt: skip
+        if cfg.warmup_iters:
+            settings["warmup_iters"] = cfg.warmup_iters
+        return {**settings, **cfg.engine_settings()}
+
+    def execute(self, session: Session, data: SubsetData) -> None:
+        cfg = session.cfg
+        recipe = session.recipe(iters=cfg.iters, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                warmup_iters=cfg.warmup_iters, eval_every=cfg.eval_every)  # fmt: skip
+        for name, mcfg in cfg.model_configs().items():
+            if session.results.get(name, {}).get("complete"):
+                continue
+            seed_everything(cfg.seed)  # the same initialisation stream for every net
+            model = build(mcfg, data.info, zero_init_last=cfg.zero_init)
+            entry = dict(depth=mcfg.depth, params=count_params(model), complete=False)
+            run = session.train(name, model, data, recipe, entry)
+            entry.update(run, complete=True)
+            session.results[name] = entry
+            session.save()
+
+    def conclude(self, session: Session, data: SubsetData) -> dict[str, Any]:
+        claim = check_degradation(session.results, session.cfg.depths,
+                                  tolerance=session.cfg.tolerance,
+                                  num_classes=data.info.num_classes,
+                                  sample_size=data.train_eval.dataset_size)  # fmt: skip
+        return {"claim": claim}
+
+    def finish(
+        self, session: Session, data: SubsetData, found: dict[str, Any], meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        cfg, results, claim, out = session.cfg, session.results, found["claim"], session.out
+        title = f"{', '.join(cfg.model_configs())} on {cfg.dataset} ({cfg.iters} iterations)"
+        figure = plot_degradation(results, out / "degradation.png", title)
+        report = _report(out, results, session.settings, claim, meta)
+        summary = "\n".join(
+            [
+                f"{n}: train error {pct(r['train_error'])}, test error {pct(r['test_error'])}"
+                for n, r in results.items()
+            ]
+            + claim["lines"]
+            + [verdict_sentence(claim["verdict"], claim["reasons"]).replace("**", "")]
+            + [f"report: {report}  figure: {figure}"]
+        )
+        return dict(report=str(report), figure=str(figure), summary=summary)
+
+
+DEGRADATION = Degradation()
+
+
 def run_degradation(
     output: str | os.PathLike = "runs/degradation",
     *,
-    dataset: str = "fashion-mnist",
-    depths: Sequence[int] = (20, 56),
-    quick: bool = False,
-    iters: int | None = None,
-    train_size: int | None = None,
-    train_eval_size: int | None = None,
-    test_size: int | None = None,
-    eval_every: int | None = None,
-    batch_size: int = 128,
-    lr: float = 0.1,
-    weight_decay: float = 1e-4,
-    warmup_iters: int = 0,
-    zero_init: bool | None = None,
-    seed: int = 0,
-    tolerance: float = 0.01,
-    data_dir: str | None = None,
-    device: str = "auto",
-    threads: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    **options: Any,
 ) -> dict[str, Any]:
     """Train plain and residual CIFAR nets of ``depths`` alike; write ``results.json``,
     ``degradation.png`` and ``report.md`` to ``output``; return the results and the claim.
 
-    ``results.json`` maps each model to ``{"train_error", "test_error", "curve": [...]}``
-    (errors are fractions) and is rewritten at every evaluation, so an interrupted run
-    loses nothing: running again with the same settings continues with the unfinished nets.
-    ``zero_init`` (None: the setting's, on for quick and off for full) zero-initialises the
-    residual branches' last BN.
+    ``options`` are :class:`DegradationConfig`'s fields (``quick=True``: its quick preset;
+    None: the preset's value) and ``overrides`` (``KEY=VALUE`` strings). ``results.json``
+    maps each model to ``{"train_error", "test_error", "curve": [...]}`` (errors are
+    fractions) and is rewritten at every evaluation, so an interrupted run loses nothing:
+    running again with the same settings continues with the unfinished nets.
     """
-    depths = sorted({int(d) for d in depths})
-    if len(depths) < 2:
-        raise ExperimentSettingsError(
-            f"depths={depths}: give at least two depths to compare (e.g. 20 56)"
-        )
-    configs = {f"{f}{d}": cifar_config(f, d) for f in FAMILIES for d in depths}  # checks depths
-    chosen = dict(
-        iters=iters,
-        train_size=train_size,
-        train_eval_size=train_eval_size,
-        test_size=test_size,
-        eval_every=eval_every,
-        zero_init=zero_init,
-    )
-    plan, setting = resolve_plan(quick, FULL, QUICK, chosen)
-    # Checked before anything is loaded or written.
-    recipe = Recipe(
-        iters=plan["iters"],
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_iters=warmup_iters,
-        eval_every=plan["eval_every"],
-    )
-    dev = setup(device, threads, seed)
-    start = time.perf_counter()
-    data = subset_data(
-        dataset,
-        data_dir=data_dir,
-        train_size=plan["train_size"],
-        train_eval_size=plan["train_eval_size"],
-        test_size=plan["test_size"],
-        batch_size=batch_size,
-        seed=seed,
-        device=dev,
-    )
-    settings = dict(
-        dataset=dataset,
-        depths=depths,
-        quick=quick,
-        iters=plan["iters"],
-        eval_every=plan["eval_every"],
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-        sizes=data.sizes,
-        augmentation=data.augmentation,
-        setting=setting,
-        zero_init_last=plan["zero_init"],
-    )
-    if warmup_iters:
-        settings["warmup_iters"] = warmup_iters
-    out = Path(output)
-    results = prepare_output(out, settings, overwrite=overwrite, results="results.json")
-    title = f"{', '.join(configs)} on {dataset} ({plan['iters']} iterations)"
-    for name, cfg in configs.items():
-        if results.get(name, {}).get("complete"):
-            continue
-        seed_everything(seed)  # the same initialisation stream for every net
-        model = build(cfg, data.info, zero_init_last=plan["zero_init"])
-        entry = dict(depth=cfg.depth, params=count_params(model), complete=False)
-
-        def save(curve: list[dict[str, Any]], entry: dict = entry, name: str = name) -> None:
-            entry.update(
-                train_error=curve[-1]["train_error"],
-                test_error=curve[-1]["test_error"],
-                curve=curve,
-            )
-            results[name] = entry
-            write_json(out / "results.json", results)
-
-        run = train_tracked(
-            model, data, recipe, device=dev, progress=progress, desc=name, on_point=save
-        )
-        entry.update(run, complete=True)
-        results[name] = entry
-        write_json(out / "results.json", results)
-    claim = check_degradation(
-        results,
-        depths,
-        tolerance=tolerance,
-        num_classes=data.info.num_classes,
-        sample_size=data.train_eval.dataset_size,
-    )
-    meta = record_run(out, dev, time.perf_counter() - start, claim=claim)
-    figure = plot_degradation(results, out / "degradation.png", title)
-    report = _report(out, results, settings, claim, meta)
-    summary = "\n".join(
-        [
-            f"{n}: train error {pct(r['train_error'])}, test error {pct(r['test_error'])}"
-            for n, r in results.items()
-        ]
-        + claim["lines"]
-        + [verdict_sentence(claim["verdict"], claim["reasons"]).replace("**", "")]
-        + [f"report: {report}  figure: {figure}"]
-    )
-    return dict(
-        results=results,
-        claim=claim,
-        report=str(report),
-        figure=str(figure),
-        summary=summary,
-        output=str(out),
-    )
+    return run(DEGRADATION, output, overwrite=overwrite, progress=progress, **options)

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,45 +31,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.budget import Hook
 from ..engine.trainer import seed_everything
 from ..models import count_params
 from .common import (
     ExperimentError,
-    ExperimentSettingsError,
-    Recipe,
+    SubsetData,
     build,
+    engine_phrase,
     md_table,
     pct,
-    prepare_output,
     pyplot,
-    record_run,
     resolve_model,
-    resolve_plan,
-    setup,
     subset_data,
-    train_tracked,
-    write_json,
 )
-
-DEFAULT_MODELS = ("plain56", "resnet56", "resnet56_v2")
-DEEP_MODELS = ("resnet1001_v2", "resnet1202")
-FULL = dict(
-    steps=200,
-    batch_size=128,
-    deep_steps=300,
-    deep_batch_size=16,
-    deep_image_size=None,
-    deep_train_size=1024,
-)
-# A few minutes on 2 CPU cores: fewer steps, and the deep nets on 16x16 images.
-QUICK = dict(
-    steps=50,
-    batch_size=64,
-    deep_steps=50,
-    deep_batch_size=16,
-    deep_image_size=16,
-    deep_train_size=512,
-)
+from .runner import Experiment, Session, run
+from .settings import GradientsConfig
 
 
 def main_path_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
@@ -287,15 +265,16 @@ def step_memory(
 def plot_gradients(results: dict[str, Any], path: Path, steps: int) -> Path:
     """Per-layer ||dL/dW|| at init and after ``steps`` steps, and after them ||dL/dW|| / ||W||
     (the relative size of an SGD update: a conv followed by BN is scale-invariant, so a
-    layer whose weights have grown learns slowly however large its raw gradient looks)."""
+    layer whose weights have grown learns slowly however large its raw gradient looks);
+    last, the first conv's over the last conv's gradient at every step between (the probe)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.4))
     panels = (
         ("init", "grad_norm", "||dL/dW|| at initialisation"),
         ("after", "grad_norm", f"||dL/dW|| after {steps} steps"),
         ("after", "relative", f"||dL/dW|| / ||W|| after {steps} steps"),
     )
-    for ax, (when, key, title) in zip(axes, panels, strict=True):
+    for ax, (when, key, title) in zip(axes[:3], panels, strict=True):
         for name, r in results.items():
             if r.get(when):
                 g = r[when]["grad_norm"]
@@ -307,6 +286,17 @@ def plot_gradients(results: dict[str, Any], path: Path, steps: int) -> Path:
         ax.grid(alpha=0.3, which="both")
         if ax.lines:
             ax.legend(fontsize=8)
+    ax = axes[3]
+    for name, r in results.items():
+        during = r.get("during") or {}
+        if during.get("first"):
+            ratio = [a / b for a, b in zip(during["first"], during["last"], strict=True)]
+            ax.plot(range(1, len(ratio) + 1), ratio, lw=1.2, label=name)
+    ax.set_yscale("log")
+    ax.set(xlabel="training step", title="first / last conv ||dL/dW||, training batches")
+    ax.grid(alpha=0.3, which="both")
+    if ax.lines:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -370,8 +360,8 @@ def _flow_section(flow: dict[str, Any], settings: dict[str, Any]) -> list[str]:
         f"{settings['setting']}. Per main-path conv, the norm of dL/dW on one batch of "
         f"{settings['probe_size']} training images of `{settings['dataset']}` (training mode), "
         f"at initialisation and after {k} SGD steps (batch {settings['batch_size']}, "
-        f"lr {settings['lr']}, momentum 0.9); no zero-init of the last BN, the same seed "
-        "for every net.",
+        f"lr {settings['lr']}, momentum 0.9{engine_phrase(settings)}); no zero-init of the "
+        "last BN, the same seed for every net.",
         "",
     ]
     rows = []
@@ -397,6 +387,42 @@ def _flow_section(flow: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _memory_table(memory: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """The step memory of the deep nets without and with activation checkpointing."""
+    lines = [
+        "",
+        "Memory of one training step (peak rise over parameters, gradients "
+        "and momentum; " + settings["memory_method"] + "):",
+        "",
+    ]
+    rows = []
+    for name, m in memory.items():
+        without, with_ = m.get("without"), m.get("with")
+        if not (without and with_):
+            continue
+        saved = without.get("saved_tensors_mb")
+        rows.append(
+            [
+                name,
+                f"{without['step_mb']:.0f} MiB",
+                f"{with_['step_mb']:.0f} MiB",
+                f"{without['step_mb'] / max(with_['step_mb'], 1e-9):.1f}x",
+                "-" if saved is None else f"{saved:.0f} MiB",
+                f"{without['s_per_step']:.2f} / {with_['s_per_step']:.2f}",
+            ]
+        )
+    header = [
+        "model",
+        "without checkpointing",
+        "with",
+        "saving",
+        "tensors saved for backward (without)",
+        "s / step (without / with)",
+    ]
+    lines += md_table(header, rows)
+    return lines
+
+
 def _report(out: Path, results: dict[str, Any], settings: dict[str, Any], meta: dict) -> Path:
     flow, deep, memory = results.get("flow", {}), results.get("deep", {}), results.get("memory", {})
     title = "Gradient flow in plain and residual nets" if flow else "More than 1000 layers"
@@ -415,7 +441,7 @@ def _report(out: Path, results: dict[str, Any], settings: dict[str, Any], meta: 
                 else ""
             )
             + f", SGD lr {settings['deep_lr']} (a tenth of it for the first 10% of steps, as the "
-            "paper's warm-up), momentum 0.9, no zero-init."
+            f"paper's warm-up), momentum 0.9{engine_phrase(settings)}, no zero-init."
         )
         lines.append("")
         rows = []
@@ -448,37 +474,7 @@ def _report(out: Path, results: dict[str, Any], settings: dict[str, Any], meta: 
         ]
         lines += md_table(header, rows)
         if memory:
-            lines += [
-                "",
-                "Memory of one training step (peak rise over parameters, gradients "
-                "and momentum; " + settings["memory_method"] + "):",
-                "",
-            ]
-            rows = []
-            for name, m in memory.items():
-                without, with_ = m.get("without"), m.get("with")
-                if not (without and with_):
-                    continue
-                saved = without.get("saved_tensors_mb")
-                rows.append(
-                    [
-                        name,
-                        f"{without['step_mb']:.0f} MiB",
-                        f"{with_['step_mb']:.0f} MiB",
-                        f"{without['step_mb'] / max(with_['step_mb'], 1e-9):.1f}x",
-                        "-" if saved is None else f"{saved:.0f} MiB",
-                        f"{without['s_per_step']:.2f} / {with_['s_per_step']:.2f}",
-                    ]
-                )
-            header = [
-                "model",
-                "without checkpointing",
-                "with",
-                "saving",
-                "tensors saved for backward (without)",
-                "s / step (without / with)",
-            ]
-            lines += md_table(header, rows)
+            lines += _memory_table(memory, settings)
         lines += ["", "![deep](deep.png)"]
     lines += ["", "## Machine", ""]
     lines += [f"- {key}: {v}" for key, v in meta["machine"].items()]
@@ -501,6 +497,15 @@ def _flow_findings(flow: dict[str, Any]) -> list[str]:
             f"({_fmt(s['last'])} -> {_fmt(s['first'])}); all layers within "
             f"{_fmt(s['max_over_min'])}x of each other."
         )
+    for name, r in done.items():
+        during = r.get("during") or {}
+        if during.get("first"):
+            ratios = [a / b for a, b in zip(during["first"], during["last"], strict=True)]
+            lines.append(
+                f"- {name}, while training (the training batches, every step): first / last "
+                f"conv gradient {_fmt(ratios[0])} at step 1, {_fmt(ratios[-1])} at step "
+                f"{len(ratios)} (between {_fmt(min(ratios))} and {_fmt(max(ratios))})."
+            )
     for name, r in done.items():
         if not r.get("after"):
             continue
@@ -546,185 +551,194 @@ def _flow_findings(flow: dict[str, Any]) -> list[str]:
     return lines
 
 
-# --------------------------------------------------------------------------------------
+class GradientProbe(Hook):
+    """The norm of every main-path conv's gradient at every step, read after the backward
+    pass (gradients unscaled, before clipping and the optimizer step).
+
+    :meth:`summary`: per step, the first (stem) conv's norm, the last conv's, and the
+    spread max / min over the depth: how the gradient's profile changes while the net trains.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.convs = [m for _, m in main_path_convs(model)]
+        self.norms: list[torch.Tensor] = []
+
+    def after_backward(self, job: Any, st: Any) -> None:
+        zero = torch.zeros((), device=job.device)
+        norms = [zero if m.weight.grad is None else m.weight.grad.detach().float().norm()
+                 for m in self.convs]  # fmt: skip
+        self.norms.append(torch.stack(norms))  # kept on the device: no wait at every step
+
+    def summary(self) -> dict[str, list[float]]:
+        if not self.norms:
+            return {"first": [], "last": [], "max_over_min": []}
+        n = torch.stack(self.norms).cpu()  # (steps, convs)
+        return {
+            "first": n[:, 0].tolist(),
+            "last": n[:, -1].tolist(),
+            "max_over_min": (n.max(1).values / n.min(1).values.clamp_min(1e-30)).tolist(),
+        }
+
+
+@dataclass
+class GradientsData:
+    flow: SubsetData  # the probe batch and the flow nets' training
+    deep: SubsetData | None  # the very deep nets'
+
+
+class Gradients(Experiment):
+    name = "gradients"
+    config = GradientsConfig
+
+    def load(self, cfg: GradientsConfig, device: torch.device) -> GradientsData:
+        flow = subset_data(cfg.dataset, data_dir=cfg.data_dir, train_size=None,
+                           train_eval_size=1000, test_size=1000, batch_size=cfg.batch_size,
+                           seed=cfg.seed, device=device, channels_last=cfg.channels_last)  # fmt: skip
+        deep = None
+        if cfg.deep_models:
+            deep = subset_data(cfg.dataset, data_dir=cfg.data_dir,
+                               train_size=cfg.deep_train_size, train_eval_size=256, test_size=128,
+                               batch_size=cfg.deep_batch_size, image_size=cfg.deep_image_size,
+                               seed=cfg.seed, device=device, channels_last=cfg.channels_last)  # fmt: skip
+        return GradientsData(flow, deep)
+
+    def settings(self, cfg: GradientsConfig, data: GradientsData) -> dict[str, Any]:
+        return dict(
+            dataset=cfg.dataset, models=list(cfg.models), deep_models=list(cfg.deep_models),
+            quick=cfg.quick, lr=cfg.lr, deep_lr=cfg.deep_lr, probe_size=cfg.probe_size,
+            seed=cfg.seed, memory=cfg.memory, setting=cfg.setting_name,
+            **{k: getattr(cfg, k) for k in cfg.preset()},  # steps, batch sizes, ...
+            **cfg.engine_settings(),
+        )  # fmt: skip
+
+    def execute(self, session: Session, data: GradientsData) -> None:
+        for part in ("flow", "deep", "memory"):
+            session.results.setdefault(part, {})
+        self._flow(session, data.flow)
+        if data.deep is not None:
+            self._deep(session, data.deep)
+            if session.cfg.memory:
+                self._memory(session, data.deep)
+
+    def _flow(self, session: Session, data: SubsetData) -> None:
+        """Gradient norms on one batch at initialisation and after ``steps`` steps."""
+        cfg, dev = session.cfg, session.device
+        flow = session.results["flow"]
+        images, labels = next(iter(data.train_eval))
+        images, labels = images[: cfg.probe_size], labels[: cfg.probe_size]
+        for name in cfg.models:
+            if flow.get(name, {}).get("complete"):
+                continue
+            mcfg = resolve_model(name)
+            seed_everything(cfg.seed)
+            model = build(mcfg, data.info, zero_init_last=False).to(dev)
+            family = "plain" if mcfg.shortcut == "none" else (
+                "resnet-v2" if mcfg.is_preact else "resnet")  # fmt: skip
+            entry = dict(family=family, depth=mcfg.depth,
+                         init=conv_gradient_norms(model, images, labels))  # fmt: skip
+            if cfg.steps:
+                probe = GradientProbe(model)
+                recipe = session.recipe(iters=cfg.steps, lr=cfg.lr, milestones=())
+                run = session.train(name, model, data, recipe, hooks=[probe])
+                entry.update(train_error=run["train_error"], losses=run["losses"],
+                             during=probe.summary())  # fmt: skip
+                entry["after"] = conv_gradient_norms(model, images, labels)
+            entry["complete"] = True
+            flow[name] = entry
+            session.save()
+
+    def _deep(self, session: Session, data: SubsetData) -> None:
+        """The very deep nets trained, with the paper's warm-up (lr / 10 first)."""
+        cfg = session.cfg
+        deep = session.results["deep"]
+        session.settings["deep_sizes"] = data.sizes
+        for name in cfg.deep_models:
+            if deep.get(name, {}).get("complete"):
+                continue
+            mcfg = resolve_model(name)
+            seed_everything(cfg.seed)
+            model = build(mcfg, data.info, zero_init_last=False)
+            # The paper's warm-up for 110 layers and more: lr / 10 first (here 10% of steps).
+            warmup = max(1, cfg.deep_steps // 10)
+            recipe = session.recipe(iters=cfg.deep_steps, lr=cfg.deep_lr, milestones=(),
+                                    warmup_iters=warmup)  # fmt: skip
+            run = session.train(name, model, data, recipe)
+            tenth = max(1, len(run["losses"]) // 10)
+            deep[name] = dict(
+                layers=mcfg.depth, params=count_params(model), losses=run["losses"],
+                loss_start=sum(run["losses"][:tenth]) / tenth,
+                loss_end=sum(run["losses"][-tenth:]) / tenth, train_error=run["train_error"],
+                diverged_at=run["diverged_at"],
+                s_per_step=run["train_time_s"] / max(run["iters"], 1), complete=True,
+            )  # fmt: skip
+            del model
+            session.save()
+
+    def _memory(self, session: Session, data: SubsetData) -> None:
+        """The step memory of each deep net without and with activation checkpointing."""
+        cfg = session.cfg
+        mem = session.results["memory"]
+        size = cfg.deep_image_size or data.info.image_size
+        for name in cfg.deep_models:
+            for key, ckpt in (("without", False), ("with", True)):
+                if mem.get(name, {}).get(key):
+                    continue
+                mem.setdefault(name, {})[key] = step_memory(
+                    name, checkpointing=ckpt, batch_size=cfg.deep_batch_size, image_size=size,
+                    in_chans=data.info.model_channels, num_classes=data.info.num_classes,
+                    device=session.device,
+                )  # fmt: skip
+                session.save()
+
+    def finish(
+        self, session: Session, data: GradientsData, found: dict[str, Any], meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        results, out, settings = session.results, session.out, session.settings
+        flow, deep, mem = results["flow"], results["deep"], results["memory"]
+        settings["memory_method"] = (
+            "torch.cuda.max_memory_allocated"
+            if session.device.type == "cuda"
+            else "rise of the peak RSS in a fresh process per setting, one thread"
+        )
+        if flow:
+            plot_gradients(flow, out / "gradients.png", session.cfg.steps)
+        deep_png = plot_deep(deep, mem, out / "deep.png")
+        report = _report(out, results, settings, meta)
+        summary = []
+        for name, r in flow.items():
+            s = spread(r["init"]["grad_norm"])
+            summary.append(
+                f"{name}: grad norm first/last conv at init {_fmt(s['first_over_last'])}"
+            )
+        for name, r in deep.items():
+            summary.append(f"{name}: loss {r['loss_start']:.3f} -> {r['loss_end']:.3f} in "
+                           f"{len(r['losses'])} steps")  # fmt: skip
+        for name, m in mem.items():
+            if m.get("with") and m.get("without"):
+                summary.append(f"{name}: step memory {m['without']['step_mb']:.0f} MiB -> "
+                               f"{m['with']['step_mb']:.0f} MiB with checkpointing")  # fmt: skip
+        figures = ([out / "gradients.png"] if flow else []) + ([deep_png] if deep_png else [])
+        summary.append(f"report: {report}  figures: {', '.join(map(str, figures))}")
+        return dict(report=str(report), summary="\n".join(summary))
+
+
+GRADIENTS = Gradients()
 
 
 def run_gradients(
     output: str | os.PathLike = "runs/gradients",
     *,
-    models: Sequence[str] = DEFAULT_MODELS,
-    dataset: str = "fashion-mnist",
-    quick: bool = False,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    lr: float = 0.1,
-    probe_size: int = 128,
-    deep_models: Sequence[str] = DEEP_MODELS,
-    deep_steps: int | None = None,
-    deep_batch_size: int | None = None,
-    deep_image_size: int | None = None,
-    deep_train_size: int | None = None,
-    deep_lr: float = 0.01,
-    memory: bool = True,
-    seed: int = 0,
-    data_dir: str | None = None,
-    device: str = "auto",
-    threads: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Per-layer gradient norms of ``models`` at init and after ``steps`` steps; then
-    ``deep_models`` trained for ``deep_steps`` steps and their step memory with and without
-    activation checkpointing. Writes ``results.json``, ``gradients.png``, ``deep.png`` and
-    ``report.md`` to ``output`` (results after each part, so an interruption loses little).
+    """Per-layer gradient norms of ``models`` at init and after ``steps`` steps (and at
+    every step between, from a probe hook); then ``deep_models`` trained for ``deep_steps``
+    steps and their step memory with and without activation checkpointing. Writes
+    ``results.json``, ``gradients.png``, ``deep.png`` and ``report.md`` to ``output``
+    (results after each part, so an interruption loses little).
+
+    ``options`` are :class:`GradientsConfig`'s fields (``quick=True``: its quick preset;
+    None: the preset's value) and ``overrides`` (``KEY=VALUE`` strings).
     """
-    chosen = dict(
-        steps=steps,
-        batch_size=batch_size,
-        deep_steps=deep_steps,
-        deep_batch_size=deep_batch_size,
-        deep_image_size=deep_image_size,
-        deep_train_size=deep_train_size,
-    )
-    plan, setting = resolve_plan(quick, FULL, QUICK, chosen)
-    if plan["steps"] < 0 or plan["deep_steps"] < 1:
-        raise ExperimentSettingsError(
-            f"steps={plan['steps']}, deep_steps={plan['deep_steps']}: expected "
-            "steps >= 0 and deep_steps >= 1"
-        )
-    if not models and not deep_models:
-        raise ExperimentSettingsError("models and deep_models are both empty: nothing to run")
-    configs = {name: resolve_model(name) for name in models}
-    deep_configs = {name: resolve_model(name) for name in deep_models}
-    dev = setup(device, threads, seed)
-    start = time.perf_counter()
-    data = subset_data(
-        dataset,
-        data_dir=data_dir,
-        train_size=None,
-        train_eval_size=1000,
-        test_size=1000,
-        batch_size=plan["batch_size"],
-        seed=seed,
-        device=dev,
-    )
-    settings = dict(
-        dataset=dataset,
-        models=list(models),
-        deep_models=list(deep_models),
-        quick=quick,
-        lr=lr,
-        deep_lr=deep_lr,
-        probe_size=probe_size,
-        seed=seed,
-        memory=memory,
-        setting=setting,
-        **plan,
-    )
-    out = Path(output)
-    results = prepare_output(out, settings, overwrite=overwrite, results="results.json")
-    flow = results.setdefault("flow", {})
-    images, labels = next(iter(data.train_eval))
-    images, labels = images[:probe_size], labels[:probe_size]
-
-    for name, cfg in configs.items():
-        if flow.get(name, {}).get("complete"):
-            continue
-        seed_everything(seed)
-        model = build(cfg, data.info, zero_init_last=False).to(dev)
-        family = "plain" if cfg.shortcut == "none" else ("resnet-v2" if cfg.is_preact else "resnet")
-        entry = dict(
-            family=family, depth=cfg.depth, init=conv_gradient_norms(model, images, labels)
-        )
-        if plan["steps"]:
-            recipe = Recipe(iters=plan["steps"], lr=lr, milestones=())
-            run = train_tracked(model, data, recipe, device=dev, progress=progress, desc=name)
-            entry.update(train_error=run["train_error"], losses=run["losses"])
-            entry["after"] = conv_gradient_norms(model, images, labels)
-        entry["complete"] = True
-        flow[name] = entry
-        write_json(out / "results.json", results)
-    if flow:
-        plot_gradients(flow, out / "gradients.png", plan["steps"])
-
-    deep = results.setdefault("deep", {})
-    mem = results.setdefault("memory", {})
-    if deep_configs:
-        ddata = subset_data(
-            dataset,
-            data_dir=data_dir,
-            train_size=plan["deep_train_size"],
-            train_eval_size=256,
-            test_size=128,
-            batch_size=plan["deep_batch_size"],
-            image_size=plan["deep_image_size"],
-            seed=seed,
-            device=dev,
-        )
-        settings["deep_sizes"] = ddata.sizes
-        for name, cfg in deep_configs.items():
-            if deep.get(name, {}).get("complete"):
-                continue
-            seed_everything(seed)
-            model = build(cfg, ddata.info, zero_init_last=False)
-            # The paper's warm-up for 110 layers and more: lr / 10 first (here 10% of steps).
-            warmup = max(1, plan["deep_steps"] // 10)
-            recipe = Recipe(
-                iters=plan["deep_steps"], lr=deep_lr, milestones=(), warmup_iters=warmup
-            )
-            run = train_tracked(model, ddata, recipe, device=dev, progress=progress, desc=name)
-            tenth = max(1, len(run["losses"]) // 10)
-            deep[name] = dict(
-                layers=cfg.depth,
-                params=count_params(model),
-                losses=run["losses"],
-                loss_start=sum(run["losses"][:tenth]) / tenth,
-                loss_end=sum(run["losses"][-tenth:]) / tenth,
-                train_error=run["train_error"],
-                diverged_at=run["diverged_at"],
-                s_per_step=run["train_time_s"] / max(run["iters"], 1),
-                complete=True,
-            )
-            del model
-            write_json(out / "results.json", results)
-        if memory:
-            size = plan["deep_image_size"] or ddata.info.image_size
-            for name in deep_configs:
-                for key, ckpt in (("without", False), ("with", True)):
-                    if mem.get(name, {}).get(key):
-                        continue
-                    mem.setdefault(name, {})[key] = step_memory(
-                        name,
-                        checkpointing=ckpt,
-                        batch_size=plan["deep_batch_size"],
-                        image_size=size,
-                        in_chans=ddata.info.model_channels,
-                        num_classes=ddata.info.num_classes,
-                        device=dev,
-                    )
-                    write_json(out / "results.json", results)
-    settings["memory_method"] = (
-        "torch.cuda.max_memory_allocated"
-        if dev.type == "cuda"
-        else "rise of the peak RSS in a fresh process per setting, one thread"
-    )
-    deep_png = plot_deep(deep, mem, out / "deep.png")
-    meta = record_run(out, dev, time.perf_counter() - start)
-    report = _report(out, results, settings, meta)
-    summary = []
-    for name, r in flow.items():
-        s = spread(r["init"]["grad_norm"])
-        summary.append(f"{name}: grad norm first/last conv at init {_fmt(s['first_over_last'])}")
-    for name, r in deep.items():
-        summary.append(
-            f"{name}: loss {r['loss_start']:.3f} -> {r['loss_end']:.3f} in {len(r['losses'])} steps"
-        )
-    for name, m in mem.items():
-        if m.get("with") and m.get("without"):
-            summary.append(
-                f"{name}: step memory {m['without']['step_mb']:.0f} MiB -> "
-                f"{m['with']['step_mb']:.0f} MiB with checkpointing"
-            )
-    figures = ([out / "gradients.png"] if flow else []) + ([deep_png] if deep_png else [])
-    summary.append(f"report: {report}  figures: {', '.join(map(str, figures))}")
-    return dict(results=results, report=str(report), summary="\n".join(summary), output=str(out))
+    return run(GRADIENTS, output, overwrite=overwrite, progress=progress, **options)
