@@ -545,7 +545,7 @@ def _flow_findings(flow: dict[str, Any]) -> list[str]:
                 "The large early gradients do harm: SGD inflates the weights of the layers "
                 "nearest the input, and a conv followed by BN is scale-invariant, so its "
                 "gradient falls as 1/||W|| and its relative update as 1/||W||^2. Those "
-                "layers then all but stop learning (the right-hand panel): what the "
+                "layers then all but stop learning (the third panel): what the "
                 "'vanishing gradient' of deep plain nets looks like once they train with BN.",
             ]
     return lines
