@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -24,6 +25,11 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
     return model.eval()
+
+
+def random_pixels(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Seeded random uint8 pixels: the content of the test images written to disk."""
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from resnetlab.config import ConfigError, ScheduleConfig, TrainConfig, build_dataclass
+from resnetlab.config import ConfigError, ScheduleConfig, TrainConfig, build_config
 from resnetlab.engine import TrainingError, train
 from resnetlab.engine.budget import FINISH_RESERVE_S, TimeBudget, plan_steps
 from resnetlab.engine.optim import lr_factor
@@ -57,7 +57,7 @@ def test_plan_follows_a_machine_that_changes_speed(slowdown):
 
 def test_budget_must_be_positive():
     with pytest.raises(ConfigError, match=r"budget_s=0.*seconds > 0"):
-        build_dataclass(TrainConfig, {"budget_s": 0})
+        build_config(TrainConfig, {"budget_s": 0})
 
 
 def test_run_ends_on_its_budget(tmp_path, capsys):

@@ -197,3 +197,52 @@ def test_config_file_keys_that_are_not_text_are_named(tmp_path, text, key):
     path.write_text(text)
     with pytest.raises(ConfigError, match=rf"unknown config key\(s\) {re.escape(key)}:"):
         load_train_config(str(path))
+
+
+# --------------------------------------------------------------------------------------
+# Layers merged by OmegaConf onto the structured config
+
+
+def test_layers_merge_in_order_and_sections_merge_key_by_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 4\noptim: {lr: 0.2, momentum: 0.8}\nmodel_args: {block: basic}\n")
+    cfg = load_train_config(
+        str(path), ["optim.lr=0.05", "model_args.stem_width=8"], epochs=6, optim={"nesterov": True}
+    )
+    assert cfg.epochs == 6  # a flag over the file
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.nesterov) == (0.05, 0.8, True)
+    assert cfg.model_args == {"block": "basic", "stem_width": 8}
+    assert isinstance(cfg.optim, OptimConfig) and isinstance(cfg.optim.betas, tuple)
+
+
+def test_interpolations_resolve_and_are_checked(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "model: resnet32\noutput: runs/${model}\n"
+        "data: {batch_size: 64, eval_batch_size: '${data.batch_size}'}\n"
+    )
+    cfg = load_train_config(str(path))
+    assert (cfg.output, cfg.data.eval_batch_size) == ("runs/resnet32", 64)
+    with pytest.raises(ConfigError, match=r"invalid data\.eval_batch_size: .*'nope' not found"):
+        load_train_config(str(path), ["data.eval_batch_size=${nope}"])
+    with pytest.raises(ConfigError, match=r"invalid epochs: .*'\$\{model\}'"):
+        load_train_config(str(path), ["epochs=${model}"])
+    # An interpolated value meets the field's own check too.
+    with pytest.raises(ConfigError, match=r"invalid epochs=0: expected an integer >= 1"):
+        load_train_config(str(path), ["data.num_workers=0", "epochs=${data.num_workers}"])
+
+
+def test_unknown_keys_suggest_the_nearest():
+    with pytest.raises(ConfigError, match=r"optim\.lrr: .* \(did you mean optim\.lr\?\)"):
+        load_train_config(None, ["optim.lrr=1"])
+
+
+def test_a_field_type_without_a_reading_is_a_programming_error():
+    from resnetlab.config import build_config
+
+    @dataclasses.dataclass(frozen=True)
+    class Odd:
+        values: list = dataclasses.field(default_factory=list)
+
+    with pytest.raises(TypeError, match="have no reading"):
+        build_config(Odd, {"values": [1]})

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import random_pixels
 from resnetlab.config import DataConfig
 from resnetlab.data import (
     IMAGENET_MEAN,
@@ -29,7 +30,7 @@ def save(path: Path, image: Image.Image, **kwargs) -> Path:
 
 
 def rgb_noise(seed: int, size=(24, 20)) -> Image.Image:
-    data = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    data = random_pixels(seed, (size[1], size[0], 3))
     return Image.fromarray(data, "RGB")
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from resnetlab import cli
 from resnetlab.cli.predict import show_dense_predictions
 from resnetlab.cli.present import format_dense_prediction
-from resnetlab.config import TrainConfig, build_dataclass
+from resnetlab.config import TrainConfig, build_config
 from resnetlab.data import write_scene_set
 from resnetlab.engine import train
 from resnetlab.errors import ConfigError, ResnetlabError
@@ -56,7 +56,7 @@ def config(scenes: Path, out: Path, task: str, head: str, **extra) -> TrainConfi
         "output": str(out),
         **extra,
     }
-    return build_dataclass(TrainConfig, values)
+    return build_config(TrainConfig, values)
 
 
 def rows(run: Path) -> list[dict]:
@@ -159,7 +159,7 @@ def test_checkpoint_of_a_dense_run_evaluates(scenes, tmp_path, capsys):
 )
 def test_bad_dense_configs_say_what_to_do(values, message):
     with pytest.raises(ConfigError, match=message):
-        build_dataclass(TrainConfig, values)
+        build_config(TrainConfig, values)
 
 
 def test_dense_task_on_classification_data_is_refused(tmp_path, capsys):
@@ -171,7 +171,7 @@ def test_dense_task_on_classification_data_is_refused(tmp_path, capsys):
 
 def test_bad_augment_for_a_dense_run(scenes, tmp_path):
     cfg = config(scenes, tmp_path / "r", "detection", "fcos")
-    cfg = build_dataclass(TrainConfig, {**cfg.to_dict(), "data": {**cfg.to_dict()["data"],
+    cfg = build_config(TrainConfig, {**cfg.to_dict(), "data": {**cfg.to_dict()["data"],
                                                                   "augment": "autoaugment"}})  # fmt: skip
     with pytest.raises(ResnetlabError, match="data.augment='autoaugment' for detection"):
         train(cfg, progress=False)

@@ -348,7 +348,7 @@ def _tiny_net(data):
 
 def test_tracked_training_steps_through_the_engine(monkeypatch):
     from resnetlab.engine import trainer
-    from resnetlab.engine.budget import Hook
+    from resnetlab.engine.hooks import Hook
     from resnetlab.experiments.common import Recipe
 
     calls = []

@@ -3,12 +3,12 @@
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from conftest import random_pixels
 from resnetlab import create_model, load_model, save_weights
 from resnetlab.data import DataInfo
 from resnetlab.data.folder import folder_transforms
@@ -30,10 +30,6 @@ from resnetlab.models.card import SIDECAR_FORMAT, default_preprocessing
 NAMES = ["cat", "dog", "eel"]
 PREP = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "image_size": 16, "channels": 3,
         "in_chans": 3, "resize": 18, "crop": "center", "interpolation": "bicubic"}  # fmt: skip
-
-
-def _pixels(seed, shape):
-    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +60,7 @@ def test_card_of_a_zoo_model():
     assert card.metrics == {}
     assert model.preprocessing == default_preprocessing(model.config)
     assert (model.preprocessing.image_size, model.preprocessing.mean[0]) == (32, 0.4914)
-    x = model.transforms()(Image.fromarray(_pixels(0, (40, 50, 3))))
+    x = model.transforms()(Image.fromarray(random_pixels(0, (40, 50, 3))))
     assert type(x) is torch.Tensor and x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert model.meta["architecture"] == "resnet20" and model.meta["preprocessing"] is None
     big = create_model("resnet50")  # an ImageNet stem: 256 resize, 224 crop
@@ -127,10 +123,10 @@ def test_transforms_are_what_predict_uses(run_dir, tmp_path):
     assert model.preprocessing == predictor.preprocessing == Preprocessing.from_dict(PREP)
     assert model.card.class_names == predictor.class_names == tuple(NAMES)
     path = tmp_path / "a.png"
-    Image.fromarray(_pixels(1, (30, 41, 3))).save(path)
+    Image.fromarray(random_pixels(1, (30, 41, 3))).save(path)
     image = load_image(path, channels=3, min_side=PREP["resize"])
     assert torch.equal(model.transforms()(image), predictor.prepare(path))
-    tensor = torch.from_numpy(_pixels(2, (3, 20, 24)))
+    tensor = torch.from_numpy(random_pixels(2, (3, 20, 24)))
     assert torch.equal(model.transforms()(tensor), predictor.prepare(tensor))
     train = model.transforms(train=True)(image)
     assert train.shape == (3, 16, 16)
@@ -159,7 +155,7 @@ def test_data_info_uses_the_same_preprocessing():
     info = DataInfo("x", 3, tuple(NAMES), 3, 16, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), resize=18)
     prep = info.to_preprocessing()
     assert prep == Preprocessing.from_dict(info.preprocessing())
-    image = Image.fromarray(_pixels(3, (37, 29, 3)))
+    image = Image.fromarray(random_pixels(3, (37, 29, 3)))
     # the image-folder evaluation pipeline is the card's test pipeline
     assert torch.equal(folder_transforms(info, train=False)(image), prep.transforms()(image))
 

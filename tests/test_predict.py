@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import random_pixels
 from resnetlab import create_model, save_weights
 from resnetlab.cli.predict import show_predictions
 from resnetlab.data import ImageDecodeError
@@ -39,21 +40,17 @@ def cli(*args):
     )
 
 
-def _pixels(seed, shape):
-    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """A folder of real files: RGB PNG, JPEG, grayscale, RGBA, a corrupt one, a hidden one."""
     root = tmp_path_factory.mktemp("images")
     (root / "sub").mkdir()
-    Image.fromarray(_pixels(0, (20, 30, 3))).save(root / "a_rgb.png")
-    Image.fromarray(_pixels(1, (24, 24, 3))).save(root / "b_photo.jpg", quality=90)
+    Image.fromarray(random_pixels(0, (20, 30, 3))).save(root / "a_rgb.png")
+    Image.fromarray(random_pixels(1, (24, 24, 3))).save(root / "b_photo.jpg", quality=90)
     (root / "c_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
-    Image.fromarray(_pixels(2, (18, 26)), mode="L").save(root / "sub" / "d_gray.png")
-    Image.fromarray(_pixels(3, (22, 20, 4)), mode="RGBA").save(root / "sub" / "e_rgba.png")
-    Image.fromarray(_pixels(4, (16, 16, 3))).save(root / "sub" / ".hidden.png")
+    Image.fromarray(random_pixels(2, (18, 26)), mode="L").save(root / "sub" / "d_gray.png")
+    Image.fromarray(random_pixels(3, (22, 20, 4)), mode="RGBA").save(root / "sub" / "e_rgba.png")
+    Image.fromarray(random_pixels(4, (16, 16, 3))).save(root / "sub" / ".hidden.png")
     (root / "notes.txt").write_text("not an image")
     return root
 
@@ -99,7 +96,7 @@ def test_inputs_paths_pil_and_tensors_agree(images, predictor):
     pil = Image.open(path)
     by_path, by_pil = predictor.predict([path, pil])
     assert by_path["topk"] == by_pil["topk"] and by_pil["path"] is None
-    u8 = torch.from_numpy(_pixels(5, (3, 18, 18)))  # already at the resize size
+    u8 = torch.from_numpy(random_pixels(5, (3, 18, 18)))  # already at the resize size
     as_u8, as_float, as_gray = predictor.predict([u8, u8.float() / 255, u8[0]])
     assert [t["index"] for t in as_u8["topk"]] == [t["index"] for t in as_float["topk"]]
     for a, b in zip(as_u8["topk"], as_float["topk"], strict=True):
@@ -116,7 +113,9 @@ def test_preprocessing_resizes_crops_and_normalizes():
     expected = torch.tensor([(1 - m) / s for m, s in zip(PREP["mean"], PREP["std"], strict=True)])
     assert torch.allclose(x[:, 8, 8], expected, atol=1e-5)
     gray = Preprocessing.from_dict({"mean": [0.5], "std": [0.5], "image_size": 8, "in_chans": 3})
-    y = gray(Image.fromarray(_pixels(6, (10, 12, 3))))  # RGB -> L, then repeated to 3 channels
+    y = gray(
+        Image.fromarray(random_pixels(6, (10, 12, 3)))
+    )  # RGB -> L, then repeated to 3 channels
     assert y.shape == (3, 8, 8) and torch.equal(y[0], y[1]) and torch.equal(y[1], y[2])
     with pytest.raises(ValueError, match="one of each per channel"):
         Preprocessing.from_dict({"mean": [0.5], "std": [0.5, 0.5], "image_size": 8})

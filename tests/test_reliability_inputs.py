@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
+from conftest import random_pixels
 from resnetlab import create_model
 from resnetlab.config import DataConfig, TrainConfig, load_train_config, parse_override
 from resnetlab.data import build_loaders
@@ -31,7 +32,7 @@ FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
 
 def noise(w: int, h: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
     shape = (h, w, 3) if mode == "RGB" else (h, w)
-    data = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    data = random_pixels(seed, shape)
     return Image.fromarray(data, mode)
 
 

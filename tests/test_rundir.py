@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resnetlab.config import TrainConfig, build_dataclass
+from resnetlab.config import TrainConfig, build_config
 from resnetlab.engine import TrainingError, train
 from resnetlab.engine.checkpoint import list_checkpoints
 
@@ -158,7 +158,7 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it(tmp_path,
     run = tmp_path / "run"
     run.mkdir()
     cfg = job(run, max_iters=3, eval_every=0)
-    (run / "config.yaml").write_text(yaml.safe_dump(build_dataclass(TrainConfig, cfg).to_dict()))
+    (run / "config.yaml").write_text(yaml.safe_dump(build_config(TrainConfig, cfg).to_dict()))
     summary = train(cfg, resume=True, progress=False)
     assert summary["steps"] == 3
     assert "stopped before its first checkpoint: starting it again" in capsys.readouterr().err

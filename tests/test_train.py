@@ -135,13 +135,13 @@ def test_all_the_options_run(tmp_path):
 
 
 def test_mixup_and_cutmix_train_on_soft_targets():
-    from resnetlab.config import TrainConfig, build_dataclass
+    from resnetlab.config import TrainConfig, build_config
     from resnetlab.engine.tasks import Classification, _mixer
 
     images = torch.rand(16, 1, 8, 8)
     labels = torch.arange(16) % 4
     for key in ("mixup_alpha", "cutmix_alpha"):
-        cfg = build_dataclass(TrainConfig, {key: 1.0})
+        cfg = build_config(TrainConfig, {key: 1.0})
         task = Classification(cfg)
         task.mixer = _mixer(cfg, 4)
         seen = []

@@ -2,7 +2,7 @@
 
 Every object here is a frozen dataclass validated at construction: a bad value raises a
 ``ConfigError`` (a ``ValueError``) that names the field, echoes the value and says what is allowed.
-What a field allows is declared beside it (``_opt(..., choices=...)`` or ``check=`` with its
+What a field allows is declared beside it (``option(..., choices=...)`` or ``check=`` with its
 ``allowed`` phrase), so the checks and the listing of every key (:func:`config_keys`,
 ``resnetlab config``) come from one place.
 
@@ -17,8 +17,11 @@ it is whole (``max_iters=1e3`` is 1000; ``epochs=2.5`` is an error).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -32,16 +35,16 @@ SHORTCUTS = ("A", "B", "C", "none")
 STRIDE_ON = ("3x3", "1x1")
 
 
-def _fail(field: str, value: Any, allowed: str) -> None:
+def reject(field: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"invalid {field}={value!r}: {allowed}")
 
 
 def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        _fail(field, value, f"expected one of {', '.join(repr(c) for c in choices)}")
+        reject(field, value, f"expected one of {', '.join(repr(c) for c in choices)}")
 
 
-def _opt(
+def option(
     default: Any,
     *,
     choices: tuple[str, ...] | None = None,
@@ -60,23 +63,25 @@ def _opt(
     return dataclasses.field(default=default, metadata=meta)
 
 
-def _validate(obj: Any, prefix: str) -> None:
-    """Coerce every field of ``obj`` to its annotation and check what the field declares;
+def validate_fields(obj: Any, prefix: str) -> None:
+    """Coerce every field of ``obj`` to its type and check what the field declares;
     nested sections given as mappings are built (and so checked) too."""
+    hints = field_types(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        section = f.default_factory if callable(f.default_factory) else None
-        if dataclasses.is_dataclass(section):
+        section = _section(f)
+        if section is not None:
             if isinstance(value, dict):
-                object.__setattr__(obj, f.name, build_dataclass(section, value, f"{f.name}."))
+                value = build_config(section, value, prefix=f"{prefix}{f.name}.")
+                object.__setattr__(obj, f.name, value)
             elif not isinstance(value, section):
-                _fail(prefix + f.name, value, "expected a mapping")
+                reject(prefix + f.name, value, "expected a mapping")
             continue
-        object.__setattr__(obj, f.name, _check_field(prefix + f.name, value, f))
+        object.__setattr__(obj, f.name, _check_field(prefix + f.name, value, f, hints[f.name]))
 
 
-def _check_field(path: str, value: Any, f: dataclasses.Field) -> Any:
-    value = _coerce(path, value, str(f.type))
+def _check_field(path: str, value: Any, f: dataclasses.Field, tp: Any) -> Any:
+    value = coerce(path, value, tp)
     if value is None:
         return value
     meta = f.metadata
@@ -84,15 +89,15 @@ def _check_field(path: str, value: Any, f: dataclasses.Field) -> Any:
         _check_choice(path, value, meta["choices"])
     check = meta.get("check")
     if check is not None and not check(value):
-        _fail(path, value, f"expected {meta['allowed']}")
+        reject(path, value, f"expected {meta['allowed']}")
     return value
 
 
-def _at_least(low: int | float) -> Callable[[Any], bool]:
+def at_least(low: int | float) -> Callable[[Any], bool]:
     return lambda v: v >= low
 
 
-def _in(low: float, high: float, *, closed: bool = False) -> Callable[[Any], bool]:
+def within(low: float, high: float, *, closed: bool = False) -> Callable[[Any], bool]:
     return (lambda v: low <= v <= high) if closed else (lambda v: low <= v < high)
 
 
@@ -106,40 +111,40 @@ class ModelConfig:
     later stage halves it.
     """
 
-    block: str = _opt("basic", choices=BLOCKS)
-    layers: tuple[int, ...] = _opt(
+    block: str = option("basic", choices=BLOCKS)
+    layers: tuple[int, ...] = option(
         (2, 2, 2, 2),
         check=lambda v: bool(v) and all(isinstance(n, int) and n >= 1 for n in v),
         allowed="a non-empty tuple of block counts >= 1",
     )
-    widths: tuple[int, ...] = _opt(
+    widths: tuple[int, ...] = option(
         (64, 128, 256, 512), allowed="one positive int per stage of layers"
     )
-    stem: str = _opt("imagenet", choices=STEMS)
-    stem_width: int = _opt(64, check=_at_least(1), allowed="an integer >= 1")
-    shortcut: str = _opt("B", choices=SHORTCUTS)
-    stride_on: str = _opt("3x3", choices=STRIDE_ON)
-    groups: int = _opt(1, check=_at_least(1), allowed="an integer >= 1")
-    base_width: int = _opt(64, check=_at_least(1), allowed="an integer >= 1")
-    num_classes: int = _opt(1000, check=_at_least(0), allowed="an integer >= 0 (0: no classifier)")
-    in_chans: int = _opt(3, check=_at_least(1), allowed="an integer >= 1")
+    stem: str = option("imagenet", choices=STEMS)
+    stem_width: int = option(64, check=at_least(1), allowed="an integer >= 1")
+    shortcut: str = option("B", choices=SHORTCUTS)
+    stride_on: str = option("3x3", choices=STRIDE_ON)
+    groups: int = option(1, check=at_least(1), allowed="an integer >= 1")
+    base_width: int = option(64, check=at_least(1), allowed="an integer >= 1")
+    num_classes: int = option(1000, check=at_least(0), allowed="an integer >= 0 (0: no classifier)")
+    in_chans: int = option(3, check=at_least(1), allowed="an integer >= 1")
     zero_init_last: bool = True
-    drop_path_rate: float = _opt(0.0, check=_in(0.0, 1.0), allowed="a probability in [0, 1)")
+    drop_path_rate: float = option(0.0, check=within(0.0, 1.0), allowed="a probability in [0, 1)")
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         # Lists (YAML, JSON) become tuples, so the config stays hashable.
-        _validate(self, "")
+        validate_fields(self, "")
         if len(self.widths) != len(self.layers) or not all(
             isinstance(w, int) and w >= 1 for w in self.widths
         ):
-            _fail(
+            reject(
                 "widths",
                 self.widths,
                 f"expected {len(self.layers)} positive ints, one per stage of layers={self.layers}",
             )
         if not self.is_bottleneck and (self.groups != 1 or self.base_width != 64):
-            _fail(
+            reject(
                 "groups" if self.groups != 1 else "base_width",
                 self.groups if self.groups != 1 else self.base_width,
                 f"block={self.block!r} supports only groups=1, base_width=64; "
@@ -147,7 +152,7 @@ class ModelConfig:
             )
         for planes in self.widths:
             if self.is_bottleneck and planes * self.base_width // 64 < 1:
-                _fail(
+                reject(
                     "base_width",
                     self.base_width,
                     f"width per group floor({planes} * {self.base_width} / 64) is 0 in a stage "
@@ -222,19 +227,19 @@ def layers_for_depth(depth: int, *, block: str, stem: str, num_stages: int = 3) 
     bottleneck (pre-activation paper): depth = 9n + 2. ImageNet nets use the paper's table.
     """
     if not isinstance(depth, int) or depth < 1:
-        _fail("depth", depth, "expected a positive integer")
+        reject("depth", depth, "expected a positive integer")
     bottleneck = block in ("bottleneck", "preact_bottleneck")
     if stem == "imagenet":
         allowed = [d for d in IMAGENET_LAYERS if (d >= 50) == bottleneck]
         if depth not in allowed:
-            _fail("depth", depth, f"ImageNet {block} nets have depth in {allowed}")
+            reject("depth", depth, f"ImageNet {block} nets have depth in {allowed}")
         return IMAGENET_LAYERS[depth]
     per_block = 3 if bottleneck else 2
     step = per_block * num_stages
     if (depth - 2) % step or depth < step + 2:
         kind = f"{step}n+2"
         examples = ", ".join(str(step * n + 2) for n in (1, 2, 3, 9, 18))
-        _fail("depth", depth, f"CIFAR {block} nets need depth = {kind} (e.g. {examples})")
+        reject("depth", depth, f"CIFAR {block} nets need depth = {kind} (e.g. {examples})")
     return ((depth - 2) // step,) * num_stages
 
 
@@ -256,85 +261,85 @@ DENSE_HEADS = {
 
 @dataclass(frozen=True)
 class DataConfig:
-    spec: str = _opt("fashion-mnist", allowed="a dataset spec: fashion-mnist, mnist, cifar10, "
+    spec: str = option("fashion-mnist", allowed="a dataset spec: fashion-mnist, mnist, cifar10, "
                      "cifar100, imagefolder:PATH, synthetic[:OPTIONS]")  # fmt: skip
     data_dir: str | None = None
     # None: 128, or less on a small training set (at least 8 steps per epoch)
-    batch_size: int | None = _opt(
-        None, check=_at_least(1), allowed="an integer >= 1 or null (chosen)"
+    batch_size: int | None = option(
+        None, check=at_least(1), allowed="an integer >= 1 or null (chosen)"
     )
-    eval_batch_size: int | None = _opt(None, check=_at_least(1), allowed="an integer >= 1")
+    eval_batch_size: int | None = option(None, check=at_least(1), allowed="an integer >= 1")
     augment: str = "standard"
-    random_erasing: float = _opt(0.0, check=_in(0, 1, closed=True),
+    random_erasing: float = option(0.0, check=within(0, 1, closed=True),
                                  allowed="a probability in [0, 1]")  # fmt: skip
-    num_workers: int = _opt(2, check=_at_least(0), allowed="an integer >= 0")
-    val_fraction: float = _opt(0.0, check=_in(0, 1), allowed="a fraction in [0, 1)")
+    num_workers: int = option(2, check=at_least(0), allowed="an integer >= 0")
+    val_fraction: float = option(0.0, check=within(0, 1), allowed="a fraction in [0, 1)")
     eval_split: str | None = None
     skip_bad_images: bool = False
     # None: chosen from the data (image folders: the images' own size when small, else 224)
-    image_size: int | None = _opt(None, check=_at_least(1), allowed="an integer >= 1 or null")
+    image_size: int | None = option(None, check=at_least(1), allowed="an integer >= 1 or null")
     # Image folders: "auto" (small images: own size, pad + crop + flip; else the ImageNet
     # pipeline), "small" or "imagenet"; in_memory None decodes small images once into memory
     # when train + eval fit memory_budget_mb.
     pipeline: str = "auto"
     in_memory: bool | None = None
-    memory_budget_mb: float = _opt(2048.0, check=_at_least(0), allowed="a size in MB >= 0")
+    memory_budget_mb: float = option(2048.0, check=at_least(0), allowed="a size in MB >= 0")
 
     def __post_init__(self) -> None:
-        _validate(self, "data.")
+        validate_fields(self, "data.")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = _opt("sgd", choices=OPTIMIZERS)
-    lr: float = _opt(0.1, check=lambda v: v > 0, allowed="a learning rate > 0")
-    momentum: float = _opt(0.9, check=_in(0, 1), allowed="a value in [0, 1)")
+    name: str = option("sgd", choices=OPTIMIZERS)
+    lr: float = option(0.1, check=lambda v: v > 0, allowed="a learning rate > 0")
+    momentum: float = option(0.9, check=within(0, 1), allowed="a value in [0, 1)")
     nesterov: bool = False
-    weight_decay: float = _opt(1e-4, check=_at_least(0), allowed="a value >= 0")
+    weight_decay: float = option(1e-4, check=at_least(0), allowed="a value >= 0")
     # Exclude BN parameters and biases from weight decay (the usual "no-decay groups").
     no_decay_norm_bias: bool = False
-    betas: tuple[float, float] = _opt(
+    betas: tuple[float, float] = option(
         (0.9, 0.999),
         check=lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v),
         allowed="two values in [0, 1), e.g. [0.9, 0.999]",
     )
-    grad_clip: float = _opt(0.0, check=_at_least(0), allowed="a max norm >= 0 (0: off)")
+    grad_clip: float = option(0.0, check=at_least(0), allowed="a max norm >= 0 (0: off)")
 
     def __post_init__(self) -> None:
-        _validate(self, "optim.")
+        validate_fields(self, "optim.")
         if self.nesterov and self.momentum == 0:
-            _fail("optim.nesterov", self.nesterov, "Nesterov momentum needs optim.momentum > 0")
+            reject("optim.nesterov", self.nesterov, "Nesterov momentum needs optim.momentum > 0")
 
 
-_FACTOR = dict(check=_in(0, 1, closed=True), allowed="a factor in [0, 1]")
+_FACTOR = dict(check=within(0, 1, closed=True), allowed="a factor in [0, 1]")
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: str = _opt("cosine", choices=SCHEDULES)
+    name: str = option("cosine", choices=SCHEDULES)
     # multistep: lr x gamma at each milestone, counted in epochs or iterations
     # (the ResNet paper: 32k and 48k of 64k iterations).
-    milestones: tuple[float, ...] = _opt(
+    milestones: tuple[float, ...] = option(
         (),
         check=lambda v: list(v) == sorted(v) and all(m > 0 for m in v),
         allowed="increasing positive values",
     )
-    milestone_unit: str = _opt("epoch", choices=MILESTONE_UNITS)
-    gamma: float = _opt(0.1, check=lambda v: 0 < v <= 1, allowed="a factor in (0, 1]")
+    milestone_unit: str = option("epoch", choices=MILESTONE_UNITS)
+    gamma: float = option(0.1, check=lambda v: 0 < v <= 1, allowed="a factor in (0, 1]")
     # Linear warm-up from warmup_factor * lr over warmup_epochs (fractions allowed).
-    warmup_epochs: float = _opt(0.0, check=_at_least(0), allowed="a length >= 0 in epochs")
-    warmup_factor: float = _opt(0.1, **_FACTOR)
+    warmup_epochs: float = option(0.0, check=at_least(0), allowed="a length >= 0 in epochs")
+    warmup_factor: float = option(0.1, **_FACTOR)
     # Constant low-lr warm-up (the ResNet paper's lr 0.01 for ResNet-110 until ~400 iters).
-    constant_warmup_iters: int = _opt(0, check=_at_least(0), allowed="an integer >= 0")
-    constant_warmup_factor: float = _opt(0.1, **_FACTOR)
+    constant_warmup_iters: int = option(0, check=at_least(0), allowed="an integer >= 0")
+    constant_warmup_factor: float = option(0.1, **_FACTOR)
     # one-cycle: peak at pct_start of training, start at lr/div_factor, end at lr/final_div
-    pct_start: float = _opt(0.25, check=lambda v: 0 < v < 1, allowed="a fraction in (0, 1)")
-    div_factor: float = _opt(25.0, check=lambda v: v > 0, allowed="a factor > 0")
-    final_div_factor: float = _opt(1e4, check=lambda v: v > 0, allowed="a factor > 0")
-    min_lr_factor: float = _opt(0.0, **_FACTOR)
+    pct_start: float = option(0.25, check=lambda v: 0 < v < 1, allowed="a fraction in (0, 1)")
+    div_factor: float = option(25.0, check=lambda v: v > 0, allowed="a factor > 0")
+    final_div_factor: float = option(1e4, check=lambda v: v > 0, allowed="a factor > 0")
+    min_lr_factor: float = option(0.0, **_FACTOR)
 
     def __post_init__(self) -> None:
-        _validate(self, "schedule.")
+        validate_fields(self, "schedule.")
 
 
 @dataclass(frozen=True)
@@ -347,17 +352,17 @@ class FinetuneConfig:
     BatchNorm's running statistics as pretrained (tiny datasets).
     """
 
-    freeze: str = _opt(
+    freeze: str = option(
         "none",
         check=lambda v: re.fullmatch(r"none|stem|backbone|stage[1-9]\d*", v) is not None,
         allowed="none, stem, stage1, stage2, ... or backbone",
     )
-    backbone_lr_scale: float = _opt(1.0, check=_at_least(0), allowed="a factor >= 0")
-    head_epochs: int = _opt(0, check=_at_least(0), allowed="an integer >= 0")
+    backbone_lr_scale: float = option(1.0, check=at_least(0), allowed="a factor >= 0")
+    head_epochs: int = option(0, check=at_least(0), allowed="an integer >= 0")
     freeze_bn: bool = False
 
     def __post_init__(self) -> None:
-        _validate(self, "finetune.")
+        validate_fields(self, "finetune.")
 
 
 @dataclass(frozen=True)
@@ -371,26 +376,28 @@ class DenseConfig:
     width of the detectors' feature pyramid. ``score_threshold``: the detections drawn on images.
     """
 
-    head: str | None = _opt(
+    head: str | None = option(
         None,
         check=lambda v: any(v in heads for heads in DENSE_HEADS.values()),
         allowed="fasterrcnn, maskrcnn, retinanet, fcos (detection), deeplabv3 or fcn (segmentation)",
     )
-    output_stride: int | None = _opt(
+    output_stride: int | None = option(
         None, check=lambda v: v in (8, 16, 32), allowed="8, 16, 32 or null"
     )
-    trainable_layers: int | None = _opt(
+    trainable_layers: int | None = option(
         None, check=lambda v: 0 <= v <= 5, allowed="an integer in 0..5 or null"
     )
     frozen_bn: bool | None = None
     # detection: the channels of every FPN level (torchvision: 256; narrower for small nets)
-    fpn_channels: int = _opt(
+    fpn_channels: int = option(
         256, check=lambda v: v >= 64 and v % 32 == 0, allowed="a multiple of 32, >= 64"
     )
-    score_threshold: float = _opt(0.5, check=_in(0, 1, closed=True), allowed="a score in [0, 1]")
+    score_threshold: float = option(
+        0.5, check=within(0, 1, closed=True), allowed="a score in [0, 1]"
+    )
 
     def __post_init__(self) -> None:
-        _validate(self, "dense.")
+        validate_fields(self, "dense.")
 
     def head_for(self, task: str) -> str:
         """The head a ``task`` run uses: ``head``, else the task's first (its default)."""
@@ -404,6 +411,7 @@ MODEL_ARG_DEPTH = "an integer >= 1 (the papers' depth rules set the layers)"
 
 def _check_model_args(args: dict[str, Any]) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    hints = field_types(ModelConfig)
     allowed = ", ".join(sorted([*(k for k in fields if k != "num_classes"), "depth"]))
     out = {}
     for key, value in args.items():
@@ -419,12 +427,12 @@ def _check_model_args(args: dict[str, Any]) -> dict[str, Any]:
                 "(--weights SOURCE)"
             )
         if key == "depth":
-            depth = _coerce(path, value, "int")
+            depth = coerce(path, value, int)
             if depth < 1:
-                _fail(path, depth, f"expected {MODEL_ARG_DEPTH}")
+                reject(path, depth, f"expected {MODEL_ARG_DEPTH}")
             out[key] = depth
         elif key in fields:
-            out[key] = _check_field(path, value, fields[key])
+            out[key] = _check_field(path, value, fields[key], hints[key])
         else:
             raise ConfigError(f"unknown model option model_args.{key}: allowed are {allowed}")
     return out
@@ -433,12 +441,12 @@ def _check_model_args(args: dict[str, Any]) -> dict[str, Any]:
 @dataclass(frozen=True)
 class TrainConfig:
     # classification, or a dense task on the model as backbone (``dense`` says how)
-    task: str = _opt("classification", choices=TASKS)
-    model: str = _opt("resnet20", allowed="a name from `resnetlab models`")
+    task: str = option("classification", choices=TASKS)
+    model: str = option("resnet20", allowed="a name from `resnetlab models`")
     model_args: dict = dataclasses.field(default_factory=dict)
     # Pretrained weights to start from: a file, a run directory, or a named weight such as
     # torchvision:resnet50.IMAGENET1K_V2 (see `resnetlab weights`).
-    weights: str | None = _opt(
+    weights: str | None = option(
         None, allowed="a file, a run directory or a name from `resnetlab weights`"
     )
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
@@ -446,44 +454,44 @@ class TrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
-    epochs: int = _opt(10, check=_at_least(1), allowed="an integer >= 1")
+    epochs: int = option(10, check=at_least(1), allowed="an integer >= 1")
     # Stop after this many iterations in all (the ResNet paper's 64k); None: epochs decide.
-    max_iters: int | None = _opt(
-        None, check=_at_least(1), allowed="an integer >= 1 or null (epochs decide)"
+    max_iters: int | None = option(
+        None, check=at_least(1), allowed="an integer >= 1 or null (epochs decide)"
     )
     # A time budget in seconds: the run's length is set from the measured speed of its first
     # steps (and re-planned after each epoch) so that training, set-up included and
     # evaluation excluded, ends after about budget_s; epochs / max_iters are then the most it
     # may train. None: epochs / max_iters decide.
-    budget_s: float | None = _opt(
+    budget_s: float | None = option(
         None, check=lambda v: v > 0, allowed="seconds > 0 or null (epochs decide)"
     )
-    seed: int = _opt(0, check=lambda v: 0 <= v < 2**63, allowed="an integer in [0, 2**63)")
-    label_smoothing: float = _opt(0.0, check=_in(0, 1), allowed="a value in [0, 1)")
-    mixup_alpha: float = _opt(0.0, check=_at_least(0), allowed="a Beta parameter >= 0 (0: off)")
-    cutmix_alpha: float = _opt(0.0, check=_at_least(0), allowed="a Beta parameter >= 0 (0: off)")
-    ema_decay: float = _opt(0.0, check=_in(0, 1), allowed="a decay in [0, 1) (0: no EMA)")
-    precision: str = _opt("auto", choices=PRECISIONS)
+    seed: int = option(0, check=lambda v: 0 <= v < 2**63, allowed="an integer in [0, 2**63)")
+    label_smoothing: float = option(0.0, check=within(0, 1), allowed="a value in [0, 1)")
+    mixup_alpha: float = option(0.0, check=at_least(0), allowed="a Beta parameter >= 0 (0: off)")
+    cutmix_alpha: float = option(0.0, check=at_least(0), allowed="a Beta parameter >= 0 (0: off)")
+    ema_decay: float = option(0.0, check=within(0, 1), allowed="a decay in [0, 1) (0: no EMA)")
+    precision: str = option("auto", choices=PRECISIONS)
     channels_last: bool = True
     compile: bool = False
-    device: str = _opt("auto", allowed="auto, cpu, cuda or cuda:N")
-    output: str = _opt("runs/default", allowed="the run directory")
-    save_every_steps: int = _opt(0, check=_at_least(0), allowed="an integer >= 0")
-    keep_last: int = _opt(3, check=_at_least(1), allowed="an integer >= 1")
-    eval_every: int = _opt(1, check=_at_least(0), allowed="an integer >= 0")
+    device: str = option("auto", allowed="auto, cpu, cuda or cuda:N")
+    output: str = option("runs/default", allowed="the run directory")
+    save_every_steps: int = option(0, check=at_least(0), allowed="an integer >= 0")
+    keep_last: int = option(3, check=at_least(1), allowed="an integer >= 1")
+    eval_every: int = option(1, check=at_least(0), allowed="an integer >= 0")
     tta_flip: bool = False
-    threads: int | None = _opt(
-        None, check=_at_least(1), allowed="an integer >= 1 or null (all cores)"
+    threads: int | None = option(
+        None, check=at_least(1), allowed="an integer >= 1 or null (all cores)"
     )
     # Distributed (torchrun): batch statistics over all ranks, and how long a collective
     # may wait for a missing rank before the job fails.
     sync_bn: bool = False
-    dist_timeout_s: float = _opt(300.0, check=lambda v: v > 0, allowed="seconds > 0")
+    dist_timeout_s: float = option(300.0, check=lambda v: v > 0, allowed="seconds > 0")
 
     def __post_init__(self) -> None:
-        _validate(self, "")
+        validate_fields(self, "")
         if not all(isinstance(k, str) for k in self.model_args):
-            _fail("model_args", self.model_args, "expected a mapping of model option names")
+            reject("model_args", self.model_args, "expected a mapping of model option names")
         object.__setattr__(self, "model_args", _check_model_args(self.model_args))
         if self.task != "classification":
             self._check_dense()
@@ -491,16 +499,16 @@ class TrainConfig:
     def _check_dense(self) -> None:
         head = self.dense.head
         if head is not None and head not in DENSE_HEADS[self.task]:
-            _fail("dense.head", head, f"a {self.task} head is one of "
+            reject("dense.head", head, f"a {self.task} head is one of "
                   f"{', '.join(DENSE_HEADS[self.task])}")  # fmt: skip
         if self.task == "detection" and self.dense.output_stride not in (None, 32):
-            _fail("dense.output_stride", self.dense.output_stride,
+            reject("dense.output_stride", self.dense.output_stride,
                   "detection uses FPN on strides 4..32: leave it null (32)")  # fmt: skip
         for key in ("label_smoothing", "mixup_alpha", "cutmix_alpha"):
             if getattr(self, key):
-                _fail(key, getattr(self, key), f"classification only; set {key}=0 for {self.task}")
+                reject(key, getattr(self, key), f"classification only; set {key}=0 for {self.task}")
         if self.tta_flip:
-            _fail("tta_flip", True, f"classification only; set tta_flip=false for {self.task}")
+            reject("tta_flip", True, f"classification only; set tta_flip=false for {self.task}")
         if self.finetune != FinetuneConfig():
             raise ConfigError(
                 f"finetune.* applies to classification; for {self.task} say which stages train "
@@ -550,123 +558,180 @@ def parse_number(text: str) -> int | float | None:
 
 def _as_int(path: str, value: Any) -> int:
     if isinstance(value, bool):
-        _fail(path, value, "expected an integer")
+        reject(path, value, "expected an integer")
     if isinstance(value, int):
         return value
     if isinstance(value, str):
         if parse_number(value) is None:
-            _fail(path, value, "expected an integer")
+            reject(path, value, "expected an integer")
         try:  # exact: "1e20" is 10**20, not the float nearest to it
             number = Decimal(value.strip().replace("_", ""))
         except InvalidOperation:  # pragma: no cover - parse_number accepted it
-            _fail(path, value, "expected an integer")
+            reject(path, value, "expected an integer")
         if not number.is_finite() or number != number.to_integral_value():
-            _fail(path, value, "expected an integer (a whole number, e.g. 1000 or 1e3)")
+            reject(path, value, "expected an integer (a whole number, e.g. 1000 or 1e3)")
         if number.adjusted() > 30:
-            _fail(path, value, "expected an integer of at most 31 digits")
+            reject(path, value, "expected an integer of at most 31 digits")
         return int(number)
     if isinstance(value, float):
         if _finite(value) and value.is_integer():
             if abs(value) >= 1e31:
-                _fail(path, value, "expected an integer of at most 31 digits")
+                reject(path, value, "expected an integer of at most 31 digits")
             return int(value)
-        _fail(path, value, "expected an integer (a whole number, e.g. 1000 or 1e3)")
-    _fail(path, value, "expected an integer")
+        reject(path, value, "expected an integer (a whole number, e.g. 1000 or 1e3)")
+    reject(path, value, "expected an integer")
 
 
 def _as_float(path: str, value: Any) -> float:
     if isinstance(value, str):
         number = parse_number(value)
         if number is None:
-            _fail(path, value, "expected a number, e.g. 0.1, 1e-3 or 5e4")
+            reject(path, value, "expected a number, e.g. 0.1, 1e-3 or 5e4")
         if not _finite(number):
-            _fail(path, value, "expected a finite number")
+            reject(path, value, "expected a finite number")
         return float(number)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not _finite(value):
-            _fail(path, value, "expected a finite number")
+            reject(path, value, "expected a finite number")
         return float(value)
-    _fail(path, value, "expected a number, e.g. 0.1, 1e-3 or 5e4")
+    reject(path, value, "expected a number, e.g. 0.1, 1e-3 or 5e4")
 
 
-def _coerce(path: str, value: Any, annotation: str) -> Any:
-    """Check one YAML/override value against its field's annotation, converting gently:
-    numbers written as text are read, ints widen to floats, whole floats narrow to ints."""
-    ann = annotation.replace(" ", "")
+def field_types(cls: type) -> dict[str, Any]:
+    """The fields' types of a config dataclass, as typing objects (annotations resolved)."""
+    hints = _FIELD_TYPES.get(cls)
+    if hints is None:
+        hints = _FIELD_TYPES[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+_FIELD_TYPES: dict[type, dict[str, Any]] = {}
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` -> ``(X, True)``; any other type -> ``(type, False)``."""
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) != 1 or len(args) == len(typing.get_args(tp)):
+            raise TypeError(f"a config field may be X or X | None, not {tp!r}")
+        return args[0], True
+    return tp, False
+
+
+def coerce(path: str, value: Any, tp: Any) -> Any:
+    """Check one YAML/override value against its field's type, converting gently: numbers
+    written as text are read, ints widen to floats, whole floats narrow to ints. A type the
+    configs do not declare is a programming error (``TypeError``), never passed unchecked."""
+    base, nullable = _unwrap_optional(tp)
     if value is None:
-        if "None" in ann:
+        if nullable:
             return None
-        _fail(path, value, f"expected a value of type {annotation}, not null")
-    base = ann.replace("|None", "")
-    if base == "bool":
+        reject(path, value, f"expected a value of type {describe_type(tp)}, not null")
+    if base is bool:
         if isinstance(value, bool):
             return value
-        _fail(path, value, "expected true or false")
-    if base == "int":
+        reject(path, value, "expected true or false")
+    if base is int:
         return _as_int(path, value)
-    if base == "float":
+    if base is float:
         return _as_float(path, value)
-    if base == "str":
+    if base is str:
         if isinstance(value, str):
             return value
-        _fail(path, value, "expected a string")
-    if base.startswith("tuple"):
-        return _as_tuple(path, value, integers=base.startswith("tuple[int"))
-    if base == "dict":
-        if isinstance(value, dict):
+        reject(path, value, "expected a string")
+    if typing.get_origin(base) is tuple:
+        return _as_tuple(path, value, typing.get_args(base))
+    if base is dict or typing.get_origin(base) is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             return value
-        _fail(path, value, "expected a mapping")
-    return value
+        reject(path, value, "expected a mapping of names to values")
+    raise TypeError(f"{path}: config fields of type {tp!r} have no reading")
 
 
-def _as_tuple(path: str, value: Any, *, integers: bool) -> tuple:
+def _as_tuple(path: str, value: Any, args: tuple[Any, ...]) -> tuple:
+    item = args[0]
+    if item is str:  # model names: a list, or one text of names split on white space
+        if isinstance(value, str):
+            value = value.split()
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            reject(path, value, "expected a list of names")
+        return tuple(value)
     if isinstance(value, (int, float, str)) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, (list, tuple)):
-        _fail(path, value, "expected a list of finite numbers")
+        reject(path, value, "expected a list of finite numbers")
     out = []
     for v in value:
         if isinstance(v, str):
             number = parse_number(v)
             v = v if number is None else number
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
-            _fail(path, value, "expected a list of finite numbers")
+            reject(path, value, "expected a list of finite numbers")
         # Integer fields (layers, widths): a whole float is the integer; others stay as
         # written, for the field's own check to name.
-        out.append(int(v) if integers and isinstance(v, float) and v.is_integer() else v)
+        out.append(int(v) if item is int and isinstance(v, float) and v.is_integer() else v)
     return tuple(out)
 
 
-def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Construct a (nested) config dataclass from plain data, naming any bad key."""
+def _section(f: dataclasses.Field) -> type | None:
+    """The config dataclass a field nests (``TrainConfig.optim``), or None."""
+    factory = f.default_factory if callable(f.default_factory) else None
+    return factory if dataclasses.is_dataclass(factory) else None
+
+
+def _checked_layer(cls: type, data: Any, prefix: str) -> dict[str, Any]:
+    """One layer of settings for ``cls`` (a YAML file, flags, one override) with every key
+    known and every value read as its field's type and checked as it declares; interpolations (``${data.batch_size}``)
+    are left for OmegaConf to resolve and type."""
+    if dataclasses.is_dataclass(data) and isinstance(data, cls):
+        data = dataclasses.asdict(data)
     if not isinstance(data, dict):
-        _fail(prefix.rstrip(".") or "config", data, "expected a mapping of keys to values")
+        reject(prefix.rstrip(".") or "config", data, "expected a mapping of keys to values")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(str(k) for k in set(data) - set(fields))  # (YAML keys may be numbers)
     if unknown:
+        near = difflib.get_close_matches(unknown[0], list(fields), n=1)
         raise ConfigError(
             f"unknown config key(s) {', '.join(prefix + k for k in unknown)}: allowed "
             f"{'in ' + prefix.rstrip('.') if prefix else 'at the top level'} are "
-            f"{', '.join(sorted(fields))}"
+            f"{', '.join(sorted(fields))}" + (f" (did you mean {prefix}{near[0]}?)" if near else "")
         )
-    kwargs = {}
+    hints = field_types(cls)
+    out: dict[str, Any] = {}
     for key, value in data.items():
-        f = fields[key]
-        if dataclasses.is_dataclass(f.default_factory if callable(f.default_factory) else None):
-            kwargs[key] = build_dataclass(f.default_factory, value, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _coerce(prefix + key, value, str(f.type))
-    return cls(**kwargs)
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
+        section = _section(fields[key])
+        if section is not None:
+            out[key] = _checked_layer(section, value, f"{prefix}{key}.")
+        elif isinstance(value, str) and "${" in value:
             out[key] = value
+        else:
+            out[key] = _check_field(prefix + key, value, fields[key], hints[key])
     return out
+
+
+def build_config(cls: type, *layers: Any, prefix: str = "") -> Any:
+    """One frozen config of ``cls`` from layers of plain settings, later layers over
+    earlier ones (defaults <- file <- flags <- overrides).
+
+    OmegaConf merges the layers onto ``cls`` as a structured config (nested sections merge
+    key by key, lists are replaced, ``${key}`` interpolations resolve) and builds the
+    dataclasses, whose construction checks every field. The layers are read first, key by
+    key, by this module's rules (numbers as people write them, strict booleans, no unknown
+    key), which OmegaConf's own conversions are laxer or stricter than (``"yes"`` is a
+    boolean to it, ``1e3`` not an integer), so the messages stay the project's.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    checked = [_checked_layer(cls, layer, prefix) for layer in layers]
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), *checked)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        where = prefix + key if key else prefix.rstrip(".") or "config"
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"invalid {where}: {message}") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -713,7 +778,10 @@ def read_yaml(text: str) -> Any:
 
 
 def parse_override(text: str) -> dict[str, Any]:
-    """``a.b=VALUE`` -> ``{"a": {"b": VALUE}}``, VALUE read as YAML (numbers, lists, null)."""
+    """``a.b=VALUE`` -> ``{"a": {"b": VALUE}}``, VALUE read as YAML (numbers, lists, null).
+
+    (Not OmegaConf's ``from_dotlist``: it reads values with YAML 1.1's integers, so ``010``
+    would be eight, and the files and the overrides would read numbers differently.)"""
     import yaml
 
     if "=" not in text or text.startswith("="):
@@ -745,7 +813,7 @@ def load_train_config(
     """
     import yaml
 
-    data: dict[str, Any] = {}
+    layers: list[dict[str, Any]] = []
     if preset is not None:
         from pathlib import Path
 
@@ -767,43 +835,49 @@ def load_train_config(
             raise ConfigError(
                 f"{path} must hold a mapping of config keys, got {type(loaded).__name__}"
             )
-        data = _merge(data, loaded)
-    data = _merge(data, {k: v for k, v in values.items() if v is not None})
-    for text in overrides:
-        data = _merge(data, parse_override(text))
-    return build_dataclass(TrainConfig, data)
+        layers.append(loaded)
+    layers.append({k: v for k, v in values.items() if v is not None})
+    layers += [parse_override(text) for text in overrides]
+    return build_config(TrainConfig, *layers)
 
 
 # --------------------------------------------------------------------------------------
 # Every key, for `resnetlab config`.
 
 
-def _type_name(annotation: str) -> str:
-    ann = annotation.replace(" ", "")
-    nullable = ann.endswith("|None")
-    base = ann.replace("|None", "")
-    name = {"tuple[float,float]": "list of 2 floats", "tuple[float,...]": "list of floats",
-            "tuple[int,...]": "list of ints", "dict": "mapping"}.get(base, base)  # fmt: skip
+def describe_type(tp: Any) -> str:
+    """A field's type as ``resnetlab config`` lists it: int, list of floats, ... or null."""
+    base, nullable = _unwrap_optional(tp)
+    if typing.get_origin(base) is tuple:
+        args = typing.get_args(base)
+        items = {int: "ints", float: "floats", str: "names"}[args[0]]
+        name = f"list of {items}" if Ellipsis in args else f"list of {len(args)} {items}"
+    elif base is dict or typing.get_origin(base) is dict:
+        name = "mapping"
+    else:
+        name = base.__name__
     return f"{name} or null" if nullable else name
 
 
-def _shown(value: Any) -> str:
+def show_value(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_shown(v) for v in value) + "]"
+        return "[" + ", ".join(show_value(v) for v in value) + "]"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
 
 
-def _allowed(f: dataclasses.Field) -> str:
+def allowed_values(f: dataclasses.Field, tp: Any) -> str:
+    """What a field of type ``tp`` allows, as its declaration says."""
     if "choices" in f.metadata:
         return ", ".join(f.metadata["choices"])
-    if str(f.type).replace(" ", "").startswith("bool"):
-        return "true, false" + (", null" if "None" in str(f.type) else "")
+    base, nullable = _unwrap_optional(tp)
+    if base is bool:
+        return "true, false" + (", null" if nullable else "")
     return f.metadata.get("allowed", "")
 
 
@@ -816,24 +890,28 @@ def config_keys(pattern: str = "*") -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
 
     def walk(cls: type, prefix: str) -> None:
+        hints = field_types(cls)
         for f in dataclasses.fields(cls):
-            section = f.default_factory if callable(f.default_factory) else None
-            if dataclasses.is_dataclass(section):
+            section = _section(f)
+            if section is not None:
                 walk(section, f"{prefix}{f.name}.")
                 continue
             if f.name == "model_args":
                 rows.append(dict(key="model_args", type="mapping", default="{}",
                                  allowed="the model options below"))  # fmt: skip
+                model_types = field_types(ModelConfig)
                 for m in dataclasses.fields(ModelConfig):
                     if m.name != "num_classes":
-                        rows.append(dict(key=f"model_args.{m.name}", type=_type_name(str(m.type)),
-                                         default="the model's", allowed=_allowed(m)))  # fmt: skip
+                        tp = model_types[m.name]
+                        rows.append(dict(key=f"model_args.{m.name}", type=describe_type(tp),
+                                         default="the model's", allowed=allowed_values(m, tp)))  # fmt: skip
                 rows.append(dict(key="model_args.depth", type="int", default="the model's",
                                  allowed=MODEL_ARG_DEPTH))  # fmt: skip
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append(dict(key=prefix + f.name, type=_type_name(str(f.type)),
-                             default=_shown(default), allowed=_allowed(f)))  # fmt: skip
+            tp = hints[f.name]
+            rows.append(dict(key=prefix + f.name, type=describe_type(tp),
+                             default=show_value(default), allowed=allowed_values(f, tp)))  # fmt: skip
 
     walk(TrainConfig, "")
     return [r for r in rows if fnmatch.fnmatchcase(r["key"], pattern)]

@@ -1,11 +1,6 @@
-"""Hooks into the training loop, and the time budget built on them.
+"""The time budget: a training-loop hook (:mod:`.hooks`) that plans a run's length.
 
-A hook is an object with any of ``after_backward(job, st)`` (gradients are there, unscaled,
-before clipping and the optimizer step: gradient probes), ``after_step(job, st)`` and
-``after_epoch(job, st)``. The trainer calls them in order; a hook may end the run early by
-lowering ``job.total_steps`` (the loop stops when ``st.step`` reaches it).
-
-:class:`TimeBudget` is such a hook: it sets the run's length from the measured speed so that
+:class:`TimeBudget` sets the run's length from the measured speed so that
 the schedule (one-cycle, cosine, ...) still ends on time. How it decides:
 
 1. the run starts planned for ``epochs`` (or ``max_iters``): the most it may train;
@@ -32,6 +27,7 @@ import sys
 from typing import Any
 
 from .distributed import broadcast_object
+from .hooks import Hook
 
 WARMUP_STEPS = 20
 # After the first plan, plan again each time this fraction of the budget has passed.
@@ -39,19 +35,6 @@ REPLAN_FRACTION = 0.05
 # What the run spends after its last step that is not evaluation (the final weights, plots
 # and report), kept free of training: seconds (at most 5% of the budget).
 FINISH_RESERVE_S = 2.0
-
-
-class Hook:
-    """A training-loop hook that does nothing; subclasses override what they need."""
-
-    def after_backward(self, job: Any, st: Any) -> None:
-        pass
-
-    def after_step(self, job: Any, st: Any) -> None:
-        pass
-
-    def after_epoch(self, job: Any, st: Any) -> None:
-        pass
 
 
 def plan_steps(*, step: int, cap: int, budget_s: float, spent_s: float, step_s: float) -> int:

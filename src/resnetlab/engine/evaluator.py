@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..config import DataConfig, TrainConfig, build_dataclass
+from ..config import DataConfig, TrainConfig, build_config
 from ..data import build_loaders
 from ..data.build import SPLITS, default_eval_split, parse_data_spec
 from ..device import resolve_device
@@ -75,7 +75,7 @@ def read_run(source: str | Path) -> RunRecord | None:
         return None
     path = run_dir / CONFIG_FILE
     try:
-        config = build_dataclass(TrainConfig, raw)
+        config = build_config(TrainConfig, raw)
     except (ValueError, TypeError) as e:
         message = " ".join(str(e).split())
         raise ConfigError(

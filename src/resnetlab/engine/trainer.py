@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import TrainConfig, build_dataclass
+from ..config import TrainConfig, build_config
 from ..device import keep_freed_host_memory, resolve_device
 from ..errors import TrainingError, TrainingInterrupted
 from ..formatting import dumps_json, round_floats
@@ -39,8 +39,9 @@ from ..io import atomic_write_text
 from . import checkpoint as ckpt
 from . import distributed as dist
 from . import rundir
-from .budget import Hook, build_hooks
+from .budget import build_hooks
 from .finetune import FineTuning
+from .hooks import Hook
 from .optim import build_optimizer, build_scheduler
 from .report import plot_curves, read_metrics, write_report
 from .rundir import CONFIG_FILE, METRICS_FILE, RESUMABLE_CHANGES, SUMMARY_FILE
@@ -89,7 +90,7 @@ def train(
     the data with DistributedDataParallel, rank 0 alone writes the run directory, and a
     group restarted by ``torchrun --max-restarts`` resumes from the last checkpoint.
     """
-    cfg = config if isinstance(config, TrainConfig) else build_dataclass(TrainConfig, config)
+    cfg = config if isinstance(config, TrainConfig) else build_config(TrainConfig, config)
     device = resolve_device(cfg.device)
     dinfo = dist.setup(device, cfg.dist_timeout_s)
     if dinfo.enabled and device.type == "cuda":

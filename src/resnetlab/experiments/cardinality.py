@@ -39,6 +39,7 @@ from .common import (
     at_chance,
     build,
     chance_reason,
+    claim_summary,
     engine_phrase,
     md_table,
     noise_band,
@@ -499,15 +500,15 @@ class Cardinality(Experiment):
         title = f"equal-MACs variants on {cfg.dataset} ({cfg.iters} iterations)"
         figure = plot_cardinality(results, out / "cardinality.png", title)
         report = _report(out, results, session.settings, claim, meta)
-        summary = "\n".join(
+        summary = claim_summary(
             [
                 f"{r['label']} ({r['macs'] / 1e6:.1f}M MACs, {100 * r['macs_diff']:+.1f}%): "
                 f"test error {pct(r['test_error'])}"
                 for r in results.values()
-            ]
-            + claim["lines"]
-            + [verdict_sentence(claim["verdict"], claim["reasons"]).replace("**", "")]
-            + [f"report: {report}  figure: {figure}"]
+            ],
+            claim,
+            report,
+            figure,
         )
         return dict(report=str(report), figure=str(figure), summary=summary)
 

@@ -25,7 +25,7 @@ from torch import nn
 from ..config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
 from ..data import DataInfo, InMemoryLoader, build_loaders
 from ..device import keep_freed_host_memory, resolve_device
-from ..engine.budget import Hook
+from ..engine.hooks import Hook
 from ..engine.metrics import evaluate
 from ..engine.trainer import (
     NonFiniteLoss,
@@ -524,6 +524,13 @@ def verdict_sentence(verdict: str, reasons: list[str]) -> str:
     if verdict == "inconclusive":
         return "**Inconclusive** on this run: " + "; ".join(reasons) + "."
     return f"**The paper's claim {verdict}** on this run."
+
+
+def claim_summary(lines: list[str], claim: dict[str, Any], report: Path, figure: Path) -> str:
+    """The text an experiment prints at its end: a line per net, the claim's lines and its
+    verdict (without Markdown), and where the report and the figure are."""
+    verdict = verdict_sentence(claim["verdict"], claim["reasons"]).replace("**", "")
+    return "\n".join([*lines, *claim["lines"], verdict, f"report: {report}  figure: {figure}"])
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:

@@ -32,6 +32,7 @@ from .common import (
     at_chance,
     build,
     chance_reason,
+    claim_summary,
     engine_phrase,
     md_table,
     noise_band,
@@ -327,14 +328,14 @@ class Degradation(Experiment):
         title = f"{', '.join(cfg.model_configs())} on {cfg.dataset} ({cfg.iters} iterations)"
         figure = plot_degradation(results, out / "degradation.png", title)
         report = _report(out, results, session.settings, claim, meta)
-        summary = "\n".join(
+        summary = claim_summary(
             [
                 f"{n}: train error {pct(r['train_error'])}, test error {pct(r['test_error'])}"
                 for n, r in results.items()
-            ]
-            + claim["lines"]
-            + [verdict_sentence(claim["verdict"], claim["reasons"]).replace("**", "")]
-            + [f"report: {report}  figure: {figure}"]
+            ],
+            claim,
+            report,
+            figure,
         )
         return dict(report=str(report), figure=str(figure), summary=summary)
 

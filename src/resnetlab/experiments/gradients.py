@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.budget import Hook
+from ..engine.hooks import Hook
 from ..engine.trainer import seed_everything
 from ..models import count_params
 from .common import (

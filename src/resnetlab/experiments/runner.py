@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..engine.budget import Hook
+from ..engine.hooks import Hook
 from .common import (
     Recipe,
     SubsetData,

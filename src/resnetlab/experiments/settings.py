@@ -29,15 +29,16 @@ from typing import Any
 from ..config import (
     PRECISIONS,
     ModelConfig,
-    _allowed,
-    _at_least,
-    _opt,
-    _shown,
-    _type_name,
-    _validate,
-    build_dataclass,
+    allowed_values,
+    at_least,
+    build_config,
+    describe_type,
+    field_types,
     layers_for_depth,
+    option,
     parse_override,
+    show_value,
+    validate_fields,
 )
 from ..errors import ConfigError, ResnetlabError
 from ..models import get_config, list_models
@@ -80,10 +81,8 @@ def cifar_config(family: str, depth: int) -> ModelConfig:
     return get_config(_FAMILY_TEMPLATES[family], depth=depth)
 
 
-# A field annotated ``Names`` holds model names. resnetlab.config's coercion reads tuples
-# as numbers, so such a field is read by :meth:`ExperimentConfig._read_names` instead.
+# A field annotated ``Names`` holds model names: a list, or one text split on white space.
 Names = tuple[str, ...]
-_NAMES = "Names"
 _UNSET = object()
 # The fields that say how a step runs in the engine, not what is measured: recorded in a
 # run's settings only when they differ from their defaults, so that results written before
@@ -103,7 +102,7 @@ def setting(
     """A config field: ``default`` (the full setting), its ``quick`` value if it has its
     own, what it allows (``choices`` or a ``check`` whose failure says "expected
     ``allowed``") and its ``help``."""
-    base = _opt(default, choices=choices, check=check, allowed=allowed)
+    base = option(default, choices=choices, check=check, allowed=allowed)
     meta = {**base.metadata, "help": help}
     if quick is not _UNSET:
         meta["quick"] = quick
@@ -112,12 +111,12 @@ def setting(
 
 def positive(what: str) -> dict[str, Any]:
     """``check`` and ``allowed`` of a positive integer: "a positive number of ``what``"."""
-    return dict(check=_at_least(1), allowed=f"a positive number of {what}")
+    return dict(check=at_least(1), allowed=f"a positive number of {what}")
 
 
 def subset(what: str) -> dict[str, Any]:
     """``check`` and ``allowed`` of an image count where null means all of them."""
-    return dict(check=_at_least(1), allowed=f"a positive number of {what} (or none: all)")
+    return dict(check=at_least(1), allowed=f"a positive number of {what} (or none: all)")
 
 
 @dataclass(frozen=True)
@@ -148,15 +147,12 @@ class ExperimentConfig:
     )  # fmt: skip
     channels_last: bool = setting(True, help="train in the NHWC memory layout")
     grad_clip: float = setting(
-        0.0, check=_at_least(0), allowed="a max norm >= 0 (0: off)",
+        0.0, check=at_least(0), allowed="a max norm >= 0 (0: off)",
         help="clip the gradients' global norm before each step",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        _validate(self, "")
-        for f in dataclasses.fields(self):
-            if str(f.type) == _NAMES:
-                object.__setattr__(self, f.name, self._read_names(f.name, getattr(self, f.name)))
+        validate_fields(self, "")
         from ..data import parse_data_spec  # (the data layer is read when a config is built)
 
         parsed = parse_data_spec(self.dataset)  # "unknown dataset ...: did you mean ..."
@@ -169,14 +165,6 @@ class ExperimentConfig:
 
     def check(self) -> None:
         """The checks of one experiment that span fields (after each field's own)."""
-
-    @staticmethod
-    def _read_names(field: str, value: Any) -> tuple[str, ...]:
-        if isinstance(value, str):
-            value = value.split()
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"invalid {field}={value!r}: expected a list of model names")
-        return tuple(value)
 
     # ----------------------------------------------------------------------------------
     # Presets
@@ -197,12 +185,12 @@ class ExperimentConfig:
         """The config of the quick (or full) setting, with ``values`` on top (None: the
         preset's) and then ``overrides`` (``KEY=VALUE``; ``quick=true`` chooses the preset
         too; ``KEY=null`` sets None, e.g. ``train_size=null``: all images)."""
-        parsed: dict[str, Any] = {}
-        for text in overrides:
-            parsed.update(parse_override(text))
-        chosen = parsed.get("quick", bool(quick))  # checked as the field is, below
-        data = {**cls.preset(chosen is True), **{k: v for k, v in values.items() if v is not None}}
-        return build_dataclass(cls, {**data, **parsed, "quick": chosen})
+        parsed = [parse_override(text) for text in overrides]
+        chosen = bool(quick)
+        for layer in parsed:
+            chosen = layer.get("quick", chosen)  # checked as the field is, below
+        given = {k: v for k, v in values.items() if v is not None}
+        return build_config(cls, cls.preset(chosen is True), given, *parsed, {"quick": chosen})
 
     def changed(self) -> list[str]:
         """The fields of the setting's preset that this config changes."""
@@ -232,16 +220,17 @@ def describe_fields(cls: type[ExperimentConfig]) -> list[dict[str, str]]:
     the quick setting's value (where it has its own), what it allows and its help."""
     own = [f for f in dataclasses.fields(cls) if f.name not in _COMMON]
     common = [f for f in dataclasses.fields(cls) if f.name in _COMMON]
+    hints = field_types(cls)
     rows = []
     for f in own + common:
-        names = str(f.type) == _NAMES
+        tp = hints[f.name]
         rows.append(
             dict(
                 key=f.name,
-                type="list of names" if names else _type_name(str(f.type)),
-                default=_shown(f.default),
-                quick=_shown(f.metadata["quick"]) if "quick" in f.metadata else "",
-                allowed="model names" if names else _allowed(f),
+                type=describe_type(tp),
+                default=show_value(f.default),
+                quick=show_value(f.metadata["quick"]) if "quick" in f.metadata else "",
+                allowed="model names" if tp == Names else allowed_values(f, tp),
                 help=f.metadata.get("help", ""),
             )
         )
@@ -280,7 +269,7 @@ class DegradationConfig(ExperimentConfig):
         None, quick=1000, **subset("images"), help="test images the test error is measured on"
     )
     eval_every: int = setting(
-        1000, quick=40, check=_at_least(0), allowed="an integer >= 0",
+        1000, quick=40, check=at_least(0), allowed="an integer >= 0",
         help="iterations between points of the curves (0: only at the end)",
     )  # fmt: skip
     batch_size: int = setting(128, **positive("images"), help="images per step")
@@ -288,10 +277,10 @@ class DegradationConfig(ExperimentConfig):
         0.1, check=lambda v: v > 0, allowed="a learning rate > 0",
         help="learning rate, divided by 10 at 50% and 75% of the iterations",
     )  # fmt: skip
-    weight_decay: float = setting(1e-4, check=_at_least(0), allowed="a value >= 0",
+    weight_decay: float = setting(1e-4, check=at_least(0), allowed="a value >= 0",
                                   help="SGD weight decay")  # fmt: skip
     warmup_iters: int = setting(
-        0, check=_at_least(0), allowed="an integer >= 0",
+        0, check=at_least(0), allowed="an integer >= 0",
         help="lr / 10 for the first N iterations, as the paper did for 110+ layers",
     )  # fmt: skip
     zero_init: bool = setting(
@@ -300,7 +289,7 @@ class DegradationConfig(ExperimentConfig):
         "identity (the paper: off)",
     )  # fmt: skip
     tolerance: float = setting(
-        0.01, check=_at_least(0), allowed="a fraction >= 0",
+        0.01, check=at_least(0), allowed="a fraction >= 0",
         help="how far the deeper ResNet's training error may exceed the shallower one's and "
         "still count as no degradation",
     )  # fmt: skip
@@ -332,7 +321,7 @@ class GradientsConfig(ExperimentConfig):
         "depth D = 6n+2 (none: only the 1000+-layer nets)",
     )
     steps: int = setting(
-        200, quick=50, check=_at_least(0), allowed="an integer >= 0",
+        200, quick=50, check=at_least(0), allowed="an integer >= 0",
         help="training steps between the two measurements",
     )  # fmt: skip
     batch_size: int = setting(128, quick=64, **positive("images"), help="images per step")
@@ -342,7 +331,7 @@ class GradientsConfig(ExperimentConfig):
         128, **positive("images"), help="training images of the batch the norms are measured on"
     )
     deep_models: Names = setting(DEEP_MODELS, help="very deep nets to train (none: skip them)")
-    deep_steps: int = setting(300, quick=50, check=_at_least(1), allowed="an integer >= 1",
+    deep_steps: int = setting(300, quick=50, check=at_least(1), allowed="an integer >= 1",
                               help="their steps")  # fmt: skip
     deep_batch_size: int = setting(16, quick=16, **positive("images"),
                                    help="their images per step")  # fmt: skip
@@ -395,7 +384,7 @@ class CardinalityConfig(ExperimentConfig):
         None, quick=2000, **subset("images"), help="test images the test error is measured on"
     )
     eval_every: int = setting(
-        1000, quick=30, check=_at_least(0), allowed="an integer >= 0",
+        1000, quick=30, check=at_least(0), allowed="an integer >= 0",
         help="iterations between points of the curves (0: only at the end)",
     )  # fmt: skip
     batch_size: int = setting(128, **positive("images"), help="images per step")
@@ -403,7 +392,7 @@ class CardinalityConfig(ExperimentConfig):
         0.1, check=lambda v: v > 0, allowed="a learning rate > 0",
         help="learning rate (Nesterov SGD, x0.1 at 50% and 75% of the iterations)",
     )  # fmt: skip
-    weight_decay: float = setting(5e-4, check=_at_least(0), allowed="a value >= 0",
+    weight_decay: float = setting(5e-4, check=at_least(0), allowed="a value >= 0",
                                   help="SGD weight decay")  # fmt: skip
 
     def check(self) -> None:

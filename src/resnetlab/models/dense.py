@@ -61,7 +61,7 @@ from torchvision.ops.feature_pyramid_network import (
     LastLevelP6P7,
 )
 
-from ..config import ModelConfig, _at_least, _fail, _opt, _validate
+from ..config import ModelConfig, at_least, option, reject, validate_fields
 from ..errors import ConfigError, ResnetlabError
 from ..io import JSONFileError, StorageError, read_json, require_regular_file
 from . import create_model
@@ -145,35 +145,35 @@ class DenseSpec:
     heads normalise in 32 groups, and a group needs two values on a 1 x 1 top level). ``mean``/``std`` normalise the 0..1 input inside the model.
     """
 
-    task: str = _opt(dataclasses.MISSING, choices=TASKS)
-    head: str = _opt(dataclasses.MISSING, choices=DETECTION_HEADS + SEGMENTATION_HEADS)
-    backbone: str = _opt(dataclasses.MISSING, allowed="a model name (resnetlab.list_models())")
-    num_classes: int = _opt(
-        dataclasses.MISSING, check=_at_least(1), allowed="an integer >= 1 (without background)"
+    task: str = option(dataclasses.MISSING, choices=TASKS)
+    head: str = option(dataclasses.MISSING, choices=DETECTION_HEADS + SEGMENTATION_HEADS)
+    backbone: str = option(dataclasses.MISSING, allowed="a model name (resnetlab.list_models())")
+    num_classes: int = option(
+        dataclasses.MISSING, check=at_least(1), allowed="an integer >= 1 (without background)"
     )
     backbone_args: dict = field(default_factory=dict)
     output_stride: int | None = None
-    trainable_layers: int | None = _opt(None, check=_at_least(0), allowed="an integer >= 0")
+    trainable_layers: int | None = option(None, check=at_least(0), allowed="an integer >= 0")
     frozen_bn: bool | None = None
-    min_size: int = _opt(128, check=lambda v: 16 <= v <= MAX_IMAGE_SIDE,
+    min_size: int = option(128, check=lambda v: 16 <= v <= MAX_IMAGE_SIDE,
                          allowed=f"an integer in [16, {MAX_IMAGE_SIDE}]")  # fmt: skip
-    max_size: int = _opt(128, check=lambda v: 16 <= v <= MAX_IMAGE_SIDE,
+    max_size: int = option(128, check=lambda v: 16 <= v <= MAX_IMAGE_SIDE,
                          allowed=f"an integer in [16, {MAX_IMAGE_SIDE}]")  # fmt: skip
-    mean: tuple[float, ...] = _opt(_IMAGENET[0], check=_floats_ok, allowed="1 to 4 numbers")
-    std: tuple[float, ...] = _opt(
+    mean: tuple[float, ...] = option(_IMAGENET[0], check=_floats_ok, allowed="1 to 4 numbers")
+    std: tuple[float, ...] = option(
         _IMAGENET[1],
         check=lambda v: _floats_ok(v) and all(x > 0 for x in v),
         allowed="1 to 4 positive numbers",
     )
-    in_chans: int = _opt(3, check=lambda v: 1 <= v <= 4, allowed="an integer in [1, 4]")
-    fpn_channels: int = _opt(
+    in_chans: int = option(3, check=lambda v: 1 <= v <= 4, allowed="an integer in [1, 4]")
+    fpn_channels: int = option(
         256, check=lambda v: v >= 64 and v % 32 == 0, allowed="a multiple of 32, >= 64"
     )
 
     def __post_init__(self) -> None:
-        _validate(self, "")
+        validate_fields(self, "")
         if self.head not in HEADS[self.task]:
-            _fail("head", self.head, f"a {self.task} head is one of {', '.join(HEADS[self.task])}")
+            reject("head", self.head, f"a {self.task} head is one of {', '.join(HEADS[self.task])}")
         bad = sorted(set(self.backbone_args) & set(_RESERVED_ARGS))
         if bad:
             raise ConfigError(
@@ -190,18 +190,18 @@ class DenseSpec:
         if self.output_stride is not None:
             allowed = allowed_output_strides(cfg)
             if self.output_stride not in allowed:
-                _fail("output_stride", self.output_stride,
+                reject("output_stride", self.output_stride,
                       f"{self.backbone} allows {', '.join(map(str, allowed))} (its full "
                       "reduction divided by 2**k, one k per stage that dilates)")  # fmt: skip
         top = len(cfg.layers) + 1
         if self.trainable_layers is not None and self.trainable_layers > top:
-            _fail("trainable_layers", self.trainable_layers,
+            reject("trainable_layers", self.trainable_layers,
                   f"{self.backbone} has {len(cfg.layers)} stages and a stem: 0..{top}")  # fmt: skip
         if self.max_size < self.min_size:
-            _fail("max_size", self.max_size, f"expected >= min_size={self.min_size}")
+            reject("max_size", self.max_size, f"expected >= min_size={self.min_size}")
         for key in ("mean", "std"):
             if len(getattr(self, key)) != self.in_chans:
-                _fail(key, getattr(self, key),
+                reject(key, getattr(self, key),
                       f"expected {self.in_chans} values, one per input channel (in_chans)")  # fmt: skip
 
     def model_config(self) -> ModelConfig:
@@ -223,7 +223,7 @@ class DenseSpec:
     @classmethod
     def from_dict(cls, data: Any) -> DenseSpec:
         if not isinstance(data, dict):
-            _fail("dense spec", data, "expected a mapping of DenseSpec fields")
+            reject("dense spec", data, "expected a mapping of DenseSpec fields")
         fields = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(fields))
         if unknown:
