@@ -12,6 +12,12 @@ Python: ``1e-3``, ``1E3``, ``1_000``, ``.5``, ``5.``, even as text (``"1e-3"``).
 (:func:`parse_number`); and files and overrides are read with YAML 1.2's integers
 (:func:`read_yaml`: ``010`` is ten, not octal 8). An integer field takes a number only when
 it is whole (``max_iters=1e3`` is 1000; ``epochs=2.5`` is an error).
+
+A config is resolved from layers (:func:`build_config`; :func:`load_train_config` for
+training: defaults <- YAML file <- flags <- ``key=value`` overrides). Each layer is read
+against the fields' types (``typing`` objects, not their spelling) and checked as the
+fields declare; OmegaConf then merges the layers onto the dataclass as a structured config,
+resolves ``${key}`` interpolations, and builds the frozen objects.
 """
 
 from __future__ import annotations
