@@ -4,10 +4,14 @@ Three servers, measured one after the other in one run, with the same model (a s
 net, random weights by default: speed only) and the same requests (one 32 x 32 PNG per
 request, multipart field ``files``):
 
-* ``resnetlab serve --max-batch-size 32`` (dynamic batching, ``--max-delay-ms`` as given);
+* ``resnetlab serve --max-batch-size 32`` (dynamic batching, ``--max-delay-ms`` as given),
+  in one process and with ``--workers N`` (N processes on one port; ``--workers``, default
+  the CPU count); every ``resnetlab serve`` row runs the model as ``--precision auto``
+  picks (BN folded, channels_last; fp32, or bf16 where the CPU is fast at it);
 * ``resnetlab serve --max-batch-size 1`` (batching off: one model call per image);
-* a plain FastAPI endpoint that decodes the upload and calls the model once per request
-  (what a first serving script does; a sync handler, so FastAPI runs it in its threadpool).
+* a plain FastAPI endpoint that decodes the upload and calls the model (as loaded) once per
+  request (what a first serving script does; a sync handler, so FastAPI runs it in its
+  threadpool); it preprocesses with the model card, as the server does.
 
 Each is loaded by 1, 8 and 64 concurrent clients (threads, one keep-alive connection each)
 for ``--seconds`` after a short warm-up; the table gives requests/s and p50/p99 latency.
@@ -138,6 +142,15 @@ def load(url: str, clients: int, seconds: float, image: bytes) -> tuple[float, f
     return len(latencies) / elapsed, q[49] * 1000, q[98] * 1000
 
 
+def ratio_line(rows: list[list]) -> str:
+    """Each resnetlab row's throughput over the plain endpoint's, at the most clients."""
+    most = max(r[1] for r in rows)
+    plain = next(r[2] for r in rows if r[1] == most and r[0].startswith("plain"))
+    ratios = [f"{r[0].removeprefix('resnetlab serve, ')}: {r[2] / plain:.2f}x"
+              for r in rows if r[1] == most and not r[0].startswith("plain")]  # fmt: skip
+    return f"\n\nAt {most} clients, over the plain endpoint's requests/s: {'; '.join(ratios)}."
+
+
 def main(argv: list[str] | None = None) -> None:
     p = benchmark_parser(__doc__)
     p.add_argument("--model", default="resnet20", help="a zoo model, random weights (resnet20)")
@@ -145,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--seconds", type=float, default=4.0, help="measured time per cell (4)")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="for the batching server")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
+                   help="worker processes of the multi-process row (the CPU count)")  # fmt: skip
     p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     a = parse_args(p, argv)
@@ -158,9 +173,11 @@ def main(argv: list[str] | None = None) -> None:
              "--max-delay-ms", str(a.max_delay_ms), "--max-queue", "1024"]  # fmt: skip
     plain = [sys.executable, str(Path(__file__).resolve()), "--plain-server"]
     plain += ["--model", a.model] if a.model else ["--source", a.source]
+    batching = f"batching on (max batch 32, {a.max_delay_ms:g} ms)"
     systems = [
-        (f"resnetlab serve, batching on (max batch 32, {a.max_delay_ms:g} ms)",
-         [*serve, "--max-batch-size", "32"]),
+        (f"resnetlab serve, {batching}", [*serve, "--max-batch-size", "32"]),
+        (f"resnetlab serve, {batching}, {a.workers} worker processes",
+         [*serve, "--max-batch-size", "32", "--workers", str(a.workers)]),
         ("resnetlab serve, batching off (max batch 1)", [*serve, "--max-batch-size", "1"]),
         ("plain FastAPI endpoint, one model call per request", plain),
     ]  # fmt: skip
@@ -178,12 +195,14 @@ def main(argv: list[str] | None = None) -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
     table = markdown_table(["server", "clients", "requests/s", "p50 ms", "p99 ms"], rows)
-    print(table)
+    print(table + ratio_line(rows))
     model = a.model + " (random weights)" if a.model else a.source
     body = (f"{model}, one 32 x 32 PNG per request (multipart upload, decode, preprocess, "
             f"model, top-5 JSON); {a.seconds:g} s per cell after warm-up; clients are threads "
-            f"with one keep-alive connection each, on the same {os.cpu_count()} cores as the "
-            f"server.\n\n{table}")  # fmt: skip
+            f"with one keep-alive connection each, in one process on the same "
+            f"{os.cpu_count()} cores as the server. resnetlab serve runs `--precision auto` "
+            "(BN folded, channels_last); the plain endpoint the model as loaded."
+            f"\n\n{table}{ratio_line(rows)}")  # fmt: skip
     if a.write:
         key = a.model or Path(a.source).name
         write_section(f"serve_{key}", f"HTTP serving ({key}): dynamic batching vs one call per "

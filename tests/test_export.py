@@ -437,3 +437,47 @@ def test_openvino_missing_is_a_missing_dependency(run_dir, tmp_path, monkeypatch
         export_model(run_dir, "openvino", tmp_path / "ov")
     assert isinstance(info.value, ExportError)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("fmt", "name", "backend"),
+                         [("onnx", "m.onnx", "onnxruntime"), ("openvino", "ov", "openvino")])  # fmt: skip
+def test_exported_graphs_predict_like_their_model(run_dir, tmp_path, fmt, name, backend):
+    from PIL import Image
+
+    from conftest import random_pixels
+    from resnetlab.inference import Predictor
+
+    written = export_model(run_dir, fmt, tmp_path / name).path
+    graph = Predictor.from_source(written)
+    weights = Predictor.from_source(run_dir, device="cpu")
+    assert graph.class_names == tuple(NAMES) and graph.preprocessing == weights.preprocessing
+    assert graph.precision == f"fp32 ({backend})" and graph.model.name == "resnet20"
+    files = []
+    for i in range(5):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(random_pixels(i, (20, 18, 3))).save(files[-1])
+    got, expected = graph.predict(files, topk=3), weights.predict(files, topk=3)
+    for g, e in zip(got, expected, strict=True):
+        assert [t["class"] for t in g["topk"]] == [t["class"] for t in e["topk"]]
+        for a, b in zip(g["topk"], e["topk"], strict=True):
+            assert abs(a["prob"] - b["prob"]) < 1e-5
+    proc = cli("predict", written, files[0], "--topk", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split(":")[1].split()[0] == expected[0]["topk"][0]["class"]
+
+
+def test_exported_graphs_that_cannot_be_read_are_export_errors(tmp_path):
+    from resnetlab.inference import Predictor
+
+    (tmp_path / "junk.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ExportError, match="onnxruntime cannot load it"):
+        Predictor.from_source(tmp_path / "junk.onnx")
+    (tmp_path / "junk.xml").write_text("<net/>")
+    with pytest.raises(ExportError, match="OpenVINO cannot load it"):
+        Predictor.from_source(tmp_path / "junk.xml")
+    plain = tmp_path / "plain.onnx"  # a graph without resnetlab's description
+    torch.onnx.export(torch.nn.Conv2d(3, 2, 1), torch.zeros(1, 3, 4, 4), plain, dynamo=False)
+    with pytest.raises(ExportError, match="does not carry resnetlab's description"):
+        Predictor.from_source(plain)
+    proc = cli("predict", plain, plain)
+    assert proc.returncode == 2 and "export it with `resnetlab export`" in proc.stderr

@@ -132,6 +132,29 @@ def test_transforms_are_what_predict_uses(run_dir, tmp_path):
     assert train.shape == (3, 16, 16)
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+@pytest.mark.parametrize("size", [(16, 16), (18, 18), (30, 41), (64, 17)])
+@pytest.mark.parametrize(
+    "channels, interpolation", [(3, "bicubic"), (1, "bilinear"), (3, "nearest")]
+)
+def test_the_direct_path_for_pil_images_is_the_compose_bit_for_bit(
+    mode, size, channels, interpolation
+):
+    prep = Preprocessing.from_dict({**PREP, "channels": channels, "in_chans": channels,
+                                    "mean": PREP["mean"][:channels], "std": PREP["std"][:channels],
+                                    "interpolation": interpolation})  # fmt: skip
+    image = Image.fromarray(random_pixels(3, (size[1], size[0], 3))).convert(mode)
+    expected = prep.transforms()(image)
+    assert expected.shape == (channels, 16, 16)
+    assert torch.equal(prep._pil_to_input(image), expected)
+
+    def compose(_):
+        raise AssertionError("a PIL image went through the Compose")
+
+    prep.__dict__["_test_transforms"] = compose  # (the cached Compose __call__ would use)
+    assert torch.equal(prep(image), expected)
+
+
 def test_round_trips():
     prep = Preprocessing.from_dict({**PREP, "train_image_size": 12})
     assert prep.train_size == 12 and prep.crop_pct == pytest.approx(16 / 18)

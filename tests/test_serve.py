@@ -422,3 +422,81 @@ def test_port_in_use_is_one_line_error(run_dir):
         )  # fmt: skip
     assert proc.returncode == 2
     assert f"resnetlab serve: error: could not listen on 127.0.0.1:{port}" in proc.stderr
+
+
+def test_served_precision_is_the_cards_and_the_pages(servers):
+    from resnetlab.inference.optimize import auto_precision
+
+    info = httpx.get(f"{servers['main'].url}/info").json()
+    assert info["precision"] == auto_precision("cpu")  # default --precision auto
+    assert f"cpu, {info['precision']})" in servers["main"].output()
+    assert "info.precision" in httpx.get(f"{servers['main'].url}/").text
+
+
+def test_int8_with_calibration_images_and_two_workers(run_dir, predictor, tmp_path):
+    calib = tmp_path / "calib"
+    for c in ("a", "b"):
+        (calib / c).mkdir(parents=True)
+        for i in range(24):
+            (calib / c / f"{i}.png").write_bytes(png_bytes(100 + i + 50 * (c == "b"), size=16))
+    int8 = Server(tmp_path, str(run_dir), "--device", "cpu", "--precision", "int8",
+                  "--calibration", str(calib))  # fmt: skip
+    workers = Server(tmp_path, "--model", "resnet20", "--device", "cpu", "--workers", "2")
+    try:
+        int8.wait_ready(180)
+        workers.wait_ready(120)
+        assert httpx.get(f"{int8.url}/info").json()["precision"] == "int8"
+        images = [Image.open(io.BytesIO(png_bytes(i, size=16))).convert("RGB") for i in range(4)]
+        x = torch.stack([predictor.prepare(im) for im in images])
+        with torch.inference_mode():
+            expected = predictor.model(x)
+        r = httpx.post(f"{int8.url}/v2/models/{MODEL}/infer",
+                       json=v2("FP32", list(x.shape), x.flatten().tolist()), timeout=60)  # fmt: skip
+        assert r.status_code == 200, r.text
+        got = torch.tensor(r.json()["outputs"][0]["data"]).reshape(expected.shape)
+        assert not torch.equal(got, expected)  # quantized ...
+        assert (got - expected).abs().max() < 0.1 * expected.abs().max()  # ... and close
+
+        # Two processes answer on one port, with the same model (random weights, seeded).
+        assert "2 worker processes" in workers.output()
+        answers = {post_files(workers.url, png_bytes(7)).text for _ in range(12)}
+        assert len(answers) == 1, answers
+        assert '"class_' in answers.pop()
+        workers.proc.send_signal(signal.SIGTERM)
+        assert workers.proc.wait(60) == 0
+        assert workers.output().rstrip().endswith("stopped")
+    finally:
+        int8.stop()
+        workers.stop()
+
+
+def test_int8_without_calibration_and_bad_workers_are_one_line_errors(run_dir, capsys):
+    assert cli_main(["serve", str(run_dir), "--precision", "int8", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "int8 needs calibration images" in err and err.count("\n") == 1
+    assert cli_main(["serve", str(run_dir), "--workers", "0"]) == 2
+    assert "workers=0: expected an integer >= 1" in capsys.readouterr().err
+    assert cli_main(["serve", str(run_dir), "--precision", "int8", "--calibration",
+                     str(run_dir / "nothing")]) == 2  # fmt: skip
+    assert "no calibration images" in capsys.readouterr().err
+    assert cli_main(["serve", str(run_dir), "--calibration", str(run_dir)]) == 2
+    assert "calibration images are for precision int8, not auto" in capsys.readouterr().err
+
+
+def test_an_exported_onnx_graph_is_served(run_dir, predictor, tmp_path):
+    from resnetlab.inference import export_model
+
+    path = export_model(run_dir, "onnx", tmp_path / "model.onnx").path
+    server = Server(tmp_path, str(path))
+    try:
+        server.wait_ready()
+        assert httpx.get(f"{server.url}/info").json()["precision"] == "fp32 (onnxruntime)"
+        r = post_files(server.url, png_bytes(3), topk=2)
+        assert r.status_code == 200, r.text
+        image = Image.open(io.BytesIO(png_bytes(3))).convert("RGB")
+        (expected,) = predictor.predict([image], topk=2)
+        got = r.json()["predictions"][0]["topk"]
+        assert [t["class"] for t in got] == [t["class"] for t in expected["topk"]]
+    finally:
+        server.stop()
+    assert cli_main(["serve", str(path), "--precision", "int8"]) == 2

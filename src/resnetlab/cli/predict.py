@@ -13,6 +13,7 @@ from .present import format_dense_prediction, format_prediction
 EPILOG = """examples:
   resnetlab predict runs/r20 photos/ 'more/*.png' --topk 3
   resnetlab predict --weights runs/r20/model.safetensors cat.jpg --json
+  resnetlab predict r20.onnx cat.jpg          # a graph from `resnetlab export` (ONNX, OpenVINO .xml)
   resnetlab predict --model resnet50 --weights resnet50-tv.pth dog.jpg  # torchvision/timm
   resnetlab predict --model resnet18 dog.jpg   # random weights: only a smoke test
 folders are searched recursively; exit status 1 when some file could not be read"""
@@ -31,7 +32,8 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUTS",
                    help="image files, folders (searched recursively) or glob patterns; "
-                   "first a run directory unless --weights or --model is given")  # fmt: skip
+                   "first a run directory (or an exported .onnx / OpenVINO .xml) unless "
+                   "--weights or --model is given")  # fmt: skip
     p.add_argument("--weights", metavar="FILE", help="resnetlab .safetensors (or, with "
                    "--model, a torchvision/timm state dict)")  # fmt: skip
     add_model_name(p)

@@ -9,7 +9,9 @@ from .common import add_command, add_device, add_model_name
 EPILOG = """examples:
   resnetlab serve runs/r20 --port 8000        # then open http://127.0.0.1:8000/ or /docs
   resnetlab serve runs/r20/model.safetensors --max-batch-size 64 --max-delay-ms 10
+  resnetlab serve r20.onnx                   # an exported graph, run by onnxruntime
   resnetlab serve --model resnet18 --weights torchvision:resnet18.IMAGENET1K_V1
+  resnetlab serve runs/r20 --precision int8 --calibration my_images/train
   curl -F files=@cat.jpg -F files=@dog.jpg 'http://127.0.0.1:8000/predict?topk=3'
   curl --data-binary @cat.jpg http://127.0.0.1:8000/predict     # a raw image body
 endpoints: POST /predict, the Open Inference Protocol (KServe v2) under /v2 (health, model
@@ -23,7 +25,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "serve", cmd_serve,
                     "Serve a model over HTTP (JSON, KServe v2, Prometheus).", EPILOG)  # fmt: skip
     p.add_argument("source", nargs="?", metavar="SOURCE",
-                   help="a run directory or a .safetensors file (or use --model)")  # fmt: skip
+                   help="a run directory, a .safetensors file, or a graph from `resnetlab "
+                   "export` (.onnx, OpenVINO .xml); or use --model")  # fmt: skip
     add_model_name(p)
     p.add_argument("--weights", metavar="FILE", help="with --model: a torchvision/timm state "
                    "dict or a named weight, e.g. torchvision:resnet18.IMAGENET1K_V1")  # fmt: skip
@@ -39,6 +42,17 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest request body; larger gets 413 (20)")  # fmt: skip
     p.add_argument("--timeout-s", type=float, default=30.0, metavar="S",
                    help="a request waiting longer for the model gets 504 (30)")  # fmt: skip
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8", "eager"],
+                   help="the model as served: BN folded and channels_last, in fp32, bf16 or int8 "
+                   "(needs --calibration); auto: bf16 where it is faster than fp32 on this "
+                   "machine, else fp32; eager: as loaded (auto)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server processes sharing the port, each with its own model and queue "
+                   "and 1/N of the CPU threads: more requests/s for a small model on a "
+                   "multi-core CPU (1)")  # fmt: skip
+    p.add_argument("--calibration", nargs="+", default=[], metavar="IMAGES",
+                   help="int8: images like the ones to serve (folders, files or globs; up to "
+                   "256 are used)")  # fmt: skip
     add_device(p, default="auto")
 
 
@@ -52,5 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         timeout_s=args.timeout_s,
     )
+    precision = None if args.precision == "eager" else args.precision
     return run_serve(args.source, model=args.model, weights=args.weights, host=args.host,
-                     port=args.port, device=args.device, config=config)  # fmt: skip
+                     port=args.port, device=args.device, config=config, precision=precision,
+                     calibration=args.calibration, workers=args.workers)  # fmt: skip

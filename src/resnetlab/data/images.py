@@ -16,6 +16,7 @@ their first frame. Anything unreadable raises
 
 from __future__ import annotations
 
+import io
 import math
 import struct
 from pathlib import Path
@@ -108,8 +109,31 @@ def load_image(
         raise ImageDecodeError(path, f"cannot read the file ({exc.strerror or exc})") from exc
     if size == 0:
         raise ImageDecodeError(path, "empty file (0 bytes)")
+    return _decode(path, path, channels, max_side, min_side)
+
+
+def decode_image(
+    data: bytes, name: str, channels: int = 3, *, min_side: int | None = None
+) -> Image.Image:
+    """:func:`load_image` for the bytes of an image file held in memory (an upload):
+    the same decoding, checks and errors, with ``name`` in their messages."""
+    if channels not in (1, 3):
+        raise ConfigError(f"channels={channels!r}: must be 1 (grayscale) or 3 (RGB)")
+    _check_side("min_side", min_side)
+    if not data:
+        raise ImageDecodeError(name, "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, channels, None, min_side)
+
+
+def _decode(
+    source: Path | io.BytesIO,
+    where: str | Path,
+    channels: int,
+    max_side: int | None,
+    min_side: int | None,
+) -> Image.Image:
     try:
-        with Image.open(path) as opened:
+        with Image.open(source) as opened:
             if max_side is not None and max(opened.size) > max_side:
                 opened.draft(None, (max_side, max_side))  # JPEG only; a no-op elsewhere
             elif min_side is not None and min(opened.size) > 2 * min_side:
@@ -124,12 +148,12 @@ def load_image(
             image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
         return image
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(path, f"refused as a possible decompression bomb ({exc})") from exc
+        raise ImageDecodeError(where, f"refused as a possible decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError(path, "not an image in a format Pillow can read") from exc
+        raise ImageDecodeError(where, "not an image in a format Pillow can read") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise ImageDecodeError(path, f"corrupt or truncated image ({exc})") from exc
+        raise ImageDecodeError(where, f"corrupt or truncated image ({exc})") from exc
     except Exception as exc:  # a malformed file can trip any decoder in other ways
         raise ImageDecodeError(
-            path, f"corrupt or truncated image ({type(exc).__name__}: {exc})"
+            where, f"corrupt or truncated image ({type(exc).__name__}: {exc})"
         ) from exc

@@ -32,11 +32,13 @@ import binascii
 import bisect
 import concurrent.futures
 import contextlib
+import dataclasses
 import importlib.util
+import json
 import math
+import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -49,9 +51,10 @@ from typing import Any
 import torch
 
 from ..data.errors import ImageDecodeError
-from ..data.images import load_image
+from ..data.images import decode_image
 from ..errors import ConfigError, MissingDependencyError
-from .predict import Predictor, RandomWeightsWarning
+from .exported import ExportedModel
+from .predict import Predictor, RandomWeightsWarning, find_images
 
 __all__ = [
     "Batcher",
@@ -66,6 +69,7 @@ __all__ = [
 INSTALL_HINT = "the serve command needs FastAPI and uvicorn: pip install 'resnetlab[serve]'"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CALIBRATION_IMAGES = 256  # the most that int8 calibration reads (a few hundred suffice)
 
 
 @dataclass(frozen=True)
@@ -280,10 +284,14 @@ class Batcher:
             return self._pending
 
     def warmup(self) -> None:
-        """Run the model once on a zero image, outside the queue and the metrics, so that
-        the first request does not pay for lazy initialisation."""
+        """Run the model on a zero image and on a full batch of them, outside the queue and
+        the metrics, so that the first requests do not pay for lazy initialisation (or a
+        compiled model's compilation for the batch sizes it treats apart)."""
         prep = self.predictor.preprocessing
-        self._forward([torch.zeros(prep.in_chans, prep.image_size, prep.image_size)])
+        zero = torch.zeros(prep.in_chans, prep.image_size, prep.image_size)
+        self._forward([zero])
+        if self.config.max_batch_size > 1:
+            self._forward([zero] * self.config.max_batch_size)
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish the queued images, then end the worker thread."""
@@ -344,14 +352,45 @@ def load_predictor(
     model: str | None = None,
     weights: str | None = None,
     device: str = "auto",
+    precision: str | None = None,
+    calibration: Sequence[str] = (),
 ) -> Predictor:
-    """The Predictor for ``serve``, resolved as ``predict`` does.
+    """The Predictor for ``serve``, resolved as ``predict`` does, and optimized for
+    ``precision`` (:meth:`Predictor.optimized`; None: the model as loaded). ``int8``
+    calibrates on up to :data:`CALIBRATION_IMAGES` images of ``calibration`` (folders,
+    files or glob patterns, as ``predict`` takes them), picked evenly across them.
 
     ``source``: a run directory or resnetlab ``.safetensors`` file; or ``model`` (a zoo
     name) with ``weights`` (a torchvision/timm state dict, resnetlab weights or a named
     weight such as ``torchvision:resnet18.IMAGENET1K_V1``); ``model`` alone gives random
     weights (with a warning on stderr).
     """
+    if calibration and precision != "int8":
+        raise ConfigError(f"calibration images are for precision int8, not {precision}")
+    predictor = _resolve_predictor(source, model=model, weights=weights, device=device)
+    if precision is None or isinstance(predictor.model, ExportedModel) and precision == "auto":
+        return predictor
+    if isinstance(predictor.model, ExportedModel):
+        raise ConfigError(f"{source} runs as exported ({predictor.precision}): leave --precision "
+                          f"auto, or serve the weights it came from for {precision}")  # fmt: skip
+    return predictor.optimized(precision, calibration=calibration_images(calibration))
+
+
+def calibration_images(inputs: Sequence[str]) -> list[Path]:
+    """Up to :data:`CALIBRATION_IMAGES` image files of ``inputs``, evenly spread over them
+    (sorted, class folders one after another: every class gets its share)."""
+    if not inputs:
+        return []
+    files, missing = find_images(list(inputs))
+    if missing or not files:
+        raise ConfigError(f"no calibration images in {', '.join(missing or inputs)}")
+    step = max(1, len(files) // CALIBRATION_IMAGES)
+    return files[::step][:CALIBRATION_IMAGES]
+
+
+def _resolve_predictor(
+    source: str | None, *, model: str | None, weights: str | None, device: str
+) -> Predictor:
     if model is not None:
         if source is not None and weights is None:
             weights = source
@@ -385,24 +424,11 @@ def _import_fastapi() -> Any:
     return fastapi
 
 
-def _decode(data: bytes, name: str, predictor: Predictor, spool: Path) -> torch.Tensor:
-    """Image file bytes -> model input, through the same decoder as training and predict.
-
-    The bytes pass through a file in ``spool`` (one directory for the server's life: a
-    directory per upload costs milliseconds, a file in a shared one microseconds).
-    """
-    if not data:
-        raise ImageDecodeError(name, "empty file (0 bytes)")
-    suffix = Path(name).suffix if len(Path(name).suffix) <= 8 else ""
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=spool)
-    try:
-        with open(fd, "wb") as f:
-            f.write(data)
-        image = load_image(tmp, channels=predictor.preprocessing.channels)
-    except ImageDecodeError as e:
-        raise ImageDecodeError(name, e.reason) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+def _decode(data: bytes, name: str, predictor: Predictor) -> torch.Tensor:
+    """Image file bytes -> model input, through the same decoder as training and predict
+    (decoded reduced where the format allows, as predict does for files)."""
+    prep = predictor.preprocessing
+    image = decode_image(data, name, channels=prep.channels, min_side=prep.resize)
     return predictor.prepare(image)
 
 
@@ -444,14 +470,13 @@ def _check_size(size: int, what: str, config: ServeConfig) -> None:
 @dataclass
 class _ServerState:
     """What the handlers share: the predictor and its card, the limits, the metrics, and
-    the batching worker and upload spool, which live from the app's startup to its end."""
+    the batching worker, which lives from the app's startup to its end."""
 
     predictor: Predictor
     config: ServeConfig
     model_name: str
     metrics: Metrics = field(default_factory=Metrics)
     batcher: Batcher | None = None
-    spool: Path | None = None
     ready: bool = False
     # The app's route paths, the labels /metrics counts requests by.
     known_paths: set[str | None] = field(default_factory=set)
@@ -473,6 +498,7 @@ class _ServerState:
             "class_names": list(self.predictor.class_names),
             "input_shape": self.input_shape,
             "device": str(self.predictor.device),
+            "precision": self.predictor.precision,
             "random_weights": self.predictor.random_weights,
             "max_batch_size": self.config.max_batch_size,
         }
@@ -506,20 +532,18 @@ class _ServerState:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
-        """Start the batching worker (warmed up) and the spool; on shutdown, drain both."""
+        """Start the batching worker (warmed up); on shutdown, let it drain."""
         from fastapi.concurrency import run_in_threadpool
 
         batcher = Batcher(self.predictor, self.config, self.metrics)
         await run_in_threadpool(batcher.warmup)
-        with tempfile.TemporaryDirectory(prefix="resnetlab-serve-") as spool:
-            self.spool = Path(spool)
-            self.batcher = batcher
-            self.ready = True
-            try:
-                yield
-            finally:
-                self.ready = False
-                await run_in_threadpool(batcher.stop)
+        self.batcher = batcher
+        self.ready = True
+        try:
+            yield
+        finally:
+            self.ready = False
+            await run_in_threadpool(batcher.stop)
 
     async def infer(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each preprocessed image's logits, through the batching queue."""
@@ -549,12 +573,11 @@ class _ServerState:
         """Image files (name, bytes) -> model inputs, decoded off the event loop."""
         from fastapi.concurrency import run_in_threadpool
 
-        spool = self.spool
-        if spool is None:
+        if not self.ready:
             raise _HttpError(503, "the server is not ready", {"Retry-After": "1"})
 
         def work() -> list[torch.Tensor]:
-            return [_decode(data, filename, self.predictor, spool) for filename, data in files]
+            return [_decode(data, filename, self.predictor) for filename, data in files]
 
         try:
             return await run_in_threadpool(work)
@@ -875,6 +898,10 @@ def create_app(
     return app
 
 
+# The worker processes of ``--workers N`` read what to serve from this variable (JSON).
+WORKER_ENV = "RESNETLAB_SERVE_WORKER"
+
+
 def run_serve(
     source: str | None = None,
     *,
@@ -884,35 +911,106 @@ def run_serve(
     port: int = 8000,
     device: str = "auto",
     config: ServeConfig | None = None,
+    precision: str | None = "auto",
+    calibration: Sequence[str] = (),
+    workers: int = 1,
 ) -> int:
-    """The ``serve`` command: load the model, serve it until SIGTERM or Ctrl-C; returns 0."""
+    """The ``serve`` command: load the model (optimized for ``precision``, see
+    :func:`load_predictor`), serve it until SIGTERM or Ctrl-C; returns 0.
+
+    ``workers`` > 1: that many server processes share the port (uvicorn's supervisor),
+    each with its own model, batching queue and metrics, and an equal share of the CPU
+    threads; the Python work of each request (HTTP, decoding, preprocessing) then runs in
+    parallel, which a single process's interpreter lock does not allow. SIGTERM drains
+    every worker.
+    """
     _import_fastapi()
     try:
         import uvicorn
     except ImportError:
         raise MissingDependencyError(INSTALL_HINT) from None
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers={workers!r}: expected an integer >= 1")
     config = config or ServeConfig()
-    predictor = load_predictor(source, model=model, weights=weights, device=device)
-    app = create_app(predictor, config)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
-    )
-    print(
-        f"serving {app.state.model_name} ({len(predictor.class_names)} classes, "
-        f"{predictor.device}) on http://{host}:{port}  (docs: /docs, page: /)",
-        flush=True,
-    )
+    spec = dict(source=source, model=model, weights=weights, device=device,
+                precision=precision, calibration=list(calibration))  # fmt: skip
+    options = dict(host=host, port=port, log_level="warning", access_log=False)
+    if workers == 1:
+        predictor = load_predictor(**spec)
+        app = create_app(predictor, config)
+        _announce(app.state.model_name, predictor, predictor.precision, options, 1)
+        server = uvicorn.Server(uvicorn.Config(app, **options))
+        _run_until_stopped(server.run)
+        if not server.started:
+            raise ConfigError(_CANNOT_LISTEN.format(host=host, port=port))
+    else:
+        _run_workers(spec, config, options, workers)
+    print("stopped", flush=True)
+    return 0
+
+
+_CANNOT_LISTEN = "could not listen on {host}:{port} (in use? choose another with --port)"
+
+
+def _announce(name: str, predictor: Predictor, precision: str, options: dict[str, Any],
+              workers: int) -> None:  # fmt: skip
+    processes = f", {workers} worker processes" if workers > 1 else ""
+    print(f"serving {name} ({len(predictor.class_names)} classes, {predictor.device}, "
+          f"{precision}{processes}) on http://{options['host']}:{options['port']}  "
+          "(docs: /docs, page: /)", flush=True)  # fmt: skip
+
+
+def _run_until_stopped(run: Any) -> None:
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with
     # the default handler that would kill the process (status 143) after a clean drain.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run()
+        run()
     except SystemExit:  # uvicorn exits when it cannot bind; its log line says why
         pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if not server.started:
-        raise ConfigError(f"could not listen on {host}:{port} (in use? choose another with --port)")
-    print("stopped", flush=True)
-    return 0
+
+
+def _run_workers(spec: dict[str, Any], config: ServeConfig, options: dict[str, Any],
+                 workers: int) -> None:  # fmt: skip
+    """``workers`` processes of :func:`worker_app` on one socket, under uvicorn's supervisor."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from .optimize import auto_precision
+
+    # The model is read once here, so that a bad source is one clear error, not one per worker.
+    predictor = _resolve_predictor(spec["source"], model=spec["model"],
+                                   weights=spec["weights"], device=spec["device"])  # fmt: skip
+    calibration_images(spec["calibration"])
+    precision = spec["precision"] or "fp32"
+    if precision == "auto":
+        precision = auto_precision(predictor.device)
+    name = getattr(predictor.model, "name", None) or "model"
+    threads = max(1, torch.get_num_threads() // workers)
+    os.environ[WORKER_ENV] = json.dumps(
+        {"model": spec, "config": dataclasses.asdict(config), "threads": threads}
+    )
+    uv = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=workers, **options)
+    try:
+        sockets = [uv.bind_socket()]
+    except SystemExit:
+        raise ConfigError(_CANNOT_LISTEN.format(**options)) from None
+    supervisor = Multiprocess(uv, sockets=sockets)
+    _announce(name, predictor, precision, options, workers)
+    del predictor  # (each worker loads its own)
+    supervisor.run()
+    failed = [p.pid for p in supervisor.processes if p.exitcode == 3]  # uvicorn's STARTUP_FAILURE
+    if failed:
+        raise ConfigError(f"worker process(es) {failed} could not start: see the lines above")
+
+
+def worker_app() -> Any:
+    """The app of one ``--workers`` process, built from :data:`WORKER_ENV`."""
+    spec = json.loads(os.environ[WORKER_ENV])
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)  # a model without trained weights is the same in every worker
+    predictor = load_predictor(**spec["model"])
+    return create_app(predictor, ServeConfig(**spec["config"]))
