@@ -339,6 +339,21 @@ def _quantize_fx(
     return quantized, before - sum(isinstance(m, nnq.BatchNorm2d) for m in quantized.modules())
 
 
+def _import_cpp_extension_quietly() -> None:
+    """Import ``torch.utils.cpp_extension`` (inductor does on its first compilation) with its
+    logger quiet: a CUDA build of torch on a machine without a GPU logs "No CUDA runtime
+    is found" there, which is expected on a CPU and only noise to a user."""
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        log.setLevel(level)
+
+
 def _compile_pt2e(graph: fx.GraphModule) -> Callable[[torch.Tensor], Any]:
     """``graph`` (a converted PT2E graph) compiled by inductor, which lowers each
     dequantize -> conv -> quantize pattern to a oneDNN int8 convolution.
@@ -355,6 +370,7 @@ def _compile_pt2e(graph: fx.GraphModule) -> Callable[[torch.Tensor], Any]:
     """
     import torch._inductor.config as inductor_config
 
+    _import_cpp_extension_quietly()
     compiled = torch.compile(graph, dynamic=True)
 
     def run(x: torch.Tensor) -> Any:

@@ -360,7 +360,9 @@ def load_predictor(
     calibrates on up to :data:`CALIBRATION_IMAGES` images of ``calibration`` (folders,
     files or glob patterns, as ``predict`` takes them), picked evenly across them.
 
-    ``source``: a run directory or resnetlab ``.safetensors`` file; or ``model`` (a zoo
+    ``source``: a run directory, a resnetlab ``.safetensors`` file or a graph written by
+    ``resnetlab export`` (``.onnx``, OpenVINO ``.xml``: served as exported, so only
+    ``auto`` or None apply); or ``model`` (a zoo
     name) with ``weights`` (a torchvision/timm state dict, resnetlab weights or a named
     weight such as ``torchvision:resnet18.IMAGENET1K_V1``); ``model`` alone gives random
     weights (with a warning on stderr).
@@ -368,7 +370,7 @@ def load_predictor(
     if calibration and precision != "int8":
         raise ConfigError(f"calibration images are for precision int8, not {precision}")
     predictor = _resolve_predictor(source, model=model, weights=weights, device=device)
-    if precision is None or isinstance(predictor.model, ExportedModel) and precision == "auto":
+    if precision is None or (isinstance(predictor.model, ExportedModel) and precision == "auto"):
         return predictor
     if isinstance(predictor.model, ExportedModel):
         raise ConfigError(f"{source} runs as exported ({predictor.precision}): leave --precision "
