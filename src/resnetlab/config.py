@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import types
@@ -603,15 +604,10 @@ def _as_float(path: str, value: Any) -> float:
     reject(path, value, "expected a number, e.g. 0.1, 1e-3 or 5e4")
 
 
+@functools.cache
 def field_types(cls: type) -> dict[str, Any]:
     """The fields' types of a config dataclass, as typing objects (annotations resolved)."""
-    hints = _FIELD_TYPES.get(cls)
-    if hints is None:
-        hints = _FIELD_TYPES[cls] = typing.get_type_hints(cls)
-    return hints
-
-
-_FIELD_TYPES: dict[type, dict[str, Any]] = {}
+    return typing.get_type_hints(cls)
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:

@@ -69,6 +69,13 @@ def _reduce(image: Image.Image, min_side: int) -> Image.Image:
     return image.reduce(factor)  # sizes round up: the shorter side stays >= min_side
 
 
+def _check_options(channels: int, max_side: int | None, min_side: int | None) -> None:
+    if channels not in (1, 3):
+        raise ConfigError(f"channels={channels!r}: must be 1 (grayscale) or 3 (RGB)")
+    _check_side("max_side", max_side)
+    _check_side("min_side", min_side)
+
+
 def _check_side(name: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ConfigError(f"{name}={value!r}: must be a positive integer or None")
@@ -91,10 +98,7 @@ def load_image(
     Raises :class:`ImageDecodeError` for a missing, empty, truncated, corrupt, oversized
     (decompression bomb) or non-image file.
     """
-    if channels not in (1, 3):
-        raise ConfigError(f"channels={channels!r}: must be 1 (grayscale) or 3 (RGB)")
-    _check_side("max_side", max_side)
-    _check_side("min_side", min_side)
+    _check_options(channels, max_side, min_side)
     if max_side is not None and min_side is not None:
         raise ConfigError(
             f"max_side={max_side}, min_side={min_side}: give one of them (max_side bounds the "
@@ -117,9 +121,7 @@ def decode_image(
 ) -> Image.Image:
     """:func:`load_image` for the bytes of an image file held in memory (an upload):
     the same decoding, checks and errors, with ``name`` in their messages."""
-    if channels not in (1, 3):
-        raise ConfigError(f"channels={channels!r}: must be 1 (grayscale) or 3 (RGB)")
-    _check_side("min_side", min_side)
+    _check_options(channels, None, min_side)
     if not data:
         raise ImageDecodeError(name, "empty file (0 bytes)")
     return _decode(io.BytesIO(data), name, channels, None, min_side)
