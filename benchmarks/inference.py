@@ -10,6 +10,10 @@ random batch, and times them in alternating rounds. int8 is calibrated on random
 there: speed does not depend on it. Without openvino (pip install openvino nncf) its rows
 say so.
 
+Host memory: resnetlab optimized fp32 (resnet50, batch 16) in fresh processes, alternately
+with glibc's malloc as it comes and with ``resnetlab.device.keep_freed_host_memory`` (which
+``optimize_for_inference`` sets): images/s, page faults per batch and peak RSS (``--memory-rounds``).
+
 Accuracy: a resnet20 trained on Fashion-MNIST (a run directory, e.g. from
 ``resnetlab train --config configs/fashion_mnist_fast.yaml --output /tmp/fm_fast epochs=1``)
 is evaluated on the Fashion-MNIST test set as trained and after ``optimize_for_inference``
@@ -21,6 +25,9 @@ images where bf16 is emulated: it is slow there).
 
 from __future__ import annotations
 
+import json
+import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -47,11 +54,11 @@ ALL = ("fp32", "int8", "bf16")
 ALL_BASELINES = ("eager", "torchvision", "onnxruntime", "openvino")
 RUNTIMES = ("torchvision", "onnxruntime", "openvino")
 SPEED = [
-    ("resnet50", 16, IMAGENET, ALL, ALL_BASELINES, ("int8",), 3, 10),
+    ("resnet50", 16, IMAGENET, ALL, ALL_BASELINES, ("fp32", "int8"), 3, 10),
     ("resnet50", 1, IMAGENET, ALL, RUNTIMES, (), 10, 3),
     ("resnet18", 16, IMAGENET, ("fp32", "int8"), RUNTIMES, ("fp32", "int8"), 3, 8),
     ("resnext50_32x4d", 8, IMAGENET, ("fp32", "int8"), RUNTIMES, (), 2, 8),
-    ("resnet20", 16, CIFAR, ALL, ALL_BASELINES, (), 10, 3),
+    ("resnet20", 16, CIFAR, ALL, ALL_BASELINES, ("fp32",), 10, 3),
 ]  # fmt: skip
 QUICK = [
     ("resnet18", 4, (3, 112, 112), ALL, ALL_BASELINES, ("int8",), 2, 5),
@@ -94,6 +101,58 @@ def speed_rows(configs: list, rounds: int, threads: int | None) -> tuple[list[li
     ratios["probes"] = "; ".join(probes)
     ratios["cpu"] = cpu
     return table, ratios
+
+
+# One fresh process of the host-memory comparison: resnet50 fp32 optimized at batch 16,
+# with glibc's malloc as it comes ("system") or kept (what optimize_for_inference does).
+MEMORY_CHILD = """
+import json, resource, statistics, sys, time
+import torch
+import resnetlab.inference.optimize as optimize
+from resnetlab import create_model
+from resnetlab.device import proc_status_kb
+
+mode, threads = sys.argv[1], int(sys.argv[2])
+if threads:
+    torch.set_num_threads(threads)
+if mode == "system":  # the setting is what is measured: leave malloc as it comes
+    optimize.keep_freed_host_memory = lambda: False
+model = optimize.optimize_for_inference(create_model("resnet50").eval(), "fp32")
+x = torch.randn(16, 3, 224, 224)
+times = []
+with torch.inference_mode():
+    for i in range(8):
+        if i == 2:  # after warm-up
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - t)
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / 6
+print(json.dumps({"img_per_s": 16 / statistics.median(times[2:]), "faults": faults,
+                  "peak_mb": proc_status_kb("VmHWM") / 1024}))
+"""
+MEMORY_MODES = {"system": "glibc malloc as it comes",
+                "kept": "keep_freed_host_memory (optimize_for_inference's default)"}  # fmt: skip
+
+
+def memory_rows(rounds: int, threads: int | None) -> list[list]:
+    """The host-memory comparison: fresh processes, the two modes alternating."""
+    results: dict[str, list[dict]] = {mode: [] for mode in MEMORY_MODES}
+    for r in range(rounds):
+        for mode in MEMORY_MODES:
+            out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, mode, str(threads or 0)],
+                                 capture_output=True, text=True, check=True)  # fmt: skip
+            results[mode].append(json.loads(out.stdout.splitlines()[-1]))
+            print(f"  memory round {r + 1}/{rounds}, {mode}: {results[mode][-1]}", flush=True)
+    base = statistics.median(v["img_per_s"] for v in results["system"])
+    rows = []
+    for mode, label in MEMORY_MODES.items():
+        speed = statistics.median(v["img_per_s"] for v in results[mode])
+        rows.append([label, speed, f"{speed / base:.2f}x",
+                     f"{statistics.median(v['faults'] for v in results[mode]):,.0f}",
+                     f"{statistics.median(v['peak_mb'] for v in results[mode]):,.0f}",
+                     ", ".join(f"{v['img_per_s']:.1f}" for v in results[mode])])  # fmt: skip
+    return rows
 
 
 def _normalize(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
@@ -150,6 +209,33 @@ def accuracy_rows(run: str, calib_images: int, bf16_images: int) -> list[list]:
     return rows, model
 
 
+def target_summary(ratios: dict) -> str:
+    """The issue's targets for resnet50 at batch 16, as ratios of this run."""
+    r50 = {k[2]: v for k, v in ratios.items() if k[:2] == ("resnet50", 16)}
+    fp32 = {k: v for k, v in r50.items() if k.startswith("resnetlab optimized (")}
+    best = max(fp32, key=fp32.get) if fp32 else None
+    int8 = r50.get("resnetlab int8 (PT2E, inductor)")
+    ort8 = r50.get("onnxruntime int8 (static QDQ)")
+    ov8 = r50.get("openvino int8 (NNCF)")
+    bf16 = r50.get("resnetlab optimized bf16 (BN folded, channels_last)")
+    ovd = r50.get("openvino (default hint)")
+
+    def x(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}x"
+
+    def over(a: float | None, b: float | None) -> str:
+        return "-" if a is None or not b else f"{a / b:.2f}x"
+
+    native = "native" if has_native_bf16() else "emulated: this CPU has no AVX512-BF16/AMX"
+    return (
+        f"Targets (resnet50, batch 16, ratios of this run): fp32 >= 1.0x onnxruntime fp32: "
+        f"got {x(fp32.get(best))} ({best}); int8 vs onnxruntime int8 (AVX2 tier >= 1.2x): "
+        f"{over(int8, ort8)}, vs OpenVINO NNCF int8 (AMX tier >= 2.0x): {over(int8, ov8)}; "
+        f"bf16 vs OpenVINO's default precision (AMX tier >= 1.5x): {over(bf16, ovd)} "
+        f"(bf16 {native})."
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = benchmark_parser(__doc__)
     p.add_argument("--run", help="a run directory trained on Fashion-MNIST (1x28x28)")
@@ -158,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib-images", type=int, default=512)
     p.add_argument("--bf16-images", type=int, default=2000)
     p.add_argument("--quick", action="store_true", help="small configs, to try the script")
+    p.add_argument("--memory-rounds", type=int, default=3,
+                   help="rounds of the host-memory comparison (0: skip it)")  # fmt: skip
     a = parse_args(p, argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -177,23 +265,15 @@ def main(argv: list[str] | None = None) -> None:
         speed,
     ]
     if not a.quick:
-        r50 = {k[2]: v for k, v in ratios.items() if k[:2] == ("resnet50", 16)}
-        int8 = r50.get("resnetlab int8 (PT2E, inductor)")
-        ort8 = r50.get("onnxruntime int8 (static QDQ)")
-        bf16 = r50.get("resnetlab optimized bf16 (BN folded, channels_last)")
-        native = "native" if has_native_bf16() else "emulated: this CPU has no AVX512-BF16/AMX"
-        ov = {k: r50.get(f"openvino {k}") for k in ("(hint f32)", "(default hint)", "int8 (NNCF)")}
-
-        def x(v: float | None) -> str:
-            return "-" if v is None else f"{v:.2f}x"
-
-        body.append(
-            f"Targets (resnet50, batch 16, throughput over onnxruntime fp32's): int8 >= 2.5x: "
-            f"got {x(int8)} (PT2E, compiled by inductor; onnxruntime's own int8: "
-            f"{x(ort8)}; OpenVINO NNCF int8: {x(ov['int8 (NNCF)'])}); bf16 >= 3x (needs native "
-            f"bf16): got {x(bf16)} ({native}). OpenVINO fp32 hint: {x(ov['(hint f32)'])}, "
-            f"its default hint: {x(ov['(default hint)'])}."
-        )
+        body.append(target_summary(ratios))
+    if not a.quick and a.memory_rounds:
+        print("host memory", flush=True)
+        mem = markdown_table(["resnet50 b16, optimized fp32, fresh processes", "img/s (median)",
+                              "vs system malloc", "page faults per batch", "peak RSS MB",
+                              "all rounds img/s"], memory_rows(a.memory_rounds, a.threads))  # fmt: skip
+        print(mem)
+        body += [f"Host memory ({a.memory_rounds} alternating rounds of fresh processes; "
+                 "the table above ran with the setting on):", mem]  # fmt: skip
     if a.run:
         print("accuracy", flush=True)
         acc, trained = accuracy_rows(a.run, a.calib_images, a.bf16_images)

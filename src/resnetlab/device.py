@@ -65,7 +65,7 @@ def cpu_share(
 
 
 # glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # the largest glibc accepts on 64-bit systems
 _TRIM_THRESHOLD = 1 << 30
 
@@ -75,12 +75,18 @@ def keep_freed_host_memory() -> bool:
 
     PyTorch's CPU tensors come straight from malloc, with no caching allocator in
     between. glibc serves large blocks with fresh ``mmap`` calls and unmaps or trims them
-    on free, so every training step faults its activations and gradients back in as new
-    zero-filled pages (thousands of page faults per step, expensive in a VM). Raising the
-    mmap and trim thresholds keeps that memory in the heap for the next step: the fast
-    Fashion-MNIST preset went from 1,369 to 1,614 img/s (README, "Fast training"). There is no
-    library knob for this, hence ctypes; a no-op where libc is not glibc. Returns whether
-    the setting took effect.
+    on free, so every training step or inference batch faults its activations back in as
+    new zero-filled pages (thousands of page faults per step, expensive in a VM). Three
+    settings keep that memory in the heap for the next step: the mmap threshold at its
+    largest (32 MiB), no mmap at all for larger blocks (a resnet50 batch of 16 at 224 px
+    has 51 MB activations), and a trim threshold of 1 GiB (freed memory above it still goes
+    back to the OS). The fast Fashion-MNIST preset went from 1,369 to 1,614 img/s (README,
+    "Fast training"); resnet50 inference at batch 16 from 135,000 page faults per batch to
+    none (BENCHMARKS.md, "Inference"). The price is resident memory: what a batch needed
+    stays with the process. jemalloc or tcmalloc would do the same but must be preloaded
+    before the process starts; glibc takes these settings at run time, and there is no
+    library knob for them, hence ctypes. A no-op where libc is not glibc. Returns whether
+    the settings took effect.
     """
     import ctypes
     import ctypes.util
@@ -97,6 +103,7 @@ def keep_freed_host_memory() -> bool:
     return bool(
         mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
         and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+        and mallopt(_M_MMAP_MAX, 0)
     )
 
 

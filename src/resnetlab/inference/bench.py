@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..device import proc_status_kb, reset_peak_rss
+from ..device import keep_freed_host_memory, proc_status_kb, reset_peak_rss
 from ..errors import ResnetlabError
 from ..models import ResNet, create_model, load_model, model_info, to_torchvision_state_dict
 from .export import (
@@ -501,7 +501,8 @@ def _build_ours(
     def build() -> Runner:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="bf16 on this")
-            opt = optimize_for_inference(model, precision, calibration=calibration, compile=comp)
+            opt = optimize_for_inference(model, precision, calibration=calibration,
+                                         compile=comp, example_inputs=calibration[0])  # fmt: skip
         return _torch_runner(opt)
 
     return build
@@ -522,7 +523,7 @@ def _our_systems(model: ResNet, plan: _Plan, calibration: list[torch.Tensor]) ->
         systems.append(_System(label, precision, _build_ours(model, precision, calibration, False)))
         if precision in plan.compile and precision != "int8":
             build = _build_ours(model, precision, calibration, True)
-            systems.append(_System(label + " + torch.compile", precision, build))
+            systems.append(_System(label + " + torch.compile (freezing)", precision, build))
     return systems
 
 
@@ -649,7 +650,9 @@ def bench_model(
     (the row's precision is the one it picked: bf16 on CPUs with native bf16), and NNCF
     static int8 (float ops in fp32) when ``int8`` is among the precisions. A runtime that
     is not installed gives rows that say so. Every row's ``max_rel_error`` is against the
-    model's own eager output.
+    model's own eager output. Every system runs with
+    :func:`~resnetlab.device.keep_freed_host_memory` on, which ``optimize_for_inference``
+    sets for the process (onnxruntime and OpenVINO keep their own memory pools anyway).
     ``input_size`` (C, H, W) defaults to the model's native size. The first round times ``iters`` batches after ``warmup`` untimed ones
     (fewer once either has taken ``max_seconds``); ``rounds > 1`` alternates the systems,
     the later rounds timing the warm systems again.
@@ -782,6 +785,7 @@ def _bench(
     progress: Callable[[str], None] | None,
 ) -> list[BenchRow]:
     say = progress or (lambda _msg: None)
+    keep_freed_host_memory()  # what optimize_for_inference sets: the same for every system
     net, size = _bench_net(model, input_size)
     macs = model_info(net, size)["macs"]
     x = _random_batches((plan.batch_size, *size), 1, BENCH_SEED)[0]

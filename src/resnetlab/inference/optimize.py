@@ -42,7 +42,7 @@ from torch import fx, nn
 from torch.ao.nn import quantized as nnq
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..device import cpu_bf16_is_fast
+from ..device import cpu_bf16_is_fast, keep_freed_host_memory
 from ..errors import ConfigError
 from ..models.blocks import BatchNormAct2d
 
@@ -72,7 +72,7 @@ TOLERANCES = {"fp32": 1e-4, "bf16": 5e-2, "int8": 2e-1}
 # Attributes that describe the model (its sidecar), carried over so that describe_model,
 # Predictor.from_model and export see the same architecture, classes and preprocessing.
 DESCRIPTIVE_ATTRS = ("config", "name", "num_classes", "card", "meta", "features_only")
-# Held while a PT2E int8 model runs with inductor's freezing switched on (_compile_pt2e).
+# Held while a compiled model runs with inductor's freezing switched on (_compile_frozen).
 _FREEZING_LOCK = threading.Lock()
 
 
@@ -354,24 +354,34 @@ def _import_cpp_extension_quietly() -> None:
         log.setLevel(level)
 
 
-def _compile_pt2e(graph: fx.GraphModule) -> Callable[[torch.Tensor], Any]:
-    """``graph`` (a converted PT2E graph) compiled by inductor, which lowers each
-    dequantize -> conv -> quantize pattern to a oneDNN int8 convolution.
+def _compile_frozen(module: nn.Module) -> Callable[[torch.Tensor], Any]:
+    """``module`` compiled by inductor with freezing: its weights become constants, which
+    lets inductor prepack them for oneDNN and fuse each conv with the ReLU and residual add
+    after it; for a converted PT2E graph it lowers each dequantize -> conv -> quantize
+    pattern to a oneDNN int8 convolution (PyTorch's x86 int8 recipe).
 
-    Freezing (weights as constants) is what enables that lowering, as in PyTorch's x86 int8
-    recipe. It is switched on around each call rather than for the whole process, which
+    Freezing is switched on around each call rather than for the whole process, which
     would change every other ``torch.compile`` of the program; ``options={"freezing":
     True}`` is not enough (torch 2.14 then fails to lower the weight prepacking). Calls run
     without autograd: freezing needs it, and a call with grad enabled would compile a
     second, slower graph. They run in inference mode, on inference tensors: the compiled
     graph is specialised to the kind of tensor it was compiled for, and Predictor, serve
-    and bench call models in inference mode. ``dynamic=True``: one graph per range of
-    batch sizes that inductor's kernel choice distinguishes, not one per batch size.
+    and bench call models in inference mode.
+
+    Shapes: the first batch size compiles a static graph, whose weights are prepacked in
+    the layout oneDNN picks for that batch; another batch size compiles once more, a graph
+    with a dynamic batch dimension that serves every other size (torch.compile's automatic
+    dynamic shapes). A graph compiled dynamic from the start prepacks for no batch in
+    particular, and oneDNN reorders the weights on every call: a resnet50 int8 batch of 16
+    spent 115 of its 300 ms in those reorders. So the first call should be the batch size
+    the model will mostly see (optimize_for_inference's ``example_inputs``; see
+    :func:`_compile_graphs`). A batch of one, which torch.compile specialises, compiles a
+    third graph on its first call.
     """
     import torch._inductor.config as inductor_config
 
     _import_cpp_extension_quietly()
-    compiled = torch.compile(graph, dynamic=True)
+    compiled = torch.compile(module)
 
     def run(x: torch.Tensor) -> Any:
         # The config is global: one call at a time, or a thread leaving its patch would
@@ -384,6 +394,16 @@ def _compile_pt2e(graph: fx.GraphModule) -> Callable[[torch.Tensor], Any]:
     return run
 
 
+def _compile_graphs(call: Callable[[torch.Tensor], Any], example: torch.Tensor) -> float:
+    """Compile ``call``'s graphs (:func:`_compile_frozen`) now, rather than on the first
+    requests: ``example``'s batch size, then the graph with a free batch dimension (one
+    image more), so that a lowering that fails on either fails here. Returns the seconds."""
+    start = time.perf_counter()
+    call(example)
+    call(torch.cat([example, example[:1]]))
+    return time.perf_counter() - start
+
+
 def _quantize_int8(
     model: nn.Module,
     example: torch.Tensor,
@@ -392,17 +412,18 @@ def _quantize_int8(
 ) -> tuple[nn.Module, int, str, Callable[[torch.Tensor], Any] | None]:
     """``model`` quantized to int8: (module, BNs folded, backend, its compiled runner).
 
-    A PT2E graph is compiled and run once on ``example`` here (in the layout the model will
-    be called with), so that a lowering that fails on this model also falls back: inductor's
-    int8 convolution fails on 1-channel (gray) inputs in torch 2.14, for one.
+    A PT2E graph is compiled here, on ``example`` (in the layout the model will be called
+    with; :func:`_compile_graphs`), so that a lowering that fails on this model also falls
+    back: inductor's int8 convolution fails on 1-channel (gray) inputs with a free batch
+    dimension in torch 2.14, for one.
     """
     # PT2E first. Each failure to set it up is a reason to use the FX flow, not an error
     # of the user's: say which, and go on.
     try:
         graph, folded = _quantize_pt2e(copy.deepcopy(model), example, calibration)
-        run = _compile_pt2e(graph)
+        run = _compile_frozen(graph)
         x = example.contiguous(memory_format=torch.channels_last) if channels_last else example
-        run(x)
+        _compile_graphs(run, x)
     except ImportError as e:
         reason = f"torchao could not be imported ({e}); pip install torchao"
     except Exception as e:  # export, the quantizer and inductor raise many types
@@ -476,9 +497,9 @@ class InferenceModel(nn.Module):
                 f"batch size), the size it was calibrated at; got input {tuple(x.shape)}: "
                 "resize the images, or quantize again with calibration images of this size"
             )
-        if self.backend == "pt2e-x86-inductor":
+        if self.compiled:
             # Converted in inference mode: the converted copy is then the inference tensor
-            # the compiled graph takes (see _compile_pt2e), with no second copy.
+            # the compiled graph takes (see _compile_frozen), with no second copy.
             with torch.inference_mode():
                 out = self._run(self._convert(x))
         else:
@@ -579,9 +600,14 @@ def _prepare_int8(
 
 
 def _inference_model(
-    prepared: _Prepared, precision: str, channels_last: bool, compile: bool
+    prepared: _Prepared,
+    precision: str,
+    channels_last: bool,
+    compile: bool,
+    example: torch.Tensor | None,
 ) -> InferenceModel:
-    """``prepared`` cast to its precision and layout, frozen, and wrapped."""
+    """``prepared`` cast to its precision and layout, frozen, and wrapped; compiled (on
+    ``example`` first, where there is one) if asked."""
     work = prepared.module
     pt2e = prepared.backend == "pt2e-x86-inductor"
     if precision == "bf16":
@@ -604,7 +630,9 @@ def _inference_model(
         object.__setattr__(result, "_run", prepared.run)  # compiled and run once already
         result.compile_seconds = prepared.compile_seconds
     elif compile:
-        object.__setattr__(result, "_run", torch.compile(work, options={"freezing": True}))
+        object.__setattr__(result, "_run", _compile_frozen(work))
+        if example is not None:
+            result.compile_seconds = _compile_graphs(result, example)
     return result
 
 
@@ -629,27 +657,39 @@ def optimize_for_inference(
       enough. Quantized by PT2E (``torch.export`` with a dynamic batch dimension, torchao's
       ``X86InductorQuantizer``, ``prepare_pt2e`` / ``convert_pt2e``) and lowered by
       ``torch.compile`` (inductor, freezing) to oneDNN int8 kernels: it is always compiled,
-      whatever ``compile`` says. The first compilation runs here, on the example batch
-      (seconds to a minute); a batch size inductor treats differently (1, small, large)
-      compiles once more on its first call. Takes any batch size, but only images of the
-      calibration size. Without torchao (or where export fails) it falls back to FX graph
+      whatever ``compile`` says, here (seconds to a minute; see ``example_inputs``). Takes
+      any batch size, but only images of the calibration size. Without torchao (or where export fails) it falls back to FX graph
       mode quantization, run eagerly, with an :class:`Int8FallbackWarning`.
     * ``auto``: ``bf16`` where bf16 is faster than fp32 on the model's device (a CPU with
       AMX, a GPU from Ampere on), else ``fp32``; never ``int8``, which changes outputs more
       and needs calibration images: ask for it by name (:func:`auto_precision`). The
       result's ``precision`` says which was picked.
 
-    ``example_inputs``: one input batch, used to export (int8) and to compile the graph
-    up front (default: the first calibration batch). ``compile``: wrap the fp32/bf16 result
-    in ``torch.compile`` (inductor); its first call then takes seconds to minutes.
+    ``compile``: compile the fp32/bf16 result with inductor, with freezing (weights as
+    constants: prepacked for oneDNN, each conv fused with the ReLU and residual add after
+    it); the first call compiles (seconds to a minute).
+
+    ``example_inputs``: one input batch, of the batch size the model will mostly be called
+    with: int8 exports and compiles on it (default: the first calibration batch), and a
+    compiled fp32/bf16 model compiles on it here (``compile_seconds``), rather than on its
+    first calls. Two graphs are compiled: one for this batch size, whose weights are laid
+    out for it, and one for any other size but 1, a little slower; a batch of one
+    compiles a third on its first call.
+
+    On a CPU this also calls :func:`~resnetlab.device.keep_freed_host_memory` (a setting
+    of the process's malloc): without it, each batch of a large model faults its
+    activations in as new pages, e.g. resnet50 at batch 16 135,000 page faults a batch.
     """
     precision = _resolve_precision(model, precision, calibration)
     work = copy.deepcopy(model).eval()
+    if next(work.parameters(), torch.empty(0)).device.type == "cpu":
+        keep_freed_host_memory()
+    example = example_inputs[0] if isinstance(example_inputs, tuple) else example_inputs
     if precision == "int8":
         prepared = _prepare_int8(work, calibration, example_inputs, channels_last)
     else:
         prepared = _Prepared(work, fold_batchnorm(work), "inductor" if compile else "eager")
-    result = _inference_model(prepared, precision, channels_last, compile)
+    result = _inference_model(prepared, precision, channels_last, compile, example)
     for attr in DESCRIPTIVE_ATTRS:
         if hasattr(model, attr):
             setattr(result, attr, getattr(model, attr))

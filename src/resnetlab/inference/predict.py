@@ -24,6 +24,7 @@ from ..data.errors import ImageDecodeError, NoImagesError
 from ..data.files import IMAGE_EXTENSIONS, file_key, walk_files
 from ..data.files import is_image_file as _is_image_file
 from ..data.images import load_image
+from ..device import keep_freed_host_memory
 from ..errors import ArchitectureNotDescribedError, ConfigError
 from ..models import (
     create_model,
@@ -94,6 +95,8 @@ class Predictor:
         # An int8 model keeps its weights in packed buffers and has no parameters: CPU.
         param = next(model.parameters(), None)
         self.device = param.device if param is not None else torch.device("cpu")
+        if self.device.type == "cpu":
+            keep_freed_host_memory()  # no page faults on every batch's activations (device.py)
         self.preprocessing = (
             preprocessing
             if isinstance(preprocessing, Preprocessing)
@@ -128,11 +131,12 @@ class Predictor:
             tensors = [self.prepare(image) for image in calibration]
             batches = [torch.stack(tensors[i : i + 32]) for i in range(0, len(tensors), 32)]
         prep = self.preprocessing
-        example = torch.zeros(1, prep.in_chans, prep.image_size, prep.image_size)
-        model = optimize_for_inference(  # (int8 compiles on its first calibration batch)
-            self.model, precision, calibration=batches,
-            example_inputs=None if batches else example.to(self.device),
-        )  # fmt: skip
+        # A full batch: int8 is compiled for it first (the batch size serve's warm-up and a
+        # busy server run; see optimize_for_inference's example_inputs).
+        example = torch.zeros(self.batch_size, prep.in_chans, prep.image_size, prep.image_size)
+        model = optimize_for_inference(
+            self.model, precision, calibration=batches, example_inputs=example.to(self.device)
+        )
         return Predictor(model, preprocessing=prep, class_names=self.class_names,
                          batch_size=self.batch_size, random_weights=self.random_weights)  # fmt: skip
 
