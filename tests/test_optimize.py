@@ -293,8 +293,8 @@ def _graphs_compiled() -> int:
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_a_compiled_model_is_static_for_its_example_batch_then_dynamic(tiny, precision):
-    # The first batch size gets a graph of its own (weights prepacked for it); the first
-    # other size compiles one graph with a free batch dimension, which serves the rest.
+    # The example's batch size gets a graph of its own (weights prepacked for it); one
+    # graph with a free batch dimension, compiled up front too, serves every other size.
     example = _inputs(6, 4)
     kwargs = {"calibration": _calibration()} if precision == "int8" else {"compile": True}
     before = _graphs_compiled()
@@ -304,13 +304,13 @@ def test_a_compiled_model_is_static_for_its_example_batch_then_dynamic(tiny, pre
     assert _graphs_compiled() == before + 2, "the example's batch size and a free one"
     tolerance = 1e-4 if precision == "fp32" else 0.15
     with torch.inference_mode():
-        for n, graphs in ((6, 2), (5, 2), (3, 2), (1, 3), (2, 3), (1, 3)):
+        for n in (6, 5, 3, 1, 2, 17, 1):
             x = _inputs(n, n)
             assert rel_err(tiny(x), opt(x)) < tolerance, n
-            assert _graphs_compiled() == before + graphs, f"batch {n}"
+            assert _graphs_compiled() == before + 2, f"batch {n} compiled another graph"
     # A call outside inference mode (grad enabled) gives the same numbers, no new graph.
     assert rel_err(tiny(example).detach(), opt(example)) < tolerance
-    assert _graphs_compiled() == before + 3
+    assert _graphs_compiled() == before + 2
 
 
 KEPT_MEMORY_SCRIPT = """

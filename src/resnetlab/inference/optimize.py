@@ -354,6 +354,14 @@ def _import_cpp_extension_quietly() -> None:
         log.setLevel(level)
 
 
+def _own_code(module: nn.Module) -> fx.GraphModule:
+    """``module`` as an fx graph module with a forward of its own (fx generates one class
+    per graph module), sharing the weights: torch.compile keeps one cache per code object."""
+    if isinstance(module, fx.GraphModule):
+        return fx.GraphModule(module, module.graph)
+    return fx.GraphModule(module, _trace(module))
+
+
 def _compile_frozen(module: nn.Module) -> Callable[[torch.Tensor], Any]:
     """``module`` compiled by inductor with freezing: its weights become constants, which
     lets inductor prepack them for oneDNN and fuse each conv with the ReLU and residual add
@@ -368,20 +376,25 @@ def _compile_frozen(module: nn.Module) -> Callable[[torch.Tensor], Any]:
     graph is specialised to the kind of tensor it was compiled for, and Predictor, serve
     and bench call models in inference mode.
 
-    Shapes: the first batch size compiles a static graph, whose weights are prepacked in
-    the layout oneDNN picks for that batch; another batch size compiles once more, a graph
-    with a dynamic batch dimension that serves every other size (torch.compile's automatic
-    dynamic shapes). A graph compiled dynamic from the start prepacks for no batch in
-    particular, and oneDNN reorders the weights on every call: a resnet50 int8 batch of 16
-    spent 115 of its 300 ms in those reorders. So the first call should be the batch size
-    the model will mostly see (optimize_for_inference's ``example_inputs``; see
-    :func:`_compile_graphs`). A batch of one, which torch.compile specialises, compiles a
-    third graph on its first call.
+    Shapes: the first call's batch size gets a graph of its own, compiled for that shape
+    alone (``dynamic=False``), whose weights are prepacked in the layout oneDNN picks for
+    that batch. Every other batch size runs a second graph, whose batch dimension is
+    unbacked (``mark_unbacked``: no guard on its value, so one graph serves every size, 1
+    included, where a plain dynamic dimension was split at 1 and at 16 by the guards of
+    the conv's layout choice). Each is compiled from a graph module of its own
+    (:func:`_own_code`), or they would share torch.compile's cache, where the later, free
+    graph is found first for every size. A graph with a free batch dimension prepacks for
+    no batch in particular, and oneDNN then reorders the weights on every call: a resnet50
+    int8 batch of 16 spent 115 of its 300 ms in those reorders. So the first call should
+    be the batch size the model will mostly see (optimize_for_inference's
+    ``example_inputs``; see :func:`_compile_graphs`).
     """
     import torch._inductor.config as inductor_config
 
     _import_cpp_extension_quietly()
-    compiled = torch.compile(module)
+    static = torch.compile(_own_code(module), dynamic=False)
+    free = torch.compile(_own_code(module), dynamic=True)
+    first: list[int] = []  # the batch size of the static graph, once known
 
     def run(x: torch.Tensor) -> Any:
         # The config is global: one call at a time, or a thread leaving its patch would
@@ -389,15 +402,21 @@ def _compile_frozen(module: nn.Module) -> Callable[[torch.Tensor], Any]:
         with _FREEZING_LOCK, inductor_config.patch(freezing=True), torch.inference_mode():
             if not x.is_inference():
                 x = x.clone()
-            return compiled(x)
+            if not first:
+                first.append(x.shape[0])
+            if x.shape[0] == first[0]:
+                return static(x)
+            x = x.detach()  # a tensor object of its own (same storage) to mark
+            torch._dynamo.decorators.mark_unbacked(x, 0)
+            return free(x)
 
     return run
 
 
 def _compile_graphs(call: Callable[[torch.Tensor], Any], example: torch.Tensor) -> float:
     """Compile ``call``'s graphs (:func:`_compile_frozen`) now, rather than on the first
-    requests: ``example``'s batch size, then the graph with a free batch dimension (one
-    image more), so that a lowering that fails on either fails here. Returns the seconds."""
+    requests: ``example``'s batch size, then the graph for every other size (one image
+    more), so that a lowering that fails on either fails here. Returns the seconds."""
     start = time.perf_counter()
     call(example)
     call(torch.cat([example, example[:1]]))
@@ -673,8 +692,8 @@ def optimize_for_inference(
     with: int8 exports and compiles on it (default: the first calibration batch), and a
     compiled fp32/bf16 model compiles on it here (``compile_seconds``), rather than on its
     first calls. Two graphs are compiled: one for this batch size, whose weights are laid
-    out for it, and one for any other size but 1, a little slower; a batch of one
-    compiles a third on its first call.
+    out for it, and one for any other size, slower (oneDNN reorders some weights on each
+    of its calls).
 
     On a CPU this also calls :func:`~resnetlab.device.keep_freed_host_memory` (a setting
     of the process's malloc): without it, each batch of a large model faults its
