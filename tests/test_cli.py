@@ -131,3 +131,29 @@ def test_help_examples_keep_their_line_continuations():
         for line in text.splitlines():
             # a lost "\" joins two example lines into one, with the indent in the middle
             assert not re.search(r"\S {4,}--", line), f"{name}: {line!r}"
+
+
+def test_the_projects_warnings_are_one_line_and_others_keep_their_format(capsys, monkeypatch):
+    import warnings
+
+    import resnetlab.cli.models as models_cli
+    from resnetlab.cli import main
+    from resnetlab.inference.optimize import CompileFallbackWarning
+
+    def info_that_warns(args):
+        warnings.warn("torch.compile failed on this model (why); it runs uncompiled",
+                      CompileFallbackWarning)  # fmt: skip
+        warnings.warn("something of another library", FutureWarning)
+        return 0
+
+    monkeypatch.setattr(models_cli, "cmd_info", info_that_warns)
+    before = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = before  # (catch_warnings restores it afterwards too)
+        assert main(["info", "resnet20"]) == 0
+    err = capsys.readouterr().err
+    assert "resnetlab info: warning: torch.compile failed on this model (why); it runs " \
+        "uncompiled\n" in err  # fmt: skip
+    assert "warning: something of another library" not in err  # Python's own format
+    assert warnings.showwarning is before

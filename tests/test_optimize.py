@@ -285,6 +285,23 @@ def test_int8_of_a_gray_model_works_whichever_backend_lowers_it():
         assert q(x).shape == (batch, 4)
 
 
+def test_fp32_compile_of_a_gray_model_works_compiled_or_not():
+    """inductor fails on 1-channel inputs with a free batch dimension in torch 2.14: the
+    model then runs uncompiled, with a warning, instead of failing at a later call."""
+    model = randomize(create_model("resnet8_pool", num_classes=4, in_chans=1), seed=2).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt = optimize_for_inference(model, "fp32", compile=True,
+                                     example_inputs=torch.randn(4, 1, 16, 16))  # fmt: skip
+    fallback = [w for w in caught if issubclass(w.category, optimize_module.CompileFallbackWarning)]
+    assert opt.compiled != bool(fallback), [str(w.message) for w in caught]
+    assert opt.backend == ("inductor" if opt.compiled else "eager")
+    with torch.inference_mode():
+        for batch in (4, 3, 1):
+            x = torch.randn(batch, 1, 16, 16)
+            assert rel_err(model(x), opt(x)) < 1e-4
+
+
 def _graphs_compiled() -> int:
     from torch._dynamo.utils import counters
 

@@ -470,7 +470,31 @@ def test_int8_with_calibration_images_and_two_workers(run_dir, predictor, tmp_pa
         workers.stop()
 
 
+def test_a_compiled_model_is_served(run_dir, predictor, tmp_path):
+    server = Server(tmp_path, str(run_dir), "--device", "cpu", "--compile",
+                    "--max-batch-size", "4")  # fmt: skip
+    try:
+        server.wait_ready(180)
+        info = httpx.get(f"{server.url}/info").json()
+        assert info["compiled"] is True and info["max_batch_size"] == 4
+        assert f"cpu, {info['precision']}, compiled)" in server.output()
+        images = [Image.open(io.BytesIO(png_bytes(i, size=16))).convert("RGB") for i in range(3)]
+        x = torch.stack([predictor.prepare(im) for im in images])
+        with torch.inference_mode():
+            expected = predictor.model(x)
+        r = httpx.post(f"{server.url}/v2/models/{MODEL}/infer",
+                       json=v2("FP32", list(x.shape), x.flatten().tolist()), timeout=60)  # fmt: skip
+        assert r.status_code == 200, r.text
+        got = torch.tensor(r.json()["outputs"][0]["data"]).reshape(expected.shape)
+        tolerance = 1e-4 if info["precision"] == "fp32" else 5e-2
+        assert (got - expected).abs().max() <= tolerance * expected.abs().max()
+    finally:
+        server.stop()
+
+
 def test_int8_without_calibration_and_bad_workers_are_one_line_errors(run_dir, capsys):
+    assert cli_main(["serve", str(run_dir), "--precision", "eager", "--compile"]) == 2
+    assert "compiling needs an optimized model" in capsys.readouterr().err
     assert cli_main(["serve", str(run_dir), "--precision", "int8", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "int8 needs calibration images" in err and err.count("\n") == 1
@@ -500,3 +524,4 @@ def test_an_exported_onnx_graph_is_served(run_dir, predictor, tmp_path):
     finally:
         server.stop()
     assert cli_main(["serve", str(path), "--precision", "int8"]) == 2
+    assert cli_main(["serve", str(path), "--compile"]) == 2

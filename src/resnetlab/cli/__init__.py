@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 from ..errors import ResnetlabError, TrainingInterrupted
 from . import bench, config, eval, experiment, export, models, predict, serve, train
@@ -49,9 +50,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warnings_as_lines(command: str) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that says the project's own warnings in one line (what was
+    done instead, and why), as errors are said; other warnings keep Python's format."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if category.__module__.startswith("resnetlab."):
+            print(f"resnetlab {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_with_overrides(parser, argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _warnings_as_lines(args.command)
     try:
         return args.func(args)
     except TrainingInterrupted as e:
@@ -65,3 +82,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown

@@ -50,6 +50,7 @@ __all__ = [
     "BACKENDS",
     "PRECISIONS",
     "TOLERANCES",
+    "CompileFallbackWarning",
     "EmulatedPrecisionWarning",
     "InferenceModel",
     "Int8FallbackWarning",
@@ -78,6 +79,11 @@ _FREEZING_LOCK = threading.Lock()
 
 class EmulatedPrecisionWarning(UserWarning):
     """The precision asked for has no hardware support here: it runs, but slowly."""
+
+
+class CompileFallbackWarning(UserWarning):
+    """torch.compile could not compile the fp32/bf16 model (inductor fails on some inputs,
+    e.g. 1-channel images with a free batch dimension in torch 2.14): it runs uncompiled."""
 
 
 class Int8FallbackWarning(UserWarning):
@@ -651,7 +657,17 @@ def _inference_model(
     elif compile:
         object.__setattr__(result, "_run", _compile_frozen(work))
         if example is not None:
-            result.compile_seconds = _compile_graphs(result, example)
+            try:
+                result.compile_seconds = _compile_graphs(result, example)
+            except Exception as e:  # inductor raises many types; the model still runs
+                warnings.warn(
+                    f"torch.compile failed on this model ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0]}); it runs uncompiled",
+                    CompileFallbackWarning,
+                    stacklevel=3,  # the caller of optimize_for_inference
+                )
+                object.__setattr__(result, "_run", work)
+                result.compiled, result.backend = False, "eager"
     return result
 
 
@@ -686,7 +702,9 @@ def optimize_for_inference(
 
     ``compile``: compile the fp32/bf16 result with inductor, with freezing (weights as
     constants: prepacked for oneDNN, each conv fused with the ReLU and residual add after
-    it); the first call compiles (seconds to a minute).
+    it); the first call compiles (seconds to a minute). Where inductor fails on the model
+    (given ``example_inputs``, so that it is tried here), a :class:`CompileFallbackWarning`
+    says why and the model runs uncompiled.
 
     ``example_inputs``: one input batch, of the batch size the model will mostly be called
     with: int8 exports and compiles on it (default: the first calibration batch), and a

@@ -111,14 +111,26 @@ class Predictor:
         """What the model computes in: fp32 as loaded, else what :meth:`optimized` chose."""
         return getattr(self.model, "precision", "fp32")
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the model runs compiled by torch.compile (:meth:`optimized`; int8 always)."""
+        return bool(getattr(self.model, "compiled", False))
+
     def optimized(
-        self, precision: str = "auto", *, calibration: Sequence[ImageInput] = ()
+        self,
+        precision: str = "auto",
+        *,
+        calibration: Sequence[ImageInput] = (),
+        compile: bool = False,
+        batch_size: int | None = None,
     ) -> Predictor:
         """This predictor with its model made faster by
         :func:`~resnetlab.inference.optimize.optimize_for_inference` (BN folded,
         channels_last; ``auto``: bf16 where it is faster than fp32, else fp32). ``int8``
         quantizes on ``calibration``: images as :meth:`predict` takes them (a few hundred,
-        preprocessed here as the model's card says)."""
+        preprocessed here as the model's card says). ``compile``: fp32/bf16 compiled by
+        inductor with frozen weights (int8 always is), here, for ``batch_size`` images a
+        call (default: this predictor's batch size) and for any other number."""
         from .optimize import optimize_for_inference
 
         batches = None
@@ -133,10 +145,10 @@ class Predictor:
         prep = self.preprocessing
         # A full batch: int8 is compiled for it first (the batch size serve's warm-up and a
         # busy server run; see optimize_for_inference's example_inputs).
-        example = torch.zeros(self.batch_size, prep.in_chans, prep.image_size, prep.image_size)
-        model = optimize_for_inference(
-            self.model, precision, calibration=batches, example_inputs=example.to(self.device)
-        )
+        size = (batch_size or self.batch_size, prep.in_chans, prep.image_size, prep.image_size)
+        model = optimize_for_inference(self.model, precision, calibration=batches,
+                                       example_inputs=torch.zeros(size).to(self.device),
+                                       compile=compile)  # fmt: skip
         return Predictor(model, preprocessing=prep, class_names=self.class_names,
                          batch_size=self.batch_size, random_weights=self.random_weights)  # fmt: skip
 

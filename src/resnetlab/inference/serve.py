@@ -354,11 +354,15 @@ def load_predictor(
     device: str = "auto",
     precision: str | None = None,
     calibration: Sequence[str] = (),
+    compile: bool = False,
+    batch_size: int | None = None,
 ) -> Predictor:
     """The Predictor for ``serve``, resolved as ``predict`` does, and optimized for
     ``precision`` (:meth:`Predictor.optimized`; None: the model as loaded). ``int8``
     calibrates on up to :data:`CALIBRATION_IMAGES` images of ``calibration`` (folders,
     files or glob patterns, as ``predict`` takes them), picked evenly across them.
+    ``compile``: compiled by inductor (int8 always is), for ``batch_size`` images a call
+    first (serve's largest batch) and then for any other number.
 
     ``source``: a run directory, a resnetlab ``.safetensors`` file or a graph written by
     ``resnetlab export`` (``.onnx``, OpenVINO ``.xml``: served as exported, so only
@@ -369,13 +373,19 @@ def load_predictor(
     """
     if calibration and precision != "int8":
         raise ConfigError(f"calibration images are for precision int8, not {precision}")
+    if compile and precision is None:
+        raise ConfigError("compiling needs an optimized model: give --precision auto, fp32 or "
+                          "bf16 (not eager) with --compile")  # fmt: skip
     predictor = _resolve_predictor(source, model=model, weights=weights, device=device)
+    if compile and isinstance(predictor.model, ExportedModel):
+        raise ConfigError(f"{source} runs as exported: --compile is for weights, not graphs")
     if precision is None or (isinstance(predictor.model, ExportedModel) and precision == "auto"):
         return predictor
     if isinstance(predictor.model, ExportedModel):
         raise ConfigError(f"{source} runs as exported ({predictor.precision}): leave --precision "
                           f"auto, or serve the weights it came from for {precision}")  # fmt: skip
-    return predictor.optimized(precision, calibration=calibration_images(calibration))
+    return predictor.optimized(precision, calibration=calibration_images(calibration),
+                               compile=compile, batch_size=batch_size)  # fmt: skip
 
 
 def calibration_images(inputs: Sequence[str]) -> list[Path]:
@@ -501,6 +511,7 @@ class _ServerState:
             "input_shape": self.input_shape,
             "device": str(self.predictor.device),
             "precision": self.predictor.precision,
+            "compiled": self.predictor.compiled,
             "random_weights": self.predictor.random_weights,
             "max_batch_size": self.config.max_batch_size,
         }
@@ -916,6 +927,7 @@ def run_serve(
     precision: str | None = "auto",
     calibration: Sequence[str] = (),
     workers: int = 1,
+    compile: bool = False,
 ) -> int:
     """The ``serve`` command: load the model (optimized for ``precision``, see
     :func:`load_predictor`), serve it until SIGTERM or Ctrl-C; returns 0.
@@ -935,12 +947,14 @@ def run_serve(
         raise ConfigError(f"workers={workers!r}: expected an integer >= 1")
     config = config or ServeConfig()
     spec = dict(source=source, model=model, weights=weights, device=device,
-                precision=precision, calibration=list(calibration))  # fmt: skip
+                precision=precision, calibration=list(calibration), compile=compile,
+                batch_size=config.max_batch_size)  # fmt: skip
     options = dict(host=host, port=port, log_level="warning", access_log=False)
     if workers == 1:
         predictor = load_predictor(**spec)
         app = create_app(predictor, config)
-        _announce(app.state.model_name, predictor, predictor.precision, options, 1)
+        _announce(app.state.model_name, predictor, predictor.precision, options, 1,
+                  predictor.compiled)  # fmt: skip
         server = uvicorn.Server(uvicorn.Config(app, **options))
         _run_until_stopped(server.run)
         if not server.started:
@@ -955,10 +969,11 @@ _CANNOT_LISTEN = "could not listen on {host}:{port} (in use? choose another with
 
 
 def _announce(name: str, predictor: Predictor, precision: str, options: dict[str, Any],
-              workers: int) -> None:  # fmt: skip
+              workers: int, compiled: bool) -> None:  # fmt: skip
     processes = f", {workers} worker processes" if workers > 1 else ""
+    compiled = ", compiled" if compiled else ""
     print(f"serving {name} ({len(predictor.class_names)} classes, {predictor.device}, "
-          f"{precision}{processes}) on http://{options['host']}:{options['port']}  "
+          f"{precision}{compiled}{processes}) on http://{options['host']}:{options['port']}  "
           "(docs: /docs, page: /)", flush=True)  # fmt: skip
 
 
@@ -1001,7 +1016,7 @@ def _run_workers(spec: dict[str, Any], config: ServeConfig, options: dict[str, A
     except SystemExit:
         raise ConfigError(_CANNOT_LISTEN.format(**options)) from None
     supervisor = Multiprocess(uv, sockets=sockets)
-    _announce(name, predictor, precision, options, workers)
+    _announce(name, predictor, precision, options, workers, spec["compile"] or precision == "int8")
     del predictor  # (each worker loads its own)
     supervisor.run()
     failed = [p.pid for p in supervisor.processes if p.exitcode == 3]  # uvicorn's STARTUP_FAILURE
