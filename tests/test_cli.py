@@ -142,8 +142,8 @@ def test_the_projects_warnings_are_one_line_and_others_keep_their_format(capsys,
 
     def info_that_warns(args):
         warnings.warn("torch.compile failed on this model (why); it runs uncompiled",
-                      CompileFallbackWarning)  # fmt: skip
-        warnings.warn("something of another library", FutureWarning)
+                      CompileFallbackWarning, stacklevel=2)  # fmt: skip
+        warnings.warn("something of another library", FutureWarning, stacklevel=2)
         return 0
 
     monkeypatch.setattr(models_cli, "cmd_info", info_that_warns)
