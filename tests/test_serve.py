@@ -433,6 +433,19 @@ def test_served_precision_is_the_cards_and_the_pages(servers):
     assert "info.precision" in httpx.get(f"{servers['main'].url}/").text
 
 
+def served_and_own_logits(server, predictor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits ``server`` answers for ``n`` preprocessed images (v2 FP32 infer), and the
+    ones ``predictor``'s own model gives them."""
+    images = [Image.open(io.BytesIO(png_bytes(i, size=16))).convert("RGB") for i in range(n)]
+    x = torch.stack([predictor.prepare(im) for im in images])
+    with torch.inference_mode():
+        expected = predictor.model(x)
+    r = httpx.post(f"{server.url}/v2/models/{MODEL}/infer",
+                   json=v2("FP32", list(x.shape), x.flatten().tolist()), timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text
+    return torch.tensor(r.json()["outputs"][0]["data"]).reshape(expected.shape), expected
+
+
 def test_int8_with_calibration_images_and_two_workers(run_dir, predictor, tmp_path):
     calib = tmp_path / "calib"
     for c in ("a", "b"):
@@ -446,14 +459,7 @@ def test_int8_with_calibration_images_and_two_workers(run_dir, predictor, tmp_pa
         int8.wait_ready(180)
         workers.wait_ready(120)
         assert httpx.get(f"{int8.url}/info").json()["precision"] == "int8"
-        images = [Image.open(io.BytesIO(png_bytes(i, size=16))).convert("RGB") for i in range(4)]
-        x = torch.stack([predictor.prepare(im) for im in images])
-        with torch.inference_mode():
-            expected = predictor.model(x)
-        r = httpx.post(f"{int8.url}/v2/models/{MODEL}/infer",
-                       json=v2("FP32", list(x.shape), x.flatten().tolist()), timeout=60)  # fmt: skip
-        assert r.status_code == 200, r.text
-        got = torch.tensor(r.json()["outputs"][0]["data"]).reshape(expected.shape)
+        got, expected = served_and_own_logits(int8, predictor, 4)
         assert not torch.equal(got, expected)  # quantized ...
         assert (got - expected).abs().max() < 0.1 * expected.abs().max()  # ... and close
 
@@ -478,14 +484,7 @@ def test_a_compiled_model_is_served(run_dir, predictor, tmp_path):
         info = httpx.get(f"{server.url}/info").json()
         assert info["compiled"] is True and info["max_batch_size"] == 4
         assert f"cpu, {info['precision']}, compiled)" in server.output()
-        images = [Image.open(io.BytesIO(png_bytes(i, size=16))).convert("RGB") for i in range(3)]
-        x = torch.stack([predictor.prepare(im) for im in images])
-        with torch.inference_mode():
-            expected = predictor.model(x)
-        r = httpx.post(f"{server.url}/v2/models/{MODEL}/infer",
-                       json=v2("FP32", list(x.shape), x.flatten().tolist()), timeout=60)  # fmt: skip
-        assert r.status_code == 200, r.text
-        got = torch.tensor(r.json()["outputs"][0]["data"]).reshape(expected.shape)
+        got, expected = served_and_own_logits(server, predictor, 3)
         tolerance = 1e-4 if info["precision"] == "fp32" else 5e-2
         assert (got - expected).abs().max() <= tolerance * expected.abs().max()
     finally:
