@@ -143,8 +143,8 @@ class Predictor:
             tensors = [self.prepare(image) for image in calibration]
             batches = [torch.stack(tensors[i : i + 32]) for i in range(0, len(tensors), 32)]
         prep = self.preprocessing
-        # A full batch: int8 is compiled for it first (the batch size serve's warm-up and a
-        # busy server run; see optimize_for_inference's example_inputs).
+        # A full batch: int8 and a compiled model are compiled for it first (the batch size
+        # serve's warm-up and a busy server run; see optimize_for_inference's example_inputs).
         size = (batch_size or self.batch_size, prep.in_chans, prep.image_size, prep.image_size)
         model = optimize_for_inference(self.model, precision, calibration=batches,
                                        example_inputs=torch.zeros(size).to(self.device),

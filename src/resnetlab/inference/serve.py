@@ -371,21 +371,30 @@ def load_predictor(
     weight such as ``torchvision:resnet18.IMAGENET1K_V1``); ``model`` alone gives random
     weights (with a warning on stderr).
     """
+    predictor = _resolve_predictor(source, model=model, weights=weights, device=device)
+    _check_options(source, predictor, precision, calibration, compile)
+    if precision is None or isinstance(predictor.model, ExportedModel):
+        return predictor
+    return predictor.optimized(precision, calibration=calibration_images(calibration),
+                               compile=compile, batch_size=batch_size)  # fmt: skip
+
+
+def _check_options(source: str | None, predictor: Predictor, precision: str | None,
+                   calibration: Sequence[str], compile: bool) -> None:  # fmt: skip
+    """Whether ``precision``, ``calibration`` and ``compile`` go together and with the
+    source: one clear error before anything is served (in the parent of ``--workers``)."""
     if calibration and precision != "int8":
         raise ConfigError(f"calibration images are for precision int8, not {precision}")
     if compile and precision is None:
         raise ConfigError("compiling needs an optimized model: give --precision auto, fp32 or "
                           "bf16 (not eager) with --compile")  # fmt: skip
-    predictor = _resolve_predictor(source, model=model, weights=weights, device=device)
-    if compile and isinstance(predictor.model, ExportedModel):
-        raise ConfigError(f"{source} runs as exported: --compile is for weights, not graphs")
-    if precision is None or (isinstance(predictor.model, ExportedModel) and precision == "auto"):
-        return predictor
     if isinstance(predictor.model, ExportedModel):
-        raise ConfigError(f"{source} runs as exported ({predictor.precision}): leave --precision "
-                          f"auto, or serve the weights it came from for {precision}")  # fmt: skip
-    return predictor.optimized(precision, calibration=calibration_images(calibration),
-                               compile=compile, batch_size=batch_size)  # fmt: skip
+        if compile:
+            raise ConfigError(f"{source} runs as exported: --compile is for weights, not graphs")
+        if precision not in (None, "auto"):
+            raise ConfigError(f"{source} runs as exported ({predictor.precision}): leave "
+                              f"--precision auto, or serve the weights it came from for "
+                              f"{precision}")  # fmt: skip
 
 
 def calibration_images(inputs: Sequence[str]) -> list[Path]:
@@ -1001,6 +1010,8 @@ def _run_workers(spec: dict[str, Any], config: ServeConfig, options: dict[str, A
     # The model is read once here, so that a bad source is one clear error, not one per worker.
     predictor = _resolve_predictor(spec["source"], model=spec["model"],
                                    weights=spec["weights"], device=spec["device"])  # fmt: skip
+    _check_options(spec["source"], predictor, spec["precision"], spec["calibration"],
+                   spec["compile"])  # fmt: skip
     calibration_images(spec["calibration"])
     precision = spec["precision"] or "fp32"
     if precision == "auto":
