@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from resnetlab.inference.bench import cpu_tier
+
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 HEADER = (
     "# Benchmarks\n\nEvery table here is written by a script under `benchmarks/`, which "
@@ -64,9 +66,15 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return (
-        f"{cpu}, {os.cpu_count()} cores ({torch.backends.cpu.get_cpu_capability()}), {gpu}; "
+        f"{cpu}, {os.cpu_count()} cores ({cpu_tier()}), {gpu}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
+
+
+def tier_key() -> str:
+    """This CPU's tier as a section-key suffix (``amx``, ``avx512-bf16``, ``avx2``, ...): a
+    table measured on one tier must not replace another tier's."""
+    return cpu_tier().split()[0].lower()
 
 
 def markdown_table(headers: list[str], rows: list[list[object]]) -> str:

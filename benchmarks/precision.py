@@ -20,10 +20,18 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, command, markdown_table, parse_args, write_section  # noqa: E402
+from common import (  # noqa: E402
+    benchmark_parser,
+    command,
+    markdown_table,
+    parse_args,
+    tier_key,
+    write_section,
+)
 
 from resnetlab import create_model  # noqa: E402
 from resnetlab.device import cpu_bf16_is_fast, keep_freed_host_memory  # noqa: E402
+from resnetlab.inference.bench import cpu_tier  # noqa: E402
 
 CASES = [  # (label, model, channels, size, batch, train?, timed steps)
     ("resnet20 training, 28 px", "resnet20", 1, 28, 128, True, 8),
@@ -90,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
             f"Median of {a.rounds} alternating rounds, channels_last, all threads.\n\n"
             f"{table}\n\n{verdict}"
         )
-        key = f"precision_{caps.lower()}"
-        write_section(key, f"Precision on this CPU tier ({caps})", body, cmd)
+        write_section(f"precision_{tier_key()}", f"Precision on this CPU tier ({cpu_tier()})",
+                      body, cmd)  # fmt: skip
 
 
 if __name__ == "__main__":

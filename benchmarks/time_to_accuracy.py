@@ -23,7 +23,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, command, markdown_table, parse_args, write_section  # noqa: E402
+from common import (  # noqa: E402
+    benchmark_parser,
+    command,
+    markdown_table,
+    parse_args,
+    tier_key,
+    write_section,
+)
+
+from resnetlab.inference.bench import cpu_tier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     # The committed figure is replaced only with the table, on --write; else it goes beside
     # the run.
     figures = ROOT / "docs" / "figures" if a.write else output
-    figure = figures / f"time_to_accuracy_{name}.png"
+    key = f"time_to_accuracy_{name}_{tier_key()}"  # one section and plot per CPU tier
+    figure = figures / f"{key}.png"
     plot(result, a.target, a.budget, figure, f"{name}: {s['model']} on {s['data']}")
     print(table)
     print(f"test top-1 after each epoch: {curve}")
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if a.write:
         cmd = command("time_to_accuracy.py", argv)
-        write_section(f"time_to_accuracy_{name}", f"Time to accuracy: {name}", body, cmd)
+        write_section(key, f"Time to accuracy: {name} ({cpu_tier()})", body, cmd)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,20 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, command, markdown_table, parse_args, write_section  # noqa: E402
+from common import (  # noqa: E402
+    benchmark_parser,
+    command,
+    markdown_table,
+    parse_args,
+    tier_key,
+    write_section,
+)
 
 import resnetlab  # noqa: E402
 from resnetlab.config import TrainConfig, load_train_config  # noqa: E402
 from resnetlab.data import load_split  # noqa: E402
 from resnetlab.engine import train  # noqa: E402
+from resnetlab.inference.bench import cpu_tier  # noqa: E402
 
 
 class PILDataset(Dataset):
@@ -140,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
             f"the trainer's first step (torch.compile's compilation when on): {', '.join(f'{v:.1f}' for v in first)} s)."
             f"\n\n{table}")  # fmt: skip
     if a.write:
-        write_section("train_throughput", "Training throughput: trainer vs reference loop", body,
+        write_section(f"train_throughput_{tier_key()}",
+                      f"Training throughput: trainer vs reference loop ({cpu_tier()})", body,
                       command("train_throughput.py", argv))  # fmt: skip
 
 

@@ -350,6 +350,20 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def test_epoch_without_augmentation_never_flips(coco):
+    flip, _, _ = build_dense_loaders(f"coco:{coco}", task="detection", augment="flip", seed=3)
+    plain, _, _ = build_dense_loaders(f"coco:{coco}", task="detection", augment="none", seed=3)
+    flip.set_epoch(1, augment=False)
+    plain.set_epoch(1)
+    assert _same(list(flip), list(plain))
+    flipped = []
+    for epoch in range(8):  # augmenting: some epoch flips the first batch
+        flip.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        flipped.append(not _same(next(iter(flip)), next(iter(plain))))
+    assert any(flipped)
+
+
 def test_iter_from_is_the_tail_of_a_full_pass_and_ranks_split_the_data(tmp_path):
     root = tmp_path / "many"
     doc = val_doc()

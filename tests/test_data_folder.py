@@ -216,6 +216,17 @@ def test_folder_workers_match_in_process_and_propagate_errors(split_tree):
         list(bad_val)
 
 
+def test_folder_epoch_without_augmentation_uses_the_eval_transform(split_tree):
+    aug, _, _ = folder_loaders(split_tree, batch_size=4, seed=2, random_erasing=0.5)
+    plain, _, _ = folder_loaders(split_tree, batch_size=4, seed=2, augment="none")
+    aug.set_epoch(1, augment=False)
+    plain.set_epoch(1)
+    for (xa, ya), (xp, yp) in zip(aug, plain, strict=True):
+        assert torch.equal(ya, yp) and torch.equal(xa, xp)  # resize + center crop, no flips
+    aug.set_epoch(1)
+    assert not torch.equal(next(iter(aug))[0], next(iter(plain))[0])
+
+
 def test_single_folder_split_and_layout_errors(tmp_path):
     root = tmp_path / "flat"
     for cls in ("a", "b", "c"):

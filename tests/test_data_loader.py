@@ -287,3 +287,18 @@ def test_flip_augment_mirrors_without_cropping():
     assert 20 < int((mirrored & ~same).sum()) < 83  # about half are flipped
     with pytest.raises(ValueError, match="augment='rotate'.*flip"):
         make_loader(augment="rotate")
+
+
+def test_an_epoch_without_augmentation_is_the_plain_images():
+    kw = dict(seed=3, batch_size=10)
+    aug = make_loader(augment="standard", random_erasing=0.5, **kw)
+    plain = make_loader(augment="none", **kw)
+    aug.set_epoch(2, augment=False)
+    plain.set_epoch(2)
+    for (xa, ya), (xp, yp) in zip(aug, plain, strict=True):
+        assert torch.equal(ya, yp) and torch.equal(xa, xp)  # the same order, not augmented
+    resumed = list(aug.iter_from(4))  # a resumed plain epoch is plain too
+    assert torch.equal(resumed[0][0], list(plain.iter_from(4))[0][0])
+    aug.set_epoch(2)  # augmenting again: the same order, other pixels
+    (xa, ya), (xp, yp) = next(iter(aug)), next(iter(plain))
+    assert torch.equal(ya, yp) and not torch.equal(xa, xp)

@@ -134,6 +134,35 @@ def test_all_the_options_run(tmp_path):
     assert flip["top1"] == summary["test_top1"]  # the run evaluated with the flip
 
 
+def test_plain_final_epochs_train_without_augmentation(tmp_path, monkeypatch, capsys):
+    from resnetlab.data import InMemoryLoader
+    from resnetlab.engine import tasks
+
+    epochs, mixed = [], []
+    set_epoch = InMemoryLoader.set_epoch
+
+    def recorded(self, epoch, *, augment=True):
+        if self.train:
+            epochs.append((epoch, augment))
+        set_epoch(self, epoch, augment=augment)
+
+    def mixer(cfg, num_classes):
+        def mix(images, labels):
+            mixed.append(len(labels))
+            return images, labels
+
+        return mix
+
+    monkeypatch.setattr(InMemoryLoader, "set_epoch", recorded)
+    monkeypatch.setattr(tasks, "_mixer", mixer)
+    cfg = tiny(tmp_path, epochs=3, mixup_alpha=0.2,
+               data={**TINY["data"], "plain_final_epochs": 1})  # fmt: skip
+    train(cfg, progress=False)
+    assert epochs == [(0, True), (1, True), (2, False)]
+    assert mixed == [32] * 16  # mixup in the 2 augmented epochs of 8 steps, not in the last
+    assert "epoch 3: trains without augmentation" in capsys.readouterr().err
+
+
 def test_mixup_and_cutmix_train_on_soft_targets():
     from resnetlab.config import TrainConfig, build_config
     from resnetlab.engine.tasks import Classification, _mixer

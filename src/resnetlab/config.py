@@ -279,6 +279,9 @@ class DataConfig:
     augment: str = "standard"
     random_erasing: float = option(0.0, check=within(0, 1, closed=True),
                                  allowed="a probability in [0, 1]")  # fmt: skip
+    # the run's last N epochs (of its plan, time budget included) without augmentation: no
+    # crop, flip, erasing, mixup or cutmix (image folders: the evaluation transform)
+    plain_final_epochs: int = option(0, check=at_least(0), allowed="an integer >= 0 (0: off)")
     num_workers: int = option(2, check=at_least(0), allowed="an integer >= 0")
     val_fraction: float = option(0.0, check=within(0, 1), allowed="a fraction in [0, 1)")
     eval_split: str | None = None

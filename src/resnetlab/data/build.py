@@ -565,9 +565,12 @@ def _folder_streamed(
             info, train=train, augment=data.augment, random_erasing=data.random_erasing,
             small=small,
         )  # fmt: skip
+        # a training epoch without augmentation (data.plain_final_epochs) sees eval's pipeline
+        plain = folder_transforms(info, train=False, small=small) if train else None
         dataset = ImageFileDataset(
             samples,
             transform,
+            plain=plain,
             channels=plan.channels,
             skip_bad_images=data.skip_bad_images,
             min_side=decode_side(info, train=train, augment=data.augment, small=small),

@@ -181,7 +181,8 @@ class DenseDataset(Dataset):
 
     ``image_size``: segmentation's output side S (required), or for detection the longer
     side to scale images to (None: their own size). ``augment="flip"`` flips sample ``index``
-    of epoch ``epoch`` when a hash of ``(seed, epoch, index)`` says so (half of them).
+    of epoch ``epoch`` when a hash of ``(seed, epoch, index)`` says so (half of them); an
+    epoch of None: no flip (an epoch without augmentation).
     """
 
     def __init__(
@@ -207,12 +208,12 @@ class DenseDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
+    def __getitem__(self, key: int | tuple[int, int | None]) -> tuple[torch.Tensor, Any]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         image = self.images[index]
         pixels = _decode(image)
         masks = decode_masks(image)
-        flip = self.augment == "flip" and _flips(self.seed, epoch, index)
+        flip = self.augment == "flip" and epoch is not None and _flips(self.seed, epoch, index)
         if self.task == "detection":
             return self._detection(image, pixels, masks, flip)
         return self._segmentation(image, pixels, masks, flip)
@@ -339,17 +340,18 @@ class DenseLoader(EpochOrder):
         """Yield batches ``start_batch, ..., len(self) - 1`` of the current epoch."""
         check_start_batch(start_batch, self._num_batches)
         order = self.indices().tolist()
-        epoch = self.epoch  # resolved now: the iterator belongs to the current epoch
+        # resolved now: the iterator belongs to the current epoch (None: without augmentation)
+        epoch = self.epoch if self.augmenting else None
         keys = [
             [(i, epoch) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
             for b in range(start_batch, self._num_batches)
         ]
         return self._batches(keys)
 
-    def _load(self, batch: list[tuple[int, int]]) -> tuple[Any, Any]:
+    def _load(self, batch: list[tuple[int, int | None]]) -> tuple[Any, Any]:
         return self._collate([self.dataset[k] for k in batch])
 
-    def _batches(self, keys: list[list[tuple[int, int]]]) -> Iterator[tuple[Any, Any]]:
+    def _batches(self, keys: list[list[tuple[int, int | None]]]) -> Iterator[tuple[Any, Any]]:
         if self.num_workers == 0 or not keys:
             for batch in keys:
                 yield self._load(batch)

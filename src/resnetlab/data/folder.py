@@ -380,7 +380,9 @@ class ImageFileDataset(Dataset):
     """Decodes and transforms ``(path, label)`` samples.
 
     Keys are ``(index, seed)`` pairs (see :class:`ResumableBatchSampler`): when ``seed`` is not
-    None, the transform runs in a forked RNG state seeded with it. An unreadable file gives
+    None, the transform runs in a forked RNG state seeded with it; when it is None, the
+    ``plain`` transform runs if there is one (a training set's evaluation transform, for
+    its epochs without augmentation), else ``transform``. An unreadable file gives
     an ``_Unreadable(path, reason)`` marker in place of its sample, never an exception (one
     raised in a worker process would reach the user wrapped in the worker's traceback):
     :class:`FolderLoader` raises :class:`ImageDecodeError` for it in the main process, or
@@ -393,12 +395,14 @@ class ImageFileDataset(Dataset):
         samples: Sequence[Sample],
         transform: v2.Compose,
         *,
+        plain: v2.Compose | None = None,
         channels: int = 3,
         skip_bad_images: bool = False,
         min_side: int | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.plain = plain
         self.channels = channels
         self.skip_bad_images = skip_bad_images
         self.min_side = min_side
@@ -414,7 +418,7 @@ class ImageFileDataset(Dataset):
         except ImageDecodeError as exc:
             return _Unreadable(path, exc.reason)
         if seed is None:
-            return self.transform(image), label
+            return (self.plain or self.transform)(image), label
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.transform(image), label
@@ -451,6 +455,7 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int | None]]]):
     """Batches of ``(index, per-sample seed)`` keys that can start at any batch of an epoch.
 
     ``drop_last``: drop the last partial batch when it is small (:func:`train_batches`).
+    ``augment=False`` in :meth:`set_epoch`: the epoch's keys carry no seed (no augmentation).
 
     ``torch.utils.data.BatchSampler`` reads its sampler lazily, so a start position set before
     ``iter()`` could change under it; this one fixes the epoch's order and start at ``iter()``.
@@ -464,10 +469,11 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int | None]]]):
         self.drop_last = drop_last
         self.seed = seed
         self.epoch = 0
+        self.augment = True
         self.start_batch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, *, augment: bool = True) -> None:
+        self.epoch, self.augment = epoch, augment
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
 
@@ -477,12 +483,13 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int | None]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, int | None]]]:
         # Order, start and epoch are fixed here; the keys are made batch by batch.
-        return self._batches(list(self.sampler), self.start_batch, self.epoch)
+        seed = self.seed if self.augment else None
+        return self._batches(list(self.sampler), self.start_batch, self.epoch, seed)
 
     def _batches(
-        self, order: list[int], start: int, epoch: int
+        self, order: list[int], start: int, epoch: int, seed: int | None
     ) -> Iterator[list[tuple[int, int | None]]]:
-        bs, seed = self.batch_size, self.seed
+        bs = self.batch_size
         for b in range(start, len(self)):
             chunk = order[b * bs : (b + 1) * bs]
             yield [(i, None if seed is None else derive_seed(seed, epoch, i)) for i in chunk]
@@ -545,10 +552,12 @@ class FolderLoader:
     def __len__(self) -> int:
         return len(self._batches)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next iteration uses."""
+    def set_epoch(self, epoch: int, *, augment: bool = True) -> None:
+        """Select the epoch whose order and augmentation the next iteration uses;
+        ``augment=False``: that epoch without augmentation (the dataset's ``plain``
+        transform)."""
         self.epoch = int(epoch)
-        self._batches.set_epoch(self.epoch)
+        self._batches.set_epoch(self.epoch, augment=augment)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)

@@ -9,6 +9,8 @@ Every loader of this package (in memory or :mod:`~resnetlab.data.folder`) follow
   of the epoch, see :func:`train_batches`; for evaluation it is kept).
 * ``loader.set_epoch(epoch)`` selects the epoch; call it before each epoch, as with
   ``DistributedSampler`` (the loader does not advance the epoch by itself).
+  ``set_epoch(epoch, augment=False)`` makes a training epoch plain: no crop, flip or erasing
+  (image folders: the evaluation transform), for a run's last epochs (``data.plain_final_epochs``).
 * ``loader.iter_from(start_batch)`` yields batches ``start_batch, ...`` of the current epoch.
 
 :class:`InMemoryLoader` keeps the whole split as one uint8 tensor on the target device and
@@ -66,7 +68,7 @@ class Loader(Protocol):
 
     def __len__(self) -> int: ...
 
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int, *, augment: bool = True) -> None: ...
 
     def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
@@ -138,6 +140,7 @@ class EpochOrder:
     rank: int
     world_size: int
     epoch: int
+    augmenting: bool = True  # False: the current epoch trains without augmentation
 
     def _plan(self) -> None:
         if self.train:
@@ -152,9 +155,11 @@ class EpochOrder:
     def __len__(self) -> int:
         return self._num_batches
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next iteration uses."""
+    def set_epoch(self, epoch: int, *, augment: bool = True) -> None:
+        """Select the epoch whose order and augmentation the next iteration uses;
+        ``augment=False``: that epoch without augmentation."""
         self.epoch = int(epoch)
+        self.augmenting = bool(augment)
 
     def indices(self) -> torch.Tensor:
         """The dataset indices this rank visits in the current epoch, in order (CPU int64)."""
@@ -243,29 +248,35 @@ class InMemoryLoader(EpochOrder):
         """Yield batches ``start_batch, ..., len(self) - 1`` of the current epoch."""
         check_start_batch(start_batch, self._num_batches)
         # Resolved now, not at the first next(): the iterator belongs to the current epoch.
-        return self._batches(self.indices().to(self.device), start_batch, self.epoch)
+        order = self.indices().to(self.device)
+        return self._batches(order, start_batch, self.epoch, self.augmenting)
 
     def _batches(
-        self, order: torch.Tensor, start: int, epoch: int
+        self, order: torch.Tensor, start: int, epoch: int, augmenting: bool
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        augment = self.augment if augmenting else "none"
+        erasing = self.random_erasing if augmenting else 0.0
         for b in range(start, self._num_batches):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self._make_batch(self.images[idx], epoch, b), self.labels[idx]
+            x = self._make_batch(self.images[idx], epoch, b, augment, erasing)
+            yield x, self.labels[idx]
 
-    def _make_batch(self, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+    def _make_batch(
+        self, x: torch.Tensor, epoch: int, batch: int, augment: str, erasing: float
+    ) -> torch.Tensor:
         g = None
-        if self.augment != "none" or self.random_erasing > 0:
+        if augment != "none" or erasing > 0:
             g = generator(self.seed, epoch, batch, self.rank, "augment")
-        if self.augment in ("crop", "standard"):
+        if augment in ("crop", "standard"):
             x = random_crop(x, self.crop_padding, g)
-        if self.augment in ("flip", "standard") and self.hflip:
+        if augment in ("flip", "standard") and self.hflip:
             x = random_hflip(x, g)
         x = x.to(torch.float32).div_(255.0)
         if self._resize is not None:
             x = TF.resize(x, [self._resize, self._resize], antialias=True)
         x = TF.normalize(x, self._mean, self._std, inplace=True)
-        if self.random_erasing > 0:
-            x = random_erasing(x, self.random_erasing, g)
+        if erasing > 0:
+            x = random_erasing(x, erasing, g)
         if self._repeat > 1:
             x = x.repeat(1, self._repeat, 1, 1)
         if self.channels_last:

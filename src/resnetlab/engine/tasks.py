@@ -46,6 +46,8 @@ class Task:
     primary = ""
     #: whether a training batch has an accuracy (the row's ``train_acc``)
     has_train_acc = False
+    #: False during an epoch without augmentation (``data.plain_final_epochs``): no mixing
+    augment = True
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
@@ -170,7 +172,7 @@ class Classification(Task):
 
     def loss(self, forward: nn.Module, images: Any, targets: Any) -> tuple[torch.Tensor, Any]:
         labels = targets
-        if self.mixer is not None:
+        if self.mixer is not None and self.augment:
             images, labels = self.mixer(images, targets)
         logits = forward(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)

@@ -453,6 +453,13 @@ def train_step(job: Job, st: TrainState, images: Any, targets: Any) -> tuple[tor
     return loss.detach(), output
 
 
+def _plain_epoch(job: Job, st: TrainState) -> bool:
+    """Whether ``st``'s epoch is one of the last ``data.plain_final_epochs`` of the run as
+    planned now (a time budget's plan included), which train without augmentation."""
+    n = job.cfg.data.plain_final_epochs
+    return n > 0 and st.epoch >= job.epochs - n
+
+
 def train_one_epoch(job: Job, st: TrainState, *, stop: threading.Event | None = None) -> bool:
     """Train from ``st``'s position to the end of its epoch (or to ``total_steps``).
 
@@ -460,7 +467,12 @@ def train_one_epoch(job: Job, st: TrainState, *, stop: threading.Event | None = 
     ``total_steps`` was reached inside it. Checkpoints every ``save_every_steps`` steps.
     """
     cfg, spe = job.cfg, job.steps_per_epoch
-    job.train_loader.set_epoch(st.epoch)
+    plain = _plain_epoch(job, st)
+    job.train_loader.set_epoch(st.epoch, augment=not plain)
+    job.task.augment = not plain
+    if plain and job.main and st.batch == 0:
+        print(f"epoch {st.epoch + 1}: trains without augmentation (data.plain_final_epochs="
+              f"{cfg.data.plain_final_epochs})", file=sys.stderr)  # fmt: skip
     st.model.train()
     if job.finetune is not None:
         job.finetune.apply(st.model, st.epoch)
