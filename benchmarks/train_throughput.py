@@ -14,7 +14,9 @@ its time is reported beside).
     python benchmarks/train_throughput.py --variant compile=true --variant data.batch_size=256
 
 ``--variant KEY=VALUE[,KEY=VALUE]`` adds a row: the trainer with those settings changed (a
-lever measured beside the preset in the same rounds).
+lever measured beside the preset in the same rounds). The last row is the bound: the same
+model's step alone (forward, loss, backward, SGD) on one fixed batch, with the trainer's
+precision and memory format, no data loading at all.
 """
 
 from __future__ import annotations
@@ -89,6 +91,27 @@ def reference_loop(cfg: TrainConfig, steps: int, workers: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def model_step_alone(cfg: TrainConfig, steps: int, precision: str) -> float:
+    """img/s of the preset's model stepping on one fixed batch: what no loader can beat."""
+    info = load_split(cfg.data.spec, "train")[2]
+    model = resnetlab.create_model(cfg.model, num_classes=info.num_classes, in_chans=info.channels,
+                                   **cfg.model_args)  # fmt: skip
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
+    x = torch.randn(cfg.data.batch_size, info.channels, info.image_size, info.image_size)
+    x, y = x.contiguous(memory_format=fmt), torch.randint(0, info.num_classes, (len(x),))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    for i in range(steps + 5):
+        if i == 5:
+            start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps * len(y) / (time.perf_counter() - start)
+
+
 def resnetlab_trainer(cfg: TrainConfig, steps: int) -> tuple[float, float, str]:
     with tempfile.TemporaryDirectory() as out:
         run = dataclasses.replace(cfg, max_iters=steps + 1, eval_every=0, output=out)
@@ -117,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     variants = {v: load_train_config(a.config, v.split(",")) for v in a.variant}
     ref0, ref, ours, first, precision = [], [], [], [], "?"
     extra: dict[str, list[float]] = {v: [] for v in variants}
+    alone: list[float] = []
     for r in range(a.rounds):
         ref0.append(reference_loop(cfg, a.steps, 0))
         ref.append(reference_loop(cfg, a.steps, a.workers))
@@ -125,9 +149,11 @@ def main(argv: list[str] | None = None) -> None:
         first.append(f)
         for v, vcfg in variants.items():
             extra[v].append(resnetlab_trainer(vcfg, a.steps)[0])
+        alone.append(model_step_alone(cfg, a.steps, precision))
         shown = "".join(f", {v}: {extra[v][-1]:.0f}" for v in variants)
         print(f"round {r + 1}: reference {ref0[-1]:.0f} (0 workers) / {ref[-1]:.0f} "
-              f"({a.workers} workers) img/s, resnetlab {ours[-1]:.0f} img/s{shown}")  # fmt: skip
+              f"({a.workers} workers) img/s, resnetlab {ours[-1]:.0f} img/s{shown}, "
+              f"model step alone {alone[-1]:.0f}")  # fmt: skip
     r0_med, r_med, o_med = (statistics.median(v) for v in (ref0, ref, ours))
     best_ref = max(r0_med, r_med)
     rows = [
@@ -138,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     for v, values in extra.items():
         med = statistics.median(values)
         rows.append([f"resnetlab trainer, {v}", med, f"{med / best_ref:.2f}x"])
+    med = statistics.median(alone)
+    rows.append([f"bound: the model's step alone, one fixed batch ({precision}, no data)", med,
+                 f"{med / best_ref:.2f}x"])  # fmt: skip
     table = markdown_table(["loop", "train img/s (median)", "vs the faster reference"], rows)
     print(table)
     model = cfg.model + (f" {cfg.model_args}" if cfg.model_args else "")

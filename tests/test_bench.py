@@ -321,10 +321,18 @@ def test_time_to_accuracy_leaves_the_record_alone_without_write(tmp_path, monkey
               "--output", str(run), "optim.lr=1e-3"])  # fmt: skip
     assert calls == [["max_iters=40", "optim.lr=1e-3"]]
     assert not (tmp_path / "BENCHMARKS.md").exists() and not (tmp_path / "docs").exists()
-    assert (run / "time_to_accuracy_tiny.png").read_bytes().startswith(b"\x89PNG")
+    key = f"time_to_accuracy_tiny_{common.tier_key()}"  # one record per CPU tier
+    assert (run / f"{key}.png").read_bytes().startswith(b"\x89PNG")
 
     tta.main([str(preset), "--target", "40", "--budget", "100", "--output", str(run), "--write"])
     text = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "<!-- begin time_to_accuracy_tiny -->" in text and "--write" in text
+    assert f"<!-- begin {key} -->" in text and "--write" in text
     assert "| 50.00 | flip |" in text  # the top-1 of `resnetlab eval`, with its TTA setting
-    assert (tmp_path / "docs" / "figures" / "time_to_accuracy_tiny.png").exists()
+    assert (tmp_path / "docs" / "figures" / f"{key}.png").exists()
+    # another tier's run adds its own section and leaves this one
+    monkeypatch.setattr(tta, "tier_key", lambda: "othertier")
+    tta.main([str(preset), "--target", "40", "--budget", "100", "--output", str(run), "--write"])
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert (
+        f"<!-- begin {key} -->" in text and "<!-- begin time_to_accuracy_tiny_othertier -->" in text
+    )

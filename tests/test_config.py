@@ -246,3 +246,24 @@ def test_a_field_type_without_a_reading_is_a_programming_error():
 
     with pytest.raises(TypeError, match="have no reading"):
         build_config(Odd, {"values": [1]})
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_if_bf16_follows_the_precision_the_run_trains_in(amx, monkeypatch, tmp_path):
+    import resnetlab.device
+
+    monkeypatch.setattr(resnetlab.device, "cpu_bf16_is_fast", lambda: amx)
+    preset = "configs/fashion_mnist_fast.yaml"
+    widths = lambda *o: load_train_config(preset, list(o), device="cpu").model_args  # noqa: E731
+    fp32 = {"widths": (24, 48, 96), "stem_width": 24}
+    bf16 = {"widths": (32, 64, 128), "stem_width": 32}
+    assert widths() == (bf16 if amx else fp32)  # auto: bf16 only where the CPU has AMX
+    assert widths("precision=fp32") == fp32 and widths("precision=bf16") == bf16
+    assert widths("model_args.widths=[16,32,64]")["widths"] == (16, 32, 64)  # overridable
+    p = tmp_path / "p.yaml"
+    p.write_text("epochs: '${if_bf16:2,3}'\n")
+    assert load_train_config(str(p), ["precision=bf16"]).epochs == 3
+    assert load_train_config(str(p), ["precision=fp32"]).epochs == 2
+    p.write_text("epochs: '${if_bf16:2}'\n")  # one value where two are needed
+    with pytest.raises(ConfigError, match=r"invalid epochs.*if_bf16"):
+        load_train_config(str(p))

@@ -211,6 +211,10 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
         (["--data", "synthetic", "--lr", "0"], r"optim\.lr=0\.0.*> 0"),
         (["--data", "synthetic", "optim.lrr=1"], r"unknown config key.*optim\.lrr.*allowed"),
         (["--data", "synthetic", "epochs=many"], r"invalid epochs='many': expected an integer"),
+        (
+            ["--data", "synthetic", "data.plain_final_epochs=-1"],
+            r"invalid data\.plain_final_epochs=-1: expected an integer >= 0",
+        ),
         (["--data", "synthetic", "--config", "nope.yaml"], "config file not found"),
         (["--model", "resnet21", "--data", "synthetic"], "unknown model 'resnet21'"),
     ],

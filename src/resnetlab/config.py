@@ -714,6 +714,18 @@ def _checked_layer(cls: type, data: Any, prefix: str) -> dict[str, Any]:
     return out
 
 
+def _if_bf16(fp32_value: Any, bf16_value: Any, *, _root_: Any) -> Any:
+    """``${if_bf16:A,B}`` in a config: ``B`` where the run trains in bf16 (``precision: bf16``,
+    or ``auto`` on a CPU with AMX or a GPU with bf16), else ``A``. For a setting whose best
+    value depends on the arithmetic: the fast preset's channel widths (multiples of 32 run
+    as fast as 24/48/96 in bf16 on AMX, whose batch norm kernels are much slower at 24)."""
+    from .device import resolve_device, training_precision
+
+    device = resolve_device(_root_.get("device") or "auto")
+    bf16 = training_precision(_root_.get("precision") or "auto", device) == "bf16"
+    return bf16_value if bf16 else fp32_value
+
+
 def build_config(cls: type, *layers: Any, prefix: str = "") -> Any:
     """One frozen config of ``cls`` from layers of plain settings, later layers over
     earlier ones (defaults <- file <- flags <- overrides).
@@ -724,10 +736,15 @@ def build_config(cls: type, *layers: Any, prefix: str = "") -> Any:
     key, by this module's rules (numbers as people write them, strict booleans, no unknown
     key), which OmegaConf's own conversions are laxer or stricter than (``"yes"`` is a
     boolean to it, ``1e3`` not an integer), so the messages stay the project's.
+    ``${if_bf16:A,B}`` resolves to B where the run trains in bf16, else A (:func:`_if_bf16`).
     """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    if not OmegaConf.has_resolver("if_bf16"):
+        # OmegaConf 2.4 renamed register_new_resolver (still there, deprecated)
+        register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
+        register("if_bf16", _if_bf16)
     checked = [_checked_layer(cls, layer, prefix) for layer in layers]
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), *checked)

@@ -119,6 +119,16 @@ def cpu_bf16_is_fast() -> bool:
     return bool(torch.cpu._is_amx_tile_supported())
 
 
+def training_precision(name: str, device: torch.device) -> str:
+    """What a training ``precision`` setting means on ``device``: ``auto`` is bf16 on CUDA
+    GPUs with bf16 (else fp16) and on CPUs where :func:`cpu_bf16_is_fast`, else fp32."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_bf16_is_fast() else "fp32"
+
+
 def proc_status_kb(key: str) -> int | None:
     """A field of ``/proc/self/status`` in KiB (``VmRSS``: this process's resident memory now,
     ``VmHWM``: its peak), or None where there is none (off Linux)."""

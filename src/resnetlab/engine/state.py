@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..device import cpu_bf16_is_fast
+from ..device import training_precision
 from ..errors import TrainingError
 
 
@@ -35,11 +35,7 @@ class Precision:
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
-    if name == "auto":
-        if device.type == "cuda":
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            name = "bf16" if cpu_bf16_is_fast() else "fp32"
+    name = training_precision(name, device)
     if name == "fp32":
         return Precision(None, None)
     if name == "fp16":
