@@ -162,8 +162,11 @@ def main(argv: list[str] | None = None) -> None:
         [f"resnetlab trainer ({trainer_setting(cfg, precision)})", o_med, f"{o_med / best_ref:.2f}x"],
     ]  # fmt: skip
     for v, values in extra.items():
-        med = statistics.median(values)
-        rows.append([f"resnetlab trainer, {v}", med, f"{med / best_ref:.2f}x"])
+        med, vcfg = statistics.median(values), variants[v]
+        label = f"resnetlab trainer, {v}"
+        if (vcfg.model, vcfg.model_args) != (cfg.model, cfg.model_args):  # e.g. ${if_bf16:...}
+            label += f" (another model: {vcfg.model} {vcfg.model_args})"
+        rows.append([label, med, f"{med / best_ref:.2f}x"])
     med = statistics.median(alone)
     rows.append([f"bound: the model's step alone, one fixed batch ({precision}, no data)", med,
                  f"{med / best_ref:.2f}x"])  # fmt: skip
