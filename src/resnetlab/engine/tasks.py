@@ -48,6 +48,8 @@ class Task:
     has_train_acc = False
     #: False during an epoch without augmentation (``data.plain_final_epochs``): no mixing
     augment = True
+    #: whether ``precision: auto`` may pick bf16 on a CPU (with AMX); False: fp32 there
+    auto_bf16_on_cpu = True
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg

@@ -244,9 +244,10 @@ def _build(
     )
     if threads:
         torch.set_num_threads(threads)
-    precision = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)
     task = build_task(cfg)
+    auto_fp32 = cfg.precision == "auto" and device.type == "cpu" and not task.auto_bf16_on_cpu
+    precision = resolve_precision("fp32" if auto_fp32 else cfg.precision, device)
     train_loader, eval_loader, info = task.build_data(dinfo, device, loader_workers, run_dir,
                                                       verbose=main)  # fmt: skip
     model = task.build_model(info, verbose=main)
