@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     benchmark_parser,
     command,
+    cpu_tier,
     markdown_table,
     parse_args,
     tier_key,
@@ -31,7 +32,6 @@ from common import (  # noqa: E402
 
 from resnetlab import create_model  # noqa: E402
 from resnetlab.device import cpu_bf16_is_fast, keep_freed_host_memory  # noqa: E402
-from resnetlab.inference.bench import cpu_tier  # noqa: E402
 
 CASES = [  # (label, model, channels, size, batch, train?, timed steps)
     ("resnet20 training, 28 px", "resnet20", 1, 28, 128, True, 8),

@@ -26,13 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     benchmark_parser,
     command,
+    cpu_tier,
     markdown_table,
     parse_args,
     tier_key,
     write_section,
 )
-
-from resnetlab.inference.bench import cpu_tier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

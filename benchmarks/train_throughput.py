@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     benchmark_parser,
     command,
+    cpu_tier,
     markdown_table,
     parse_args,
     tier_key,
@@ -48,7 +49,6 @@ import resnetlab  # noqa: E402
 from resnetlab.config import TrainConfig, load_train_config  # noqa: E402
 from resnetlab.data import load_split  # noqa: E402
 from resnetlab.engine import train  # noqa: E402
-from resnetlab.inference.bench import cpu_tier  # noqa: E402
 
 
 class PILDataset(Dataset):
