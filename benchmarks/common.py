@@ -12,6 +12,7 @@ import datetime
 import os
 import platform
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def parse_args(p: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
 
 def command(script: str, argv: list[str] | None) -> str:
     """The command line that produced a section, as it is recorded with it."""
-    return f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    return f"python benchmarks/{script} " + shlex.join(args)  # quoted as a shell needs it
 
 
 def machine() -> str:
@@ -95,5 +97,13 @@ def write_section(key: str, title: str, body: str, command: str) -> None:
     )
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else HEADER
     pattern = re.compile(rf"<!-- begin {key} -->.*?<!-- end {key} -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        # A new section goes after its last sibling (the same key but its last part: another
+        # CPU tier's or model's record of the same benchmark), else at the end.
+        family = re.escape(key.rsplit("_", 1)[0])
+        ends = list(re.finditer(rf"<!-- end {family}_[^ _]+ -->\n", text))
+        at = ends[-1].end() if ends else len(text)
+        text = f"{text[:at]}\n{block}\n{text[at:]}"
     BENCHMARKS_MD.write_text(text)

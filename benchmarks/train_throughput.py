@@ -12,6 +12,7 @@ its time is reported beside).
 
     python benchmarks/train_throughput.py [--config configs/fashion_mnist_fast.yaml] [--steps 100] [--write]
     python benchmarks/train_throughput.py --variant compile=true --variant data.batch_size=256
+    python benchmarks/train_throughput.py --variant "model_args.widths=[16,32,64],model_args.stem_width=16"
 
 ``--variant KEY=VALUE[,KEY=VALUE]`` adds a row: the trainer with those settings changed (a
 lever measured beside the preset in the same rounds). The last row is the bound: the same
@@ -22,6 +23,7 @@ precision and memory format, no data loading at all.
 from __future__ import annotations
 
 import dataclasses
+import re
 import statistics
 import sys
 import tempfile
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="also measure the trainer with these settings changed (repeatable)")  # fmt: skip
     a = parse_args(p, argv)
     cfg = load_train_config(a.config)
-    variants = {v: load_train_config(a.config, v.split(",")) for v in a.variant}
+    # KEY=VALUE pairs split at the commas outside brackets: model_args.widths=[16,32,64],...
+    variants = {v: load_train_config(a.config, re.split(r",(?![^\[]*\])", v)) for v in a.variant}
     ref0, ref, ours, first, precision = [], [], [], [], "?"
     extra: dict[str, list[float]] = {v: [] for v in variants}
     alone: list[float] = []

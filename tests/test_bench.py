@@ -336,3 +336,12 @@ def test_time_to_accuracy_leaves_the_record_alone_without_write(tmp_path, monkey
     assert (
         f"<!-- begin {key} -->" in text and "<!-- begin time_to_accuracy_tiny_othertier -->" in text
     )
+    # ... next to its sibling, not at the end, when another benchmark's section came between
+    text = text.replace("<!-- begin time_to_accuracy_tiny_othertier -->", "<!-- begin x -->")
+    text = text.replace("<!-- end time_to_accuracy_tiny_othertier -->", "<!-- end x -->")
+    (tmp_path / "BENCHMARKS.md").write_text(text + "\n<!-- begin other -->\n<!-- end other -->\n")
+    monkeypatch.setattr(tta, "tier_key", lambda: "thirdtier")
+    tta.main([str(preset), "--target", "40", "--budget", "100", "--output", str(run), "--write"])
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    order = [text.index(f"<!-- begin {k} -->") for k in (key, "time_to_accuracy_tiny_thirdtier", "x", "other")]  # fmt: skip
+    assert order == sorted(order)

@@ -264,6 +264,9 @@ def test_if_bf16_follows_the_precision_the_run_trains_in(amx, monkeypatch, tmp_p
     p.write_text("epochs: '${if_bf16:2,3}'\n")
     assert load_train_config(str(p), ["precision=bf16"]).epochs == 3
     assert load_train_config(str(p), ["precision=fp32"]).epochs == 2
+    # detection keeps fp32 under auto on a CPU (config.AUTO_FP32_ON_CPU): so does its A branch
+    assert load_train_config(str(p), ["task=detection"], device="cpu").epochs == 2
+    assert load_train_config(str(p), ["task=detection", "precision=bf16"]).epochs == 3
     p.write_text("epochs: '${if_bf16:2}'\n")  # one value where two are needed
     with pytest.raises(ConfigError, match=r"invalid epochs.*if_bf16"):
         load_train_config(str(p))

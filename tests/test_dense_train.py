@@ -151,6 +151,10 @@ def test_checkpoint_of_a_dense_run_evaluates(scenes, tmp_path, capsys):
         ({"task": "segmentation", "dense": {"head": "fcos"}}, "a segmentation head is one of"),
         ({"task": "detection", "mixup_alpha": 0.2}, "classification only"),
         ({"task": "segmentation", "tta_flip": True}, "classification only"),
+        (
+            {"task": "segmentation", "data": {"resize_from": 16}},
+            r"data\.resize_from.*classification only",
+        ),
         ({"task": "detection", "finetune": {"freeze": "stage2"}}, "dense.trainable_layers"),
         ({"task": "detection", "dense": {"output_stride": 8}}, "detection uses FPN"),
         ({"task": "tracking"}, "invalid task='tracking'"),

@@ -163,6 +163,34 @@ def test_plain_final_epochs_train_without_augmentation(tmp_path, monkeypatch, ca
     assert "epoch 3: trains without augmentation" in capsys.readouterr().err
 
 
+def test_progressive_resizing_grows_the_training_size(tmp_path, monkeypatch, capsys):
+    from torchvision.transforms import v2
+
+    from resnetlab.engine import tasks
+
+    sizes = []
+    resized = tasks._resized
+
+    def recorded(images, scale):
+        out = resized(images, scale)
+        sizes.append(tuple(out.shape[-2:]))
+        return out
+
+    monkeypatch.setattr(tasks, "_resized", recorded)
+    cfg = tiny(tmp_path, epochs=4, data={**TINY["data"], "resize_from": 8, "resize_until": 0.5})
+    summary = train(cfg, progress=False)
+    # 16 px images, a ramp over the first 2 of 4 epochs: 8 px, then 12, then the full 16
+    assert sizes == [(8, 8)] * 8 + [(12, 12)] * 8
+    err = capsys.readouterr().err
+    assert "epoch 1: trains at 8 px of 16" in err and "epoch 2: trains at 12 px of 16" in err
+    assert "epoch 3: trains at" not in err and summary["test_top1"] is not None
+    # the resize is torchvision's antialiased bilinear Resize, in the batch's memory format
+    x = torch.rand(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    out = resized(x, 0.75)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, v2.Resize((12, 12), antialias=True)(x))
+
+
 def test_mixup_and_cutmix_train_on_soft_targets():
     from resnetlab.config import TrainConfig, build_config
     from resnetlab.engine.tasks import Classification, _mixer
@@ -214,6 +242,10 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
         (
             ["--data", "synthetic", "data.plain_final_epochs=-1"],
             r"invalid data\.plain_final_epochs=-1: expected an integer >= 0",
+        ),
+        (
+            ["--data", "synthetic", "data.resize_until=1.5"],
+            r"invalid data\.resize_until=1\.5: expected a fraction of the run's epochs in \[0, 1\]",
         ),
         (["--data", "synthetic", "--config", "nope.yaml"], "config file not found"),
         (["--model", "resnet21", "--data", "synthetic"], "unknown model 'resnet21'"),

@@ -131,9 +131,6 @@ class Detection(DenseTask):
     """Boxes (and instance masks with Mask R-CNN): the sum of the detector's losses."""
 
     name = "detection"
-    # FCOS's losses went non-finite within the first epoch under bf16 autocast on an AMX Xeon
-    # (tests/test_dense_train.py); `precision: bf16` still asks for it.
-    auto_bf16_on_cpu = False
     primary = "test_map"
 
     @property

@@ -48,8 +48,8 @@ class Task:
     has_train_acc = False
     #: False during an epoch without augmentation (``data.plain_final_epochs``): no mixing
     augment = True
-    #: whether ``precision: auto`` may pick bf16 on a CPU (with AMX); False: fp32 there
-    auto_bf16_on_cpu = True
+    #: the scale of an epoch under progressive resizing (``data.resize_from``); None: full size
+    train_scale: float | None = None
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
@@ -174,6 +174,8 @@ class Classification(Task):
 
     def loss(self, forward: nn.Module, images: Any, targets: Any) -> tuple[torch.Tensor, Any]:
         labels = targets
+        if self.train_scale is not None:
+            images = _resized(images, self.train_scale)
         if self.mixer is not None and self.augment:
             images, labels = self.mixer(images, targets)
         logits = forward(images)
@@ -233,3 +235,13 @@ def _record_data_scan(run_dir: Path, info: Any) -> None:
         print(f"warning: {warning}", file=sys.stderr)
     text = json.dumps({"plan": info.plan, **info.scan}, indent=2)
     atomic_write_text(run_dir / "data_scan.json", text)
+
+
+def _resized(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """A batch scaled by ``scale`` (antialiased bilinear, as torchvision's Resize), in the
+    memory format it came in."""
+    h, w = images.shape[-2:]
+    channels_last = images.is_contiguous(memory_format=torch.channels_last)
+    out = F.interpolate(images, size=(round(h * scale), round(w * scale)), mode="bilinear",
+                        antialias=True, align_corners=False)  # fmt: skip
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import TrainConfig, build_config
+from ..config import TrainConfig, build_config, run_precision
 from ..device import keep_freed_host_memory, resolve_device
 from ..errors import TrainingError, TrainingInterrupted
 from ..formatting import dumps_json, round_floats
@@ -246,8 +246,7 @@ def _build(
         torch.set_num_threads(threads)
     seed_everything(cfg.seed)
     task = build_task(cfg)
-    auto_fp32 = cfg.precision == "auto" and device.type == "cpu" and not task.auto_bf16_on_cpu
-    precision = resolve_precision("fp32" if auto_fp32 else cfg.precision, device)
+    precision = resolve_precision(run_precision(cfg.precision, cfg.task, device), device)
     train_loader, eval_loader, info = task.build_data(dinfo, device, loader_workers, run_dir,
                                                       verbose=main)  # fmt: skip
     model = task.build_model(info, verbose=main)
@@ -461,6 +460,18 @@ def _plain_epoch(job: Job, st: TrainState) -> bool:
     return n > 0 and st.epoch >= job.epochs - n
 
 
+def _train_size(job: Job, st: TrainState) -> int | None:
+    """The side ``st``'s epoch trains at under progressive resizing (``data.resize_from``):
+    ``resize_from`` px at the first epoch, growing linearly to the full size, which it is from
+    ``resize_until`` of the run's epochs as planned now (a time budget's plan included) on.
+    None: the full size."""
+    d, full = job.cfg.data, job.info.image_size
+    ramp = d.resize_until * job.epochs
+    if not d.resize_from or d.resize_from >= full or st.epoch >= ramp:
+        return None
+    return round(d.resize_from + (full - d.resize_from) * st.epoch / ramp)
+
+
 def train_one_epoch(job: Job, st: TrainState, *, stop: threading.Event | None = None) -> bool:
     """Train from ``st``'s position to the end of its epoch (or to ``total_steps``).
 
@@ -474,6 +485,11 @@ def train_one_epoch(job: Job, st: TrainState, *, stop: threading.Event | None = 
     if plain and job.main and st.batch == 0:
         print(f"epoch {st.epoch + 1}: trains without augmentation (data.plain_final_epochs="
               f"{cfg.data.plain_final_epochs})", file=sys.stderr)  # fmt: skip
+    size = _train_size(job, st)
+    job.task.train_scale = None if size is None else size / job.info.image_size
+    if size is not None and job.main and st.batch == 0:
+        print(f"epoch {st.epoch + 1}: trains at {size} px of {job.info.image_size} (progressive "
+              f"resizing: data.resize_from={cfg.data.resize_from})", file=sys.stderr)  # fmt: skip
     st.model.train()
     if job.finetune is not None:
         job.finetune.apply(st.model, st.epoch)
