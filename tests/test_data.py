@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,12 @@ def test_parse_spec_details_and_errors():
         parse_data_spec("synthetic:channels=2")
     with pytest.raises(ValueError, match=r"synthetic option n='many': must be an integer"):
         parse_data_spec("synthetic:n=many")
+
+
+def test_a_bare_folder_as_the_dataset_says_how_to_pass_it(tmp_path):
+    pattern = re.escape(f"is a folder: pass it as 'imagefolder:{tmp_path}'")
+    with pytest.raises(ValueError, match=pattern):
+        parse_data_spec(str(tmp_path))
 
 
 def test_stratified_split_and_seeds():

@@ -76,6 +76,8 @@ def _unknown(spec: str, head: str) -> ConfigError:
     names = [*catalog.CATALOG, "imagefolder", "synthetic"]
     close = difflib.get_close_matches(head, names, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
+    if Path(spec).expanduser().is_dir():
+        hint = f" {spec!r} is a folder: pass it as 'imagefolder:{spec}'."
     return ConfigError(f"unknown dataset {spec!r}; valid datasets: {', '.join(VALID_SPECS)}.{hint}")
 
 
