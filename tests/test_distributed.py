@@ -76,8 +76,9 @@ def _children(pid):
     return [int(p) for p in out.split()]
 
 
-# 32 steps per epoch: long enough that the kill lands while the group is still training.
-ELASTIC = ("--data", "synthetic:n=1024,test=67,size=16,classes=4", "--epochs", "3",
+# 128 steps per epoch: long enough that the kill lands while the group is still training (at
+# 32, a fast CPU finished the run before the kill).
+ELASTIC = ("--data", "synthetic:n=4096,test=67,size=16,classes=4", "--epochs", "3",
            "--batch-size", "16", "--save-every-steps", "2")  # fmt: skip
 
 
@@ -106,7 +107,7 @@ def _kill_a_worker_and_finish(agents, victim, out, logs):
     assert codes == [0] * len(agents), logs()
     assert "resuming from ckpt-" in logs() and "already holds a run" not in logs()
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["step"] == 96
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["step"] == 384
 
 
 @pytest.mark.slow
